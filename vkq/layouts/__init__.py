@@ -1,0 +1,47 @@
+"""Packed GPU layouts for vkq (pure numpy; no Vulkan needed).
+
+Each packer validates its input and returns a self-describing
+:class:`PackedTensor`; each unpacker (and each kernel) first calls
+:meth:`PackedTensor.expect` so data packed for another layout is refused with a
+:class:`LayoutError` that names the function producing the right one.
+"""
+
+from .group_params import (
+    GROUP_PARAMS_GN,
+    GROUP_PARAMS_NG,
+    check_group_size,
+    pack_group_params,
+    pack_group_params_gn,
+    repack_group_params_ng,
+    unpack_group_params,
+)
+from .int4_uvec4 import INT4_UVEC4, pack_int4_weight, unpack_int4_weight
+from .int8_4h4w import INT8_4H4W, pack_int8_4h4w, unpack_int8_4h4w
+from .int8_4w import INT8_4W, pack_int8_4w, unpack_int8_4w
+from .int8_weight import INT8_WEIGHT, pack_int8_weight, unpack_int8_weight
+from .packed import REPACK_HINTS, LayoutError, PackedTensor
+
+__all__ = [
+    "LayoutError",
+    "PackedTensor",
+    "REPACK_HINTS",
+    "INT8_4H4W",
+    "INT8_4W",
+    "INT8_WEIGHT",
+    "INT4_UVEC4",
+    "GROUP_PARAMS_NG",
+    "GROUP_PARAMS_GN",
+    "pack_int8_4h4w",
+    "unpack_int8_4h4w",
+    "pack_int8_4w",
+    "unpack_int8_4w",
+    "pack_int8_weight",
+    "unpack_int8_weight",
+    "pack_int4_weight",
+    "unpack_int4_weight",
+    "pack_group_params",
+    "pack_group_params_gn",
+    "unpack_group_params",
+    "repack_group_params_ng",
+    "check_group_size",
+]
