@@ -45,3 +45,12 @@ __all__ = [
     "repack_group_params_ng",
     "check_group_size",
 ]
+
+#: format name -> unpacker, for code that holds packed data of any format (vkq.DeviceTensor).
+UNPACKERS = {
+    INT8_4H4W: unpack_int8_4h4w,
+    INT8_4W: unpack_int8_4w,
+    INT8_WEIGHT: unpack_int8_weight,
+    INT4_UVEC4: unpack_int4_weight,
+    GROUP_PARAMS_NG: unpack_group_params,
+}

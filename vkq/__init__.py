@@ -1,0 +1,21 @@
+"""vkq: Vulkan compute kernels for quantized linear layers.
+
+    import vkq
+    w = vkq.quantize_weight(W, bits=4, group_size=32)
+    y = vkq.linear(x, w)                       # float32 [..., N]
+    y = vkq.rms_norm(x, weight, eps=1e-6)
+
+The default device is the best Vulkan device found (`$VKQ_DEVICE` picks one by index or name
+substring); `vkq.Device(...)` opens others, and every op takes `device=`.
+"""
+from vkq.linear import linear
+from vkq.ops.rms_norm import rms_norm
+from vkq.quantized_weight import QuantizedWeight, quantize_weight
+from vkq.runtime import Device, UnsupportedDevice, default_device, set_default_device, trace
+from vkq.shaderlib import ShaderError
+from vkq.tensor import DeviceTensor, to_device
+
+__version__ = "0.1.0"
+__all__ = ["Device", "DeviceTensor", "QuantizedWeight", "ShaderError", "UnsupportedDevice",
+           "default_device", "linear", "quantize_weight", "rms_norm", "set_default_device",
+           "to_device", "trace"]

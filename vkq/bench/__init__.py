@@ -1,0 +1,73 @@
+"""`python -m vkq bench`: benchmarks are tools, never tests.
+
+Op modules register suites with `@register("name")`; a suite is a function taking a
+`BenchContext` and yielding `Row`s. The runner measures the read roofline first, so every
+suite can report its bandwidth as a fraction of what this device reaches in the same run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable
+
+from vkq.runtime import Device
+
+
+@dataclasses.dataclass
+class Row:
+    suite: str
+    shape: str
+    kernel: str
+    us: float
+    bytes: int | None = None        # bytes moved (weights + scales + activations + outputs)
+    ops: float | None = None        # arithmetic ops (2 per multiply-add) for compute-bound rows
+    peak_tops: float | None = None  # the peak the TOPS are compared with, if any
+    note: str = ""
+    roofline_gbps: float | None = None  # filled in by the runner
+
+    @property
+    def gbps(self) -> float | None:
+        return None if self.bytes is None or self.us <= 0 else self.bytes / (self.us * 1e3)
+
+    @property
+    def pct_roofline(self) -> float | None:
+        g = self.gbps
+        return None if g is None or not self.roofline_gbps else 100.0 * g / self.roofline_gbps
+
+    @property
+    def tops(self) -> float | None:
+        return None if self.ops is None or self.us <= 0 else self.ops / (self.us * 1e6)
+
+    @property
+    def pct_peak(self) -> float | None:
+        t = self.tops
+        return None if t is None or not self.peak_tops else 100.0 * t / self.peak_tops
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(gbps=self.gbps, pct_roofline=self.pct_roofline, tops=self.tops,
+                 pct_peak=self.pct_peak)
+        return d
+
+
+@dataclasses.dataclass
+class BenchContext:
+    device: Device
+    roofline_gbps: float
+    quick: bool                 # smaller shapes and fewer repeats (CPU devices, smoke runs)
+    repeats: int = 20
+    l2_bytes: int = 64 << 20    # rotate weight copies over >= 2x this (SPEC §6: H100 L2 is 50 MB)
+    compare: frozenset[str] = frozenset()
+    progress: Callable[[str], None] = lambda msg: None
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+Suite = Callable[[BenchContext], Iterable[Row]]
+SUITES: dict[str, Suite] = {}
+
+
+def register(name: str) -> Callable[[Suite], Suite]:
+    """Register a benchmark suite under `name` (runs in registration order)."""
+    def deco(fn: Suite) -> Suite:
+        SUITES[name] = fn
+        return fn
+    return deco

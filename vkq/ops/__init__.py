@@ -1,0 +1,20 @@
+"""Operators: each module packs its inputs, picks a kernel variant, and dispatches it.
+
+A module may define `describe_variants(caps) -> {situation: variant}` (shown by
+`python -m vkq info`) and register benchmark suites with `vkq.bench.register`.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+
+def variant_choices(caps: Any) -> dict[str, str]:
+    """What every op would dispatch on a device with these capabilities."""
+    out: dict[str, str] = {}
+    for m in pkgutil.iter_modules(__path__):
+        describe = getattr(importlib.import_module(f"{__name__}.{m.name}"), "describe_variants", None)
+        if describe is not None:
+            out.update(describe(caps))
+    return out

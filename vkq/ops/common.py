@@ -1,0 +1,38 @@
+"""Small checks and helpers shared by op modules."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def float_input(name: str, x: Any, ndim_min: int = 1) -> np.ndarray:
+    """A float32 C-contiguous copy/view of a float array (float16/64 accepted and converted)."""
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
+    if arr.ndim < ndim_min:
+        raise ValueError(f"{name} must have at least {ndim_min} dimension(s), got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def positive_finite(name: str, v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {v!r}") from None
+    if not np.isfinite(f) or f <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {v!r}")
+    return f
+
+
+def grid_2d(n_groups: int, max_x: int) -> tuple[int, int, int]:
+    """Spread a 1-D workgroup count over x and y when it exceeds the device's x limit;
+    shaders recover the linear id as x + y * gl_NumWorkGroups.x and skip ids past the end."""
+    if n_groups <= max_x:
+        return (max(n_groups, 0), 1, 1)
+    return (max_x, ceil_div(n_groups, max_x), 1)

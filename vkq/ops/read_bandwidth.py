@@ -1,0 +1,32 @@
+"""The read roofline: how fast a compute shader can stream uvec4 words from device memory."""
+from __future__ import annotations
+
+import numpy as np
+
+from vkq.runtime import Device
+
+VARIANT = "read_bandwidth"
+
+
+def measure_read_bandwidth(device: Device, nbytes: int = 1 << 30, repeats: int = 10) -> dict:
+    """Median GB/s over `repeats` timed passes over one `nbytes` buffer (no host copies:
+    the buffer is filled by a GPU copy of a small pattern, and its content does not matter).
+
+    The buffer should be much larger than the last-level cache (1 GiB vs the H100's 50 MB L2).
+    """
+    nbytes = min(int(nbytes), device.caps.max_storage_buffer_range,
+                 device.caps.max_memory_allocation_size) // 16 * 16
+    kernel = device.kernel(VARIANT)
+    wg, unroll = kernel.info.params["WG"], kernel.info.params["UNROLL"]
+    n_words = nbytes // 16
+    groups = min(-(-n_words // (wg * unroll)), device.caps.max_workgroup_count[0])
+    with device.buffer(nbytes) as data, device.buffer(16 * 256) as sink:
+        with device.batch() as b:  # give the memory real pages before timing
+            b.upload(sink, np.zeros(16 * 256, np.uint8))
+        with device.batch(timestamps=True) as b:
+            for _ in range(repeats + 1):
+                b.dispatch(kernel, (groups, 1, 1), buffers={"t_sink": sink, "t_data": data},
+                           push={"n_words": n_words, "magic": 0x9E3779B9})
+        times = b.timings_ns[1:]  # the first pass warms up pipelines and page tables
+    t = float(np.median(times))
+    return {"bytes": nbytes, "ns": t, "gbps": nbytes / t}

@@ -1,0 +1,176 @@
+"""Quantized weights: the logical (unpacked) values, plus per-device packed copies made once.
+
+`QuantizedWeight` holds what the math needs (SPEC §2): int8 per-channel symmetric weights, or
+int4 group-wise weights (symmetric, or asymmetric with a float zero). Op modules pack and
+upload it on first use and cache the result here, so repeated `vkq.linear` calls reuse it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from vkq.layouts import check_group_size
+
+#: K below which an int8 x int8 sum cannot overflow int32: 2^31 / 128^2 (SPEC §1).
+INT8_MAX_K = 131072
+
+
+def _float_array(name: str, a: Any, shape: tuple[int, ...], positive: bool) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite (found NaN or Inf after conversion to float32)")
+    if positive and not np.all(arr > 0):
+        raise ValueError(f"{name} must be > 0")
+    return arr
+
+
+class QuantizedWeight:
+    """Weights `[N, K]` quantized to int8 (per channel) or int4 (group-wise along K).
+
+    Args:
+        q: int8 array `[N, K]`; in [-127, 127] for bits=8, in [-8, 7] for bits=4.
+        scales: float `[N]` (bits=8) or `[N, K // group_size]` (bits=4), finite and > 0.
+        zeros: None (symmetric) or, for bits=4 only, float `[N, K // group_size]`:
+            `w = q * scale + zero` (with q = u - 8, the form PyTorch's int4 kernels use).
+        bits: 8 or 4.
+        group_size: required for bits=4: a multiple of 8 that divides K.
+    """
+
+    def __init__(self, q: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None = None, *,
+                 bits: int, group_size: int | None = None):
+        q = np.asarray(q)
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+        if q.dtype != np.int8:
+            raise TypeError(f"q must be an int8 array, got dtype {q.dtype}")
+        if q.ndim != 2 or 0 in q.shape:
+            raise ValueError(f"q must be a non-empty [N, K] matrix, got shape {q.shape}")
+        n, k = q.shape
+        lo, hi = (-127, 127) if bits == 8 else (-8, 7)
+        if q.min() < lo or q.max() > hi:
+            raise ValueError(f"int{bits} weights must lie in [{lo}, {hi}], found "
+                             f"[{int(q.min())}, {int(q.max())}]")
+        if bits == 8:
+            if group_size is not None and group_size != k:
+                raise ValueError("int8 weights are per output channel: leave group_size unset")
+            if zeros is not None:
+                raise ValueError("int8 weights are symmetric: zeros must be None")
+            scales = _float_array("scales", scales, (n,), positive=True)
+            if k >= INT8_MAX_K:
+                raise ValueError(f"K = {k} is too large: int8 x int8 sums may overflow int32 for "
+                                 f"K >= {INT8_MAX_K}; split the layer along K")
+        else:
+            if group_size is None:
+                raise ValueError("int4 weights need group_size (a multiple of 8 dividing K)")
+            n_groups = check_group_size(group_size, k)
+            scales = _float_array("scales", scales, (n, n_groups), positive=True)
+            if zeros is not None:
+                zeros = _float_array("zeros", zeros, (n, n_groups), positive=False)
+        self._q = q.copy()
+        self._scales = scales
+        self._zeros = zeros
+        self.bits = bits
+        self.group_size = int(group_size) if bits == 4 else k
+        self._packed: dict[Any, Any] = {}
+        for a in (self._q, self._scales, self._zeros):
+            if a is not None:
+                a.setflags(write=False)
+
+    q = property(lambda self: self._q, doc="int8 quantized values [N, K] (read-only)")
+    scales = property(lambda self: self._scales, doc="float32 scales [N] or [N, n_groups]")
+    zeros = property(lambda self: self._zeros, doc="float32 zeros [N, n_groups] or None")
+    shape = property(lambda self: self._q.shape, doc="logical (N, K)")
+
+    @property
+    def n_groups(self) -> int:
+        return self.shape[1] // self.group_size
+
+    @property
+    def symmetric(self) -> bool:
+        return self._zeros is None
+
+    def dequantize(self) -> np.ndarray:
+        """float32 `[N, K]` weights the quantized values stand for."""
+        if self.bits == 8:
+            return self._q.astype(np.float32) * self._scales[:, None]
+        s = np.repeat(self._scales, self.group_size, axis=1)
+        w = self._q.astype(np.float32) * s
+        if self._zeros is not None:
+            w += np.repeat(self._zeros, self.group_size, axis=1)
+        return w
+
+    def prepacked(self, key: Any, device: Any, build: Callable[[], Any]) -> Any:
+        """The device copy an op made of this weight under `key`, built on first use.
+
+        The copy's buffers belong to the device; a copy whose device was closed is rebuilt.
+        """
+        entry = self._packed.get((key, id(device)))
+        if entry is not None and entry[0] is device and device.handle is not None \
+                and not getattr(entry[1], "closed", False):
+            return entry[1]
+        value = build()
+        self._packed[(key, id(device))] = (device, value)
+        return value
+
+    def release(self) -> None:
+        """Free every packed device copy now (they are otherwise freed with their device)."""
+        for _, value in self._packed.values():
+            close = getattr(value, "close", None)
+            if close is not None:
+                close()
+        self._packed.clear()
+
+    def __repr__(self) -> str:
+        extra = "" if self.bits == 8 else f", group_size={self.group_size}, " \
+                f"{'symmetric' if self.symmetric else 'asymmetric'}"
+        return f"QuantizedWeight(bits={self.bits}, shape={self.shape}{extra})"
+
+
+def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
+                    symmetric: bool = True) -> QuantizedWeight:
+    """Quantize float weights `[N, K]` (SPEC §2), rounding half to even.
+
+    bits=8: per output channel, symmetric, q in [-127, 127], scale = max|w| / 127.
+    bits=4: per group of `group_size` along K; symmetric: q in [-8, 7], scale = max|w| / 7;
+    asymmetric: scale = (max - min) / 15, zero = min + 8 * scale, so u = q + 8 spans [min, max].
+    All-zero rows/groups get scale 1 (scales must stay > 0).
+    """
+    w = np.asarray(w)
+    if w.dtype.kind != "f":
+        raise TypeError(f"weights must be float, got dtype {w.dtype}")
+    if w.ndim != 2 or 0 in w.shape:
+        raise ValueError(f"weights must be a non-empty [N, K] matrix, got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite")
+    w = w.astype(np.float64)
+    if bits == 8:
+        if not symmetric:
+            raise ValueError("int8 weights are symmetric per channel (SPEC §2)")
+        amax = np.abs(w).max(axis=1)
+        s = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        q = np.clip(np.rint(w / s[:, None]), -127, 127).astype(np.int8)
+        return QuantizedWeight(q, s, bits=8)
+    if bits != 4:
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    if group_size is None:
+        raise ValueError("int4 quantization needs group_size")
+    n, k = w.shape
+    n_groups = check_group_size(group_size, k)
+    g = w.reshape(n, n_groups, group_size)
+    if symmetric:
+        amax = np.abs(g).max(axis=2)
+        s = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
+        q = np.clip(np.rint(g / s[..., None]), -8, 7).astype(np.int8)
+        return QuantizedWeight(q.reshape(n, k), s, bits=4, group_size=group_size)
+    lo, hi = g.min(axis=2), g.max(axis=2)
+    s = np.where(hi > lo, (hi - lo) / 15.0, 1.0).astype(np.float32)
+    z = (lo + 8.0 * s).astype(np.float32)
+    u = np.clip(np.rint((g - lo[..., None]) / s[..., None]), 0, 15)
+    q = (u - 8).astype(np.int8)
+    return QuantizedWeight(q.reshape(n, k), s, z, bits=4, group_size=group_size)

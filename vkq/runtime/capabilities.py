@@ -1,0 +1,168 @@
+"""What a physical device can do, read once through the Vulkan 1.1-1.3 feature/property chains."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from vkq.runtime.vk import ffi, lib, new, to_str
+
+DEVICE_TYPES = {
+    lib.VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: "discrete",
+    lib.VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: "integrated",
+    lib.VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: "virtual",
+    lib.VK_PHYSICAL_DEVICE_TYPE_CPU: "cpu",
+    lib.VK_PHYSICAL_DEVICE_TYPE_OTHER: "other",
+}
+#: Default-device preference: discrete GPU first, then integrated, then CPU (lavapipe).
+TYPE_PREFERENCE = ("discrete", "integrated", "virtual", "cpu", "other")
+
+_SUBGROUP_ARITHMETIC = lib.VK_SUBGROUP_FEATURE_ARITHMETIC_BIT
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryHeap:
+    size: int
+    device_local: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """Features and limits vkq cares about. Feature flags are what the device supports; the
+    runtime enables exactly these when it creates the logical device."""
+
+    name: str
+    device_type: str
+    api_version: tuple[int, int, int]
+    driver: str
+    integer_dot_product: bool
+    integer_dot_product_accelerated: bool
+    shader_int8: bool
+    shader_float16: bool
+    storage_8bit: bool
+    storage_16bit: bool
+    subgroup_size: int
+    subgroup_arithmetic: bool
+    subgroup_size_control: bool
+    max_shared_memory: int
+    max_workgroup_invocations: int
+    max_workgroup_size: tuple[int, int, int]
+    max_workgroup_count: tuple[int, int, int]
+    max_storage_buffer_range: int
+    max_memory_allocation_size: int
+    max_push_constants_size: int
+    timestamps: bool
+    timestamp_period_ns: float
+    memory_heaps: tuple[MemoryHeap, ...]
+    unified_memory: bool
+
+    def summary(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["memory_heaps"] = [f"{h.size / 2**30:.1f} GiB{' device-local' if h.device_local else ''}"
+                             for h in self.memory_heaps]
+        return d
+
+
+def _version(v: int) -> tuple[int, int, int]:
+    return (v >> 22) & 0x7F, (v >> 12) & 0x3FF, v & 0xFFF
+
+
+def _chain(keep: list[Any], *pairs: tuple[str, int]) -> list[Any]:
+    """Allocate structs linked through pNext, in order; returns them."""
+    structs = [new(ctype, keep, sType=stype) for ctype, stype in pairs]
+    for a, b in zip(structs, structs[1:]):
+        a.pNext = b
+    return structs
+
+
+def read_capabilities(physical_device: Any) -> Capabilities:
+    keep: list[Any] = []
+    props0 = new("VkPhysicalDeviceProperties", keep)
+    lib.vkGetPhysicalDeviceProperties(physical_device, props0)
+    api = _version(props0.apiVersion)
+    has13 = api >= (1, 3, 0)
+
+    feat_pairs = [("VkPhysicalDeviceFeatures2", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2),
+                  ("VkPhysicalDeviceVulkan11Features", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES),
+                  ("VkPhysicalDeviceVulkan12Features", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES)]
+    prop_pairs = [("VkPhysicalDeviceProperties2", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2),
+                  ("VkPhysicalDeviceVulkan11Properties", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_PROPERTIES),
+                  ("VkPhysicalDeviceVulkan12Properties", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_PROPERTIES)]
+    if has13:  # the 1.3 structs may only be chained on devices that report 1.3
+        feat_pairs.append(("VkPhysicalDeviceVulkan13Features", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_3_FEATURES))
+        prop_pairs.append(("VkPhysicalDeviceVulkan13Properties", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_3_PROPERTIES))
+    feats = _chain(keep, *feat_pairs)
+    props = _chain(keep, *prop_pairs)
+    lib.vkGetPhysicalDeviceFeatures2(physical_device, feats[0])
+    lib.vkGetPhysicalDeviceProperties2(physical_device, props[0])
+    f11, f12 = feats[1], feats[2]
+    p11, p12 = props[1], props[2]
+    f13 = feats[3] if has13 else None
+    p13 = props[3] if has13 else None
+    limits = props[0].properties.limits
+
+    mem = new("VkPhysicalDeviceMemoryProperties", keep)
+    lib.vkGetPhysicalDeviceMemoryProperties(physical_device, mem)
+    heaps = tuple(MemoryHeap(int(mem.memoryHeaps[i].size),
+                             bool(mem.memoryHeaps[i].flags & lib.VK_MEMORY_HEAP_DEVICE_LOCAL_BIT))
+                  for i in range(mem.memoryHeapCount))
+    dtype = DEVICE_TYPES.get(props0.deviceType, "other")
+    want = (lib.VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT | lib.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT
+            | lib.VK_MEMORY_PROPERTY_HOST_COHERENT_BIT)
+    host_visible_local = any((mem.memoryTypes[i].propertyFlags & want) == want
+                             for i in range(mem.memoryTypeCount))
+    # Discrete GPUs also expose a small host-visible device-local window (BAR); only CPU and
+    # integrated devices really share one memory, where staging copies would be pure waste.
+    unified = host_visible_local and dtype in ("integrated", "cpu")
+
+    queue_ok = _compute_queue_timestamp_bits(physical_device) > 0
+    return Capabilities(
+        name=to_str(props0.deviceName), device_type=dtype, api_version=api,
+        driver=f"{to_str(p12.driverName)} {to_str(p12.driverInfo)}".strip(),
+        integer_dot_product=bool(f13 and f13.shaderIntegerDotProduct),
+        integer_dot_product_accelerated=bool(p13 and p13.integerDotProduct4x8BitPackedSignedAccelerated),
+        shader_int8=bool(f12.shaderInt8), shader_float16=bool(f12.shaderFloat16),
+        storage_8bit=bool(f12.storageBuffer8BitAccess), storage_16bit=bool(f11.storageBuffer16BitAccess),
+        subgroup_size=int(p11.subgroupSize),
+        subgroup_arithmetic=bool(p11.subgroupSupportedOperations & _SUBGROUP_ARITHMETIC
+                                 and p11.subgroupSupportedStages & lib.VK_SHADER_STAGE_COMPUTE_BIT),
+        subgroup_size_control=bool(f13 and f13.subgroupSizeControl),
+        max_shared_memory=int(limits.maxComputeSharedMemorySize),
+        max_workgroup_invocations=int(limits.maxComputeWorkGroupInvocations),
+        max_workgroup_size=tuple(int(limits.maxComputeWorkGroupSize[i]) for i in range(3)),
+        max_workgroup_count=tuple(int(limits.maxComputeWorkGroupCount[i]) for i in range(3)),
+        max_storage_buffer_range=int(limits.maxStorageBufferRange),
+        max_memory_allocation_size=int(p11.maxMemoryAllocationSize),
+        max_push_constants_size=int(limits.maxPushConstantsSize),
+        timestamps=bool(queue_ok and limits.timestampPeriod > 0),
+        timestamp_period_ns=float(limits.timestampPeriod),
+        memory_heaps=heaps, unified_memory=unified)
+
+
+def compute_queue_family(physical_device: Any) -> int:
+    """Index of the queue family used for compute: prefer one with timestamps."""
+    families = _queue_families(physical_device)
+    candidates = [(bits > 0, i) for i, (flags, bits) in enumerate(families)
+                  if flags & lib.VK_QUEUE_COMPUTE_BIT]
+    if not candidates:
+        raise RuntimeError("device has no compute queue")
+    return max(candidates, key=lambda c: (c[0], -c[1]))[1]
+
+
+def timestamp_valid_bits(physical_device: Any) -> int:
+    return _queue_families(physical_device)[compute_queue_family(physical_device)][1]
+
+
+def _compute_queue_timestamp_bits(physical_device: Any) -> int:
+    try:
+        return timestamp_valid_bits(physical_device)
+    except RuntimeError:
+        return 0
+
+
+def _queue_families(physical_device: Any) -> list[tuple[int, int]]:
+    """(queueFlags, timestampValidBits) per family, copied out of the cffi array."""
+    count = ffi.new("uint32_t*")
+    lib.vkGetPhysicalDeviceQueueFamilyProperties(physical_device, count, ffi.NULL)
+    arr = ffi.new("VkQueueFamilyProperties[]", count[0])
+    lib.vkGetPhysicalDeviceQueueFamilyProperties(physical_device, count, arr)
+    return [(int(arr[i].queueFlags), int(arr[i].timestampValidBits)) for i in range(count[0])]

@@ -1,0 +1,285 @@
+"""Shader variants: discovery, rendering, compilation to SPIR-V, and the manifest.
+
+Each kernel is one Jinja template ``vkq/templates/<name>.comp.j2`` next to its variant list
+``vkq/templates/<name>.variants.json``::
+
+    {"variants": [{"name": "rms_norm_vec4", "params": {"VEC4": true, "WG": 256}}, ...]}
+
+A template declares its interface by calling helpers that both emit GLSL and record the
+declaration, so the manifest can never disagree with the shader:
+
+    {{ local_size(256) }}
+    {{ buffer("t_out", "float", "writeonly") }}     -> binding 0, std430 storage buffer
+    {{ push_constants([("n_rows", "uint"), ("eps", "float")]) }}
+    {{ spec_constant("TILE_N", "uint", 8) }}
+    {{ require("integer_dot_product") }}            -> device feature the variant needs
+
+Compiled output (``<variant>.spv`` + ``manifest.json``) lives in ``vkq/spirv`` (written by
+``python -m vkq.compile_shaders``) or, when compiled on demand, in the user cache
+(``$VKQ_CACHE_DIR`` or ``~/.cache/vkq/spirv``). A variant's hash covers its rendered source
+(template, includes and parameters) and the compiler flags, so stale output is detected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATE_DIR = PACKAGE_DIR / "templates"
+GLSL_DIR = PACKAGE_DIR / "glsl"
+BUILD_DIR = PACKAGE_DIR / "spirv"
+# Vulkan 1.2 target: for 1.3 glslc emits LocalSizeId, which needs the maintenance4 feature.
+SPIRV_ENV = "vulkan1.2"
+GLSLC_FLAGS = ("-fshader-stage=compute", f"--target-env={SPIRV_ENV}", "-O")
+MANIFEST = "manifest.json"
+
+#: Device features a variant may require; names match `vkq.runtime.Capabilities` fields.
+KNOWN_FEATURES = frozenset({
+    "integer_dot_product", "shader_int8", "shader_float16", "storage_8bit", "storage_16bit",
+    "subgroup_arithmetic", "subgroup_size_control",
+})
+_SCALAR_TYPES = {"uint": "I", "int": "i", "float": "f"}
+
+
+class ShaderError(RuntimeError):
+    """A variant is unknown, fails to compile, or its compiled output is missing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantInfo:
+    """Everything the runtime needs to know about one compiled variant."""
+
+    name: str
+    template: str
+    params: dict[str, Any]
+    source: str
+    hash: str
+    bindings: tuple[dict[str, str], ...]          # [{"name", "type", "access"}] in binding order
+    push_constants: tuple[tuple[str, str], ...]   # [(name, uint|int|float)] in std430 order
+    spec_constants: tuple[tuple[str, str, Any], ...]  # [(name, type, default)], ids in order
+    local_size: tuple[int, int, int]
+    requires: tuple[str, ...]
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {
+            "file": f"{self.name}.spv", "template": self.template, "params": self.params,
+            "hash": self.hash, "bindings": list(self.bindings),
+            "push_constants": [list(p) for p in self.push_constants],
+            "spec_constants": [list(s) for s in self.spec_constants],
+            "local_size": list(self.local_size), "requires": list(self.requires),
+        }
+
+    @property
+    def push_constant_format(self) -> str:
+        """`struct` format of the push-constant block (all fields are 4-byte scalars)."""
+        return "<" + "".join(_SCALAR_TYPES[t] for _, t in self.push_constants)
+
+
+class _Declarations:
+    """Collects what a template declares while it renders (see module docstring)."""
+
+    def __init__(self) -> None:
+        self.bindings: list[dict[str, str]] = []
+        self.push: list[tuple[str, str]] = []
+        self.spec: list[tuple[str, str, Any]] = []
+        self.local: tuple[int, int, int] | None = None
+        self.requires: list[str] = []
+
+    def local_size(self, x: int, y: int = 1, z: int = 1) -> str:
+        self.local = (int(x), int(y), int(z))
+        return f"layout(local_size_x = {x}, local_size_y = {y}, local_size_z = {z}) in;"
+
+    def buffer(self, name: str, elem_type: str, access: str = "readonly") -> str:
+        if access not in ("readonly", "writeonly", "readwrite"):
+            raise ShaderError(f"buffer {name!r}: access must be readonly|writeonly|readwrite")
+        index = len(self.bindings)
+        self.bindings.append({"name": name, "type": elem_type, "access": access})
+        qualifier = "" if access == "readwrite" else access + " "
+        return (f"layout(set = 0, binding = {index}, std430) {qualifier}restrict buffer "
+                f"Buffer_{name} {{ {elem_type} {name}[]; }};")
+
+    def push_constants(self, fields: list[tuple[str, str]]) -> str:
+        for name, ty in fields:
+            if ty not in _SCALAR_TYPES:
+                raise ShaderError(f"push constant {name!r}: type must be one of {list(_SCALAR_TYPES)}")
+        self.push = [(n, t) for n, t in fields]
+        body = " ".join(f"{t} {n};" for n, t in fields)
+        return f"layout(push_constant) uniform PushConstants {{ {body} }} pc;"
+
+    def spec_constant(self, name: str, ty: str, default: Any) -> str:
+        if ty not in _SCALAR_TYPES:
+            raise ShaderError(f"spec constant {name!r}: type must be one of {list(_SCALAR_TYPES)}")
+        index = len(self.spec)
+        self.spec.append((name, ty, default))
+        return f"layout(constant_id = {index}) const {ty} {name} = {default};"
+
+    def require(self, feature: str) -> str:
+        if feature not in KNOWN_FEATURES:
+            raise ShaderError(f"unknown device feature {feature!r}; known: {sorted(KNOWN_FEATURES)}")
+        if feature not in self.requires:
+            self.requires.append(feature)
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def _jinja_env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(TEMPLATE_DIR), str(GLSL_DIR)]),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True)
+
+
+def _variant_lists() -> dict[str, list[dict[str, Any]]]:
+    """template file name -> its declared variants."""
+    lists = {}
+    for spec_file in sorted(TEMPLATE_DIR.glob("*.variants.json")):
+        template = spec_file.name.replace(".variants.json", ".comp.j2")
+        if not (TEMPLATE_DIR / template).exists():
+            raise ShaderError(f"{spec_file.name} has no template {template}")
+        lists[template] = json.loads(spec_file.read_text())["variants"]
+    return lists
+
+
+@functools.lru_cache(maxsize=1)
+def declared_variants() -> dict[str, tuple[str, dict[str, Any]]]:
+    """variant name -> (template file, params), for every template."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for template, variants in _variant_lists().items():
+        for v in variants:
+            if v["name"] in out:
+                raise ShaderError(f"variant {v['name']!r} declared twice")
+            out[v["name"]] = (template, dict(v.get("params", {})))
+    return out
+
+
+def _compiler_id() -> str:
+    return " ".join(GLSLC_FLAGS)
+
+
+@functools.lru_cache(maxsize=None)
+def variant_info(name: str) -> VariantInfo:
+    """Render one variant and describe it (cached; rendering is cheap, compiling is not)."""
+    variants = declared_variants()
+    if name not in variants:
+        raise ShaderError(f"unknown shader variant {name!r}; known: {sorted(variants)}")
+    template, params = variants[name]
+    decl = _Declarations()
+    ctx = dict(params, VARIANT=name, local_size=decl.local_size, buffer=decl.buffer,
+               push_constants=decl.push_constants, spec_constant=decl.spec_constant,
+               require=decl.require)
+    try:
+        source = _jinja_env().get_template(template).render(**ctx)
+    except jinja2.TemplateError as e:
+        where = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+        raise ShaderError(f"template {template}{where}, variant {name}: {e}") from e
+    if decl.local is None:
+        raise ShaderError(f"template {template}, variant {name}: no local_size(...) declared")
+    digest = hashlib.sha256((source + "\0" + _compiler_id()).encode()).hexdigest()
+    return VariantInfo(
+        name=name, template=template, params=params, source=source, hash=digest,
+        bindings=tuple(decl.bindings), push_constants=tuple(decl.push),
+        spec_constants=tuple(decl.spec), local_size=decl.local, requires=tuple(decl.requires))
+
+
+def find_tool(tool: str) -> str | None:
+    return shutil.which(tool)
+
+
+def _explain_compile_error(info: VariantInfo, stderr: str) -> str:
+    """Name the template, variant and the offending rendered GLSL line(s)."""
+    lines = info.source.splitlines()
+    msgs = [f"shader variant {info.name!r} (template vkq/templates/{info.template}) failed to compile:"]
+    for m in re.finditer(r"^[^:\n]*:(\d+): (error|warning): (.*)$", stderr, re.M):
+        lineno = int(m.group(1))
+        text = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else "?"
+        msgs.append(f"  line {lineno} of the rendered GLSL: {m.group(3)}\n      | {text}")
+    if len(msgs) == 1:
+        msgs.append(stderr.strip())
+    return "\n".join(msgs)
+
+
+def compile_variant(info: VariantInfo) -> bytes:
+    """Compile with glslc (subprocess: libshaderc can't be loaded in-process, SPEC §1) and
+    validate with spirv-val. Raises ShaderError naming template, variant and GLSL line."""
+    glslc = find_tool("glslc")
+    if glslc is None:
+        raise ShaderError("glslc not found: install it (Debian/Ubuntu: `apt-get install glslc`)")
+    with tempfile.TemporaryDirectory(prefix="vkq-") as tmp:
+        src = Path(tmp) / f"{info.name}.comp"
+        out = Path(tmp) / f"{info.name}.spv"
+        src.write_text(info.source)
+        r = subprocess.run([glslc, *GLSLC_FLAGS, str(src), "-o", str(out)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise ShaderError(_explain_compile_error(info, r.stderr))
+        spirv_val = find_tool("spirv-val")
+        if spirv_val is not None:
+            v = subprocess.run([spirv_val, "--target-env", SPIRV_ENV, str(out)],
+                               capture_output=True, text=True)
+            if v.returncode != 0:
+                raise ShaderError(f"variant {info.name!r} (template {info.template}): spirv-val "
+                                  f"rejected the module:\n{v.stdout}{v.stderr}")
+        return out.read_bytes()
+
+
+def user_cache_dir() -> Path:
+    base = os.environ.get("VKQ_CACHE_DIR")
+    return Path(base) if base else Path.home() / ".cache" / "vkq" / "spirv"
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    try:
+        return json.loads((directory / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def write_output(directory: Path, infos_and_spirv: list[tuple[VariantInfo, bytes]]) -> None:
+    """Write .spv files and merge their entries into the directory's manifest (atomically)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(directory)
+    for info, spirv in infos_and_spirv:
+        tmp = directory / f".{info.name}.spv.{os.getpid()}"
+        tmp.write_bytes(spirv)
+        tmp.replace(directory / f"{info.name}.spv")
+        manifest[info.name] = info.manifest_entry()
+    tmp = directory / f".{MANIFEST}.{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    tmp.replace(directory / MANIFEST)
+
+
+def _load_if_fresh(directory: Path, info: VariantInfo) -> bytes | None:
+    entry = read_manifest(directory).get(info.name)
+    if entry is None or entry.get("hash") != info.hash:
+        return None
+    path = directory / entry["file"]
+    return path.read_bytes() if path.exists() else None
+
+
+def load_spirv(name: str) -> tuple[VariantInfo, bytes]:
+    """SPIR-V of a variant: from the build output, else the user cache, else compiled now
+    into the user cache. Raises ShaderError saying what to run when none of that works."""
+    info = variant_info(name)
+    for directory in (BUILD_DIR, user_cache_dir()):
+        spirv = _load_if_fresh(directory, info)
+        if spirv is not None:
+            return info, spirv
+    if find_tool("glslc") is None:
+        raise ShaderError(
+            f"shader variant {name!r} is missing or stale and glslc is not installed. Run "
+            f"`python -m vkq.compile_shaders` where glslc is available (Debian: apt-get install "
+            f"glslc spirv-tools), or install glslc so vkq can compile it on demand.")
+    spirv = compile_variant(info)
+    write_output(user_cache_dir(), [(info, spirv)])
+    return info, spirv

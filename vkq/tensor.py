@@ -1,0 +1,110 @@
+"""Tensors that stay on the device between ops, in a named layout.
+
+    xd = vkq.to_device(xq, layout="int8_4h4w")     # pack + upload once
+    yd = vkq.linear(xd, w, ...)                      # DeviceTensor in -> DeviceTensor out
+    zd = vkq.linear(yd, w2, ...)                     # no host round trip between layers
+    z = zd.numpy()                                   # download + unpack to the logical array
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from vkq import layouts
+from vkq.runtime import Buffer, Device, default_device
+
+#: Plain row-major tensors (float activations) use this format name.
+DENSE = "dense"
+
+
+class DeviceTensor:
+    """Device buffers holding one logical tensor in `format` (a `vkq.layouts` format, or
+    "dense" for a plain row-major array of `dtype`). Owns its buffers: `close()` frees them."""
+
+    def __init__(self, device: Device, format: str, shape: tuple[int, ...], dtype: Any,
+                 buffers: Mapping[str, Buffer], array_specs: Mapping[str, tuple[tuple[int, ...], Any]],
+                 params: Mapping[str, int] | None = None, version: int = 1):
+        self.device = device
+        self.format = format
+        self.version = version
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.buffers = dict(buffers)
+        self.array_specs = {k: (tuple(s), np.dtype(d)) for k, (s, d) in array_specs.items()}
+        self.params = dict(params or {})
+
+    @classmethod
+    def empty(cls, device: Device, format: str, shape: tuple[int, ...], dtype: Any,
+              array_specs: Mapping[str, tuple[tuple[int, ...], Any]],
+              params: Mapping[str, int] | None = None) -> "DeviceTensor":
+        """Uninitialised buffers for an op's output."""
+        bufs = {k: device.buffer(int(np.prod(s)) * np.dtype(d).itemsize) for k, (s, d) in array_specs.items()}
+        return cls(device, format, shape, dtype, bufs, array_specs, params)
+
+    @property
+    def buffer(self) -> Buffer:
+        """The main payload ("data")."""
+        return self.buffers["data"]
+
+    def expect(self, format: str) -> "DeviceTensor":
+        if self.format != format:
+            hint = layouts.REPACK_HINTS.get(format, "")
+            raise layouts.LayoutError(f"device tensor is in layout {self.format!r}, this kernel "
+                                      f"needs {format!r}. {hint}")
+        return self
+
+    def numpy(self) -> np.ndarray:
+        """Download and unpack to the logical array."""
+        arrays = {k: self.buffers[k].read(d, int(np.prod(s))).reshape(s)
+                  for k, (s, d) in self.array_specs.items()}
+        if self.format == DENSE:
+            return arrays["data"].reshape(self.shape).astype(self.dtype, copy=False)
+        packed = layouts.PackedTensor(self.format, self.version, self.shape, arrays, self.params)
+        return layouts.UNPACKERS[self.format](packed)
+
+    def close(self) -> None:
+        for b in self.buffers.values():
+            b.close()
+
+    def __enter__(self) -> "DeviceTensor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<vkq DeviceTensor {self.format} shape={self.shape} dtype={self.dtype}>"
+
+
+def upload_packed(packed: layouts.PackedTensor, dtype: Any, device: Device | None = None) -> DeviceTensor:
+    """Upload every array of a packed tensor into its own buffer."""
+    device = device or default_device()
+    bufs = {k: device.upload(a) for k, a in packed.arrays.items()}
+    specs = {k: (a.shape, a.dtype) for k, a in packed.arrays.items()}
+    return DeviceTensor(device, packed.format, packed.shape, dtype, bufs, specs, packed.params,
+                        packed.version)
+
+
+_PACKERS = {
+    layouts.INT8_4H4W: layouts.pack_int8_4h4w,
+    layouts.INT8_4W: layouts.pack_int8_4w,
+}
+
+
+def to_device(x: np.ndarray, layout: str = DENSE, device: Device | None = None) -> DeviceTensor:
+    """Copy a host array to the device: "dense" (row-major, any dtype; float activations), or
+    an activation layout of `vkq.layouts` ("int8_4h4w" for GEMM inputs, "int8_4w" for M == 1).
+    Leading batch dimensions fold into rows for the packed layouts."""
+    device = device or default_device()
+    x = np.asarray(x)
+    if layout == DENSE:
+        data = np.ascontiguousarray(x)
+        return DeviceTensor(device, DENSE, x.shape, x.dtype, {"data": device.upload(data)},
+                            {"data": (data.shape, data.dtype)})
+    if layout not in _PACKERS:
+        raise ValueError(f"unknown layout {layout!r}; use one of {[DENSE, *_PACKERS]}")
+    if x.ndim < 1:
+        raise ValueError("an int8 activation needs at least one dimension [..., K]")
+    packed = _PACKERS[layout](np.asarray(x).reshape(-1, x.shape[-1]))
+    return upload_packed(packed, np.int8, device)
