@@ -1,0 +1,34 @@
+"""Timing PyTorch peers on the same GPU (`python -m vkq bench --compare torch`).
+
+Timed like vkq's kernels: one CUDA event pair around each call, calls rotating through
+distinct weight copies (L2-cold), median of the repeats.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def cuda_torch() -> Any | None:
+    """The torch module if it is importable with a CUDA device, else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def time_cuda(call: Callable[[int], Any], n_copies: int, repeats: int, warmup: int = 3) -> float:
+    """Median GPU time (ns) of `call(i % n_copies)`."""
+    import torch
+    for i in range(warmup):
+        call(i % n_copies)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(repeats)]
+    torch.cuda.synchronize()
+    for i, (start, end) in enumerate(events):
+        start.record()
+        call(i % n_copies)
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) * 1e6 for s, e in events)
+    return float(times[len(times) // 2])
