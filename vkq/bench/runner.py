@@ -9,7 +9,7 @@ import time
 from typing import Iterable
 
 from vkq.bench import SUITES, BenchContext, Row
-from vkq.ops.read_bandwidth import measure_read_bandwidth
+from vkq.ops.read_bandwidth import measure_dispatch_overhead, measure_read_bandwidth
 from vkq.runtime import Device
 
 
@@ -47,7 +47,9 @@ def run(device: Device, names: list[str] | None, quick: bool, repeats: int,
     ctx = BenchContext(device=device, roofline_gbps=roof["gbps"], quick=quick, repeats=repeats,
                        compare=compare, progress=say)
     rows = [Row("roofline", f"{roof['bytes'] >> 20} MiB", "read_bandwidth", roof["ns"] / 1e3,
-                bytes=roof["bytes"], roofline_gbps=roof["gbps"])]
+                bytes=roof["bytes"], roofline_gbps=roof["gbps"]),
+            Row("overhead", "1 workgroup", "read_bandwidth", measure_dispatch_overhead(device, repeats) / 1e3,
+                note="empty dispatch: floor of every timed row")]
     for name, suite in SUITES.items():
         if names and name not in names:
             continue

@@ -30,3 +30,15 @@ def measure_read_bandwidth(device: Device, nbytes: int = 1 << 30, repeats: int =
         times = b.timings_ns[1:]  # the first pass warms up pipelines and page tables
     t = float(np.median(times))
     return {"bytes": nbytes, "ns": t, "gbps": nbytes / t}
+
+
+def measure_dispatch_overhead(device: Device, repeats: int = 20) -> float:
+    """Median timestamped duration (ns) of a one-workgroup dispatch that reads nothing: the
+    floor under every per-dispatch time this tool reports (launch + barrier + timestamps)."""
+    kernel = device.kernel(VARIANT)
+    with device.buffer(16 * 256) as sink, device.buffer(16) as data:
+        with device.batch(timestamps=True) as b:
+            for _ in range(repeats + 1):
+                b.dispatch(kernel, (1, 1, 1), buffers={"t_sink": sink, "t_data": data},
+                           push={"n_words": 0, "magic": 0x9E3779B9})
+    return float(np.median(b.timings_ns[1:]))
