@@ -32,6 +32,7 @@ class Buffer:
 
     def __init__(self, device: "Device", nbytes: int, *, host_visible: bool | None = None,
                  usage: str = "storage"):
+        device._check_open()
         nbytes = int(nbytes)
         if nbytes < 0:
             raise ValueError(f"buffer size must be >= 0, got {nbytes}")

@@ -1,0 +1,98 @@
+"""The shader pipeline: variants, manifest, staleness, errors, on-demand compilation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vkq import compile_shaders, shaderlib
+
+GOOD = """#version 450
+{{ local_size(WG) }}
+{{ buffer("t_out", "uint", "writeonly") }}
+{{ push_constants([("n", "uint")]) }}
+void main() { if (gl_GlobalInvocationID.x < pc.n) t_out[gl_GlobalInvocationID.x] = {{ VALUE }}u; }
+"""
+
+
+@pytest.fixture
+def template_dir(tmp_path, monkeypatch):
+    """An isolated template tree with one template and two variants."""
+    tdir = tmp_path / "templates"
+    tdir.mkdir()
+    (tdir / "fill.comp.j2").write_text(GOOD)
+    (tdir / "fill.variants.json").write_text(json.dumps({"variants": [
+        {"name": "fill_one", "params": {"WG": 64, "VALUE": 1}},
+        {"name": "fill_two", "params": {"WG": 64, "VALUE": 2}}]}))
+    monkeypatch.setattr(shaderlib, "TEMPLATE_DIR", tdir)
+    monkeypatch.setattr(shaderlib, "BUILD_DIR", tmp_path / "spirv")
+    monkeypatch.setenv("VKQ_CACHE_DIR", str(tmp_path / "cache"))
+    for cached in (shaderlib.declared_variants, shaderlib.variant_info, shaderlib._jinja_env):
+        cached.cache_clear()
+    yield tdir
+    for cached in (shaderlib.declared_variants, shaderlib.variant_info, shaderlib._jinja_env):
+        cached.cache_clear()
+
+
+def test_every_package_variant_renders_with_a_consistent_interface():
+    for name in shaderlib.declared_variants():
+        info = shaderlib.variant_info(name)
+        names = [b["name"] for b in info.bindings]
+        assert len(set(names)) == len(names), name
+        assert all(f in shaderlib.KNOWN_FEATURES for f in info.requires)
+        assert info.source.startswith("#version 450")
+
+
+def test_package_shaders_are_built_and_fresh():
+    """`python -m vkq.compile_shaders --check` passes after setup (it is what the runtime loads)."""
+    assert compile_shaders.main(["--check"]) == 0
+
+
+def test_manifest_records_interface_and_only_changed_variants_rebuild(template_dir, tmp_path):
+    out = tmp_path / "spirv"
+    assert compile_shaders.main(["--out", str(out), "--check"]) == 1
+    assert compile_shaders.main(["--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["fill_one"]
+    assert entry["bindings"] == [{"name": "t_out", "type": "uint", "access": "writeonly"}]
+    assert entry["push_constants"] == [["n", "uint"]] and entry["local_size"] == [64, 1, 1]
+    assert compile_shaders.main(["--out", str(out), "--check"]) == 0
+
+    vlist = json.loads((template_dir / "fill.variants.json").read_text())
+    vlist["variants"][1]["params"]["VALUE"] = 3
+    (template_dir / "fill.variants.json").write_text(json.dumps(vlist))
+    shaderlib.declared_variants.cache_clear()
+    shaderlib.variant_info.cache_clear()
+    missing, stale = compile_shaders.stale_variants(out)
+    assert (missing, stale) == ([], ["fill_two"])
+
+
+def test_compile_error_names_template_variant_and_line(template_dir):
+    (template_dir / "fill.comp.j2").write_text(GOOD.replace("{{ VALUE }}u;", "undefined_thing;"))
+    with pytest.raises(shaderlib.ShaderError) as e:
+        shaderlib.compile_variant(shaderlib.variant_info("fill_one"))
+    msg = str(e.value)
+    assert "fill_one" in msg and "fill.comp.j2" in msg
+    assert "undefined_thing" in msg and "line 5" in msg
+
+
+def test_unknown_variant_and_template_errors(template_dir):
+    with pytest.raises(shaderlib.ShaderError, match="unknown shader variant"):
+        shaderlib.variant_info("nope")
+    (template_dir / "fill.comp.j2").write_text("{{ NOT_A_PARAM }}")
+    shaderlib.variant_info.cache_clear()
+    with pytest.raises(shaderlib.ShaderError, match="fill_one"):
+        shaderlib.variant_info("fill_one")
+
+
+def test_on_demand_compile_goes_to_the_user_cache(template_dir, tmp_path):
+    info, spirv = shaderlib.load_spirv("fill_two")
+    assert spirv[:4] == b"\x03\x02\x23\x07"  # SPIR-V magic, little endian
+    assert (tmp_path / "cache" / "fill_two.spv").exists()
+    assert not (tmp_path / "spirv").exists()
+
+
+def test_missing_output_without_glslc_says_what_to_run(template_dir, monkeypatch):
+    monkeypatch.setattr(shaderlib, "find_tool", lambda tool: None)
+    with pytest.raises(shaderlib.ShaderError, match="python -m vkq.compile_shaders"):
+        shaderlib.load_spirv("fill_one")
