@@ -1,0 +1,336 @@
+"""q4gsw linear (float x int4 group-wise weights) against the float64 numpy reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import vkq
+from vkq import layouts
+from vkq.layouts import LayoutError
+from vkq.ops import q4gsw_linear as op
+from vkq.reference.q4gsw import q4gsw_dequantize_reference, q4gsw_linear_reference
+
+U = 2.0 ** -24  # unit roundoff of float32
+MS = (1, 2, 3, 4, 5, 33)
+
+
+def tolerance(x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) -> np.ndarray:
+    """Per-output bound on |y - ref64| for fp32 kernels.
+
+    Every kernel forms y[m, n] as a sum of the K products x_k * w_k in some order (the
+    symmetric GEMV sums x_k * (u_k - 8) per group and multiplies by the scale once, which is
+    the same terms times a positive factor; the others multiply by w_k dequantized in fp32,
+    w_k * (1 + d), |d| <= u). Summing K terms in fp32 in any order (sequential, tree,
+    subgroup) errs by at most (K - 1) * u * sum_k |x_k w_k| to first order; the product,
+    the dequantization, the shift-class recombination (3 adds per word), the scale multiply
+    and the bias add put a handful more roundings on each term's path. So
+    c * K_eff * u * sum|x_k w_k| with c = 1, K_eff = K + 16, plus u * |bias| for the last
+    add and a denormal-sized absolute term, is a rigorous bound, not a fitted one.
+    """
+    w64 = np.abs(q4gsw_dequantize_reference(w.q, w.scales, w.zeros, w.group_size))
+    k = x.shape[-1]
+    with np.errstate(invalid="ignore"):  # NaN/Inf tests: the bound is only used where finite
+        mag = np.abs(x.astype(np.float64)) @ w64.T
+    extra = 0.0 if bias is None else U * np.abs(bias.astype(np.float64))
+    return (k + 16) * U * mag + extra + 1e-30
+
+
+def make_weight(n: int, k: int, gs: int, symmetric: bool, seed: int) -> vkq.QuantizedWeight:
+    rng = np.random.default_rng(seed)
+    return vkq.quantize_weight(rng.standard_normal((n, k)), bits=4, group_size=gs, symmetric=symmetric)
+
+
+def check(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) -> None:
+    ref = q4gsw_linear_reference(x, w.q, w.scales, w.zeros, w.group_size, bias)
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    err = np.abs(y - ref)
+    tol = tolerance(x, w, bias)
+    assert np.all(err <= tol), f"max err {err.max():.3g}, worst err/tol {np.max(err / tol):.3g}"
+
+
+def gemv_name(w: vkq.QuantizedWeight, device) -> str:
+    n, k = w.shape
+    cfg = op.pick_gemv_config(n, k, device.caps.subgroup_arithmetic)
+    return op.gemv_variant(not w.symmetric, w.group_size, cfg, tree=not device.caps.subgroup_arithmetic)
+
+
+# ------------------------------------------------------------------ accuracy over shapes
+# K = 512: groups that are whole 32-nibble words (the GEMV's "word" mode) up to gs = K.
+# K = 528 (16 nibbles of padding in the last word): groups of 8/16/24/48 nibbles ("comp"
+# mode) and gs = K.
+CASES = [(512, gs) for gs in (32, 64, 128, 256, 512)] + [(528, gs) for gs in (8, 16, 24, 48, 528)]
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("k,gs", CASES, ids=[f"K{k}-gs{gs}" for k, gs in CASES])
+def test_matches_reference(device, k, gs, symmetric):
+    n = 37  # not a multiple of 4 (GEMV rows per workgroup) nor of 8
+    w = make_weight(n, k, gs, symmetric, seed=k + gs)
+    rng = np.random.default_rng(gs)
+    for m in MS:
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32) if m % 2 else None
+        with vkq.trace() as t:
+            y = vkq.linear(x, w, bias, device=device)
+        assert t.kernels == [gemv_name(w, device) if m == 1 else op.gemm_variant(not symmetric, m)]
+        check(y, x, w, bias)
+
+
+@pytest.mark.parametrize("k,gs,symmetric", [(4352, 128, True), (4352, 32, False), (4104, 8, True)])
+def test_long_k_gemv_steps(device, k, gs, symmetric):
+    # K large enough for whole GEMV steps (64 lanes x 2 words) plus a bounds-checked tail.
+    w = make_weight(21, k, gs, symmetric, seed=k)
+    x = np.random.default_rng(k).standard_normal((1, k)).astype(np.float32)
+    for kernel in ("gemv", "gemm"):
+        check(vkq.linear(x, w, kernel=kernel, device=device), x, w, None)
+
+
+def exact_weight(n: int, k: int, gs: int, symmetric: bool, seed: int) -> vkq.QuantizedWeight:
+    """Scales 2^-3..2^0 and zeros on a 2^-6 grid: with small-integer x every product, partial
+    sum and dequantized weight is exact in fp32, so any kernel must match bit for bit."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-8, 8, size=(n, k), dtype=np.int8)
+    s = 2.0 ** rng.integers(-3, 1, size=(n, k // gs))
+    z = None if symmetric else rng.integers(-64, 65, size=(n, k // gs)) / 64.0
+    return vkq.QuantizedWeight(q, s, z, bits=4, group_size=gs)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("k,gs", [(512, 32), (512, 128), (264, 8), (264, 24)])
+def test_exact_arithmetic_is_bit_exact(device, k, gs, symmetric):
+    # A single wrong nibble, scale or group index changes the result by >= 2^-9: the
+    # accuracy bound above could hide it at large K, this cannot.
+    w = exact_weight(19, k, gs, symmetric, seed=gs)
+    rng = np.random.default_rng(k)
+    for m, kernel in ((1, "gemv"), (1, "gemm"), (5, "gemm")):
+        x = rng.integers(-4, 5, size=(m, k)).astype(np.float32)
+        bias = rng.integers(-8, 9, size=19).astype(np.float32)
+        y = vkq.linear(x, w, bias, kernel=kernel, device=device)
+        ref = q4gsw_linear_reference(x, w.q, w.scales, w.zeros, gs, bias)
+        np.testing.assert_array_equal(y, ref.astype(np.float32))
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_gemv_and_gemm_agree(device, symmetric):
+    w = make_weight(45, 1024, 64, symmetric, seed=7)
+    x = np.random.default_rng(8).standard_normal((1, 1024)).astype(np.float32)
+    with vkq.trace() as t:
+        y_gemv = vkq.linear(x, w, kernel="gemv", device=device)
+        y_gemm = vkq.linear(x, w, kernel="gemm", device=device)
+    assert t.kernels == [gemv_name(w, device), op.gemm_variant(not symmetric, 1)]
+    check(y_gemv, x, w, None)
+    check(y_gemm, x, w, None)
+    assert np.all(np.abs(y_gemv - y_gemm) <= 2 * tolerance(x, w, None))
+
+
+def test_routing(device):
+    w = make_weight(16, 64, 32, True, seed=1)
+    x1 = np.ones((1, 64), np.float32)
+    with vkq.trace() as t:
+        vkq.linear(x1, w, device=device)                    # M == 1 -> GEMV
+        vkq.linear(x1[0], w, device=device)                 # 1-D x is one row too
+        vkq.linear(np.ones((2, 64), np.float32), w, device=device)
+        vkq.linear(np.ones((40, 64), np.float32), w, device=device)
+        vkq.linear(x1, w, kernel="gemm", device=device)
+    gemv = gemv_name(w, device)
+    assert t.kernels == [gemv, gemv, "q4gsw_gemm_sym_16x64", "q4gsw_gemm_sym_64x64",
+                         "q4gsw_gemm_sym_16x64"]
+    with pytest.raises(ValueError, match="M == 1"):
+        vkq.linear(np.ones((2, 64), np.float32), w, kernel="gemv", device=device)
+
+
+def test_batch_dims_float16_and_empty(device):
+    w = make_weight(9, 64, 16, False, seed=3)
+    x = np.random.default_rng(4).standard_normal((2, 3, 64)).astype(np.float16)
+    y = vkq.linear(x, w, device=device)
+    assert y.shape == (2, 3, 9)
+    check(y.reshape(6, 9), x.reshape(6, 64).astype(np.float32), w, None)
+    assert vkq.linear(np.ones((0, 64), np.float32), w, device=device).shape == (0, 9)
+
+
+# ------------------------------------------------------------------ NaN / Inf
+def special_weight(symmetric: bool) -> vkq.QuantizedWeight:
+    """Channels whose weight at k = 0 is 0 (inf * 0 -> NaN), positive, negative, and for
+    asymmetric weights u = 8 with a non-zero zero point (w = zero, not 0)."""
+    k, gs = 64, 32
+    q = np.ones((6, k), np.int8)
+    s = np.full((6, 2), 0.5)
+    z = None if symmetric else np.zeros((6, 2))
+    q[0, 0] = 0                      # w = 0 (symmetric); asymmetric: w = zero = 0 too
+    q[1, 0] = 3                      # w > 0
+    q[2, 0] = -5                     # w < 0
+    if not symmetric:
+        q[3, 0], z[3, 0] = 0, 0.25   # u = 8, w = zero > 0: inf stays inf
+        q[4, 0], z[4, 0] = -1, 0.5   # (u - 8) * s + zero == 0 exactly: NaN
+        q[5, 0], z[5, 0] = 1, -2.0   # sign flipped by the zero: -inf
+    return vkq.QuantizedWeight(q, s, z, bits=4, group_size=gs)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
+def test_nan_inf_propagate_like_reference(device, symmetric, kernel):
+    w = special_weight(symmetric)
+    rows = [(0, np.inf), (0, -np.inf), (5, np.nan), (0, 1.0)]
+    for j, v in rows:
+        x = np.full((1, 64), 0.5, np.float32)
+        x[0, j] = v
+        y = vkq.linear(x, w, kernel=kernel, device=device)
+        ref = q4gsw_linear_reference(x, w.q, w.scales, w.zeros, w.group_size)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+        finite = np.isfinite(ref)
+        np.testing.assert_array_equal(y[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])
+        assert np.all(np.abs(y[finite] - ref[finite]) <= tolerance(x, w, None)[finite])
+
+
+# ------------------------------------------------------------------ bad inputs
+def test_bad_inputs(device):
+    w = make_weight(8, 64, 32, True, seed=5)
+    x = np.ones((1, 64), np.float32)
+    with pytest.raises(TypeError, match="float"):
+        vkq.linear(x.astype(np.int8), w, device=device)
+    with pytest.raises(ValueError, match="K = 64"):
+        vkq.linear(np.ones((1, 72), np.float32), w, device=device)
+    with pytest.raises(ValueError, match=r"bias must have shape \(8,\)"):
+        vkq.linear(x, w, np.ones(7, np.float32), device=device)
+    with pytest.raises(TypeError, match="bias must be a float"):
+        vkq.linear(x, w, np.ones(8, np.int32), device=device)
+    with pytest.raises(ValueError, match="kernel must be"):
+        vkq.linear(x, w, kernel="fast", device=device)
+    with pytest.raises(ValueError, match="int4"):
+        op.linear(x, vkq.quantize_weight(np.ones((8, 64)), bits=8), device=device)
+    with pytest.raises(TypeError, match="QuantizedWeight"):
+        op.linear(x, np.ones((8, 64)), device=device)
+
+
+@pytest.mark.parametrize("gs", [0, 4, 12, 20, 96])
+def test_unsupported_group_sizes_are_refused(gs):
+    # 4, 12, 20: not multiples of 8 (a group would split a 32-bit word); 96 does not divide 64.
+    with pytest.raises(ValueError, match="group_size"):
+        vkq.quantize_weight(np.ones((8, 64)), bits=4, group_size=gs)
+    with pytest.raises(ValueError, match="group_size"):
+        vkq.QuantizedWeight(np.zeros((8, 64), np.int8), np.ones((8, 2)), bits=4, group_size=gs)
+    with pytest.raises(ValueError, match="group_size"):
+        layouts.pack_group_params(np.ones((8, 2), np.float32), None, gs, 64)
+
+
+# ------------------------------------------------------------------ packed weights
+def packed_inputs(n: int, k: int, gs: int, symmetric: bool):
+    w = make_weight(n, k, gs, symmetric, seed=n * k)
+    return w, layouts.pack_int4_weight(np.asarray(w.q))
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_gn_layout_scales_are_refused_with_repack_hint(device, symmetric):
+    # N == n_groups: the [n_groups, N] arrays have exactly the [N, n_groups] shape, so only
+    # the format name can tell them apart.
+    n, k, gs = 8, 64, 8
+    w, wp = packed_inputs(n, k, gs, symmetric)
+    zeros_t = None if symmetric else np.ascontiguousarray(w.zeros.T)
+    gn = layouts.pack_group_params_gn(np.ascontiguousarray(w.scales.T), zeros_t, gs, k)
+    assert gn.arrays["scales"].shape == (n, k // gs)
+    with pytest.raises(LayoutError, match="group_params_ng.*group_params_gn.*repack_group_params_ng"):
+        op.prepack_q4gsw(wp, gn, device)
+    with pytest.raises(LayoutError, match="int4_uvec4"):
+        op.prepack_q4gsw(gn, gn, device)
+    pw = op.prepack_q4gsw(wp, layouts.repack_group_params_ng(gn), device)
+    try:
+        assert (pw.format, pw.version, pw.shape, pw.group_size) == ("q4gsw_weight", 1, (n, k), gs)
+        assert pw.layouts == {"weight": ("int4_uvec4", 1), "params": ("group_params_ng", 1)}
+        x = np.random.default_rng(0).standard_normal((3, k)).astype(np.float32)
+        for m in (1, 3):
+            check(op.linear(x[:m], pw), x[:m], w, None)
+    finally:
+        pw.close()
+    with pytest.raises(ValueError, match="closed"):
+        op.linear(x, pw)
+
+
+def test_prepack_rejects_mismatched_shapes(device):
+    _, wp = packed_inputs(8, 64, 32, True)
+    params = layouts.pack_group_params(np.ones((8, 4), np.float32), None, 32, 128)
+    with pytest.raises(ValueError, match="differ"):
+        op.prepack_q4gsw(wp, params, device)
+
+
+def test_prepacked_copy_is_cached(device):
+    w = make_weight(8, 64, 32, True, seed=9)
+    x = np.ones((1, 64), np.float32)
+    vkq.linear(x, w, device=device)
+    before = device.live_objects()
+    vkq.linear(x, w, device=device)
+    vkq.linear(np.ones((4, 64), np.float32), w, device=device)
+    assert device.live_objects() == before
+
+
+def test_device_tensor_in_and_out(device):
+    w1 = make_weight(24, 64, 32, True, seed=11)
+    w2 = make_weight(5, 24, 8, False, seed=12)
+    x = np.random.default_rng(13).standard_normal((2, 64)).astype(np.float32)
+    with vkq.to_device(x, device=device) as xd:
+        with op.linear(xd, w1) as hd, op.linear(hd, w2) as yd:
+            assert isinstance(yd, vkq.DeviceTensor) and yd.shape == (2, 5)
+            h = hd.numpy()
+            y = yd.numpy()
+    check(h, x, w1, None)
+    check(y, h, w2, None)
+    with pytest.raises(TypeError, match="float32"):
+        op.linear(vkq.to_device(x.astype(np.float16), device=device), w1)
+
+
+# ------------------------------------------------------------------ out-of-bounds guards
+SENTINEL = np.float32(-12345.678)
+GUARD = 67  # floats of guard after each buffer's payload
+
+
+def run_guarded(device, w: vkq.QuantizedWeight, x: np.ndarray, bias, **choice) -> np.ndarray:
+    """Dispatch through the internal entry point with NaN after x (an out-of-bounds read of
+    x would poison the sums) and a sentinel after y (an out-of-bounds write would change it)."""
+    m, k = x.shape
+    n = w.shape[0]
+    pw = op.prepack_quantized(w, device)
+    xg = np.concatenate([x.reshape(-1), np.full(GUARD, np.nan, np.float32)])
+    yg = np.full(m * n + GUARD, SENTINEL, np.float32)
+    bg = None if bias is None else np.concatenate([bias, np.full(GUARD, np.nan, np.float32)])
+    bufs = [device.upload(xg), device.upload(yg)] + ([device.upload(bg)] if bg is not None else [])
+    try:
+        with device.batch() as b:
+            op.record_linear(b, pw, bufs[0], bufs[1], m, bufs[2] if bg is not None else None, **choice)
+            d = b.download(bufs[1])
+        out = d.result().view(np.float32)
+    finally:
+        for buf in bufs:
+            buf.close()
+        pw.close()
+    np.testing.assert_array_equal(out[m * n:], SENTINEL)
+    return out[: m * n].reshape(m, n)
+
+
+TUNING = (op.GemvConfig(128, 8, 1, True), op.GemvConfig(256, 2, 4))
+# (choice, K, group size, symmetric); N = 67 leaves a ragged last GEMV workgroup and GEMM
+# tile, K = 1320 ends inside a word. Tuning shapes exist for symmetric word groups only.
+GUARD_CASES = (
+    [(dict(kernel="gemv"), k, gs, sym) for k, gs, sym in ((1320, 8, False), (1280, 64, True))]
+    + [(dict(kernel="gemv", gemv_config=op.GEMV_TREE, gemv_tree=True), 1320, 24, True)]
+    + [(dict(kernel="gemv", gemv_config=c), 1280, 64, True) for c in TUNING]
+    + [(dict(kernel="gemm", gemm_tile=t), 1320, 8, False) for t in ("16x64", "64x64")]
+    + [(dict(kernel="gemm", gemm_tile="32x128"), 1280, 64, True)]
+)
+
+
+@pytest.mark.parametrize("choice,k,gs,symmetric", GUARD_CASES, ids=[
+    "-".join(str(getattr(v, "tag", v)) for v in c.values()) + f"-K{k}-gs{gs}"
+    for c, k, gs, _ in GUARD_CASES])
+def test_no_out_of_bounds_access(device, choice, k, gs, symmetric):
+    m = 1 if choice["kernel"] == "gemv" else 7
+    w = make_weight(67, k, gs, symmetric, seed=k)
+    x = np.random.default_rng(k).standard_normal((m, k)).astype(np.float32)
+    bias = np.random.default_rng(1).standard_normal(67).astype(np.float32)
+    check(run_guarded(device, w, x, bias, **choice), x, w, bias)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", op.sweep_gemv_configs(), ids=lambda c: c.tag)
+def test_every_gemv_tuning_shape(device, cfg):
+    w = make_weight(67, 4160, 64, True, seed=cfg.wg + cfg.r)
+    x = np.random.default_rng(cfg.u).standard_normal((1, 4160)).astype(np.float32)
+    check(run_guarded(device, w, x, None, kernel="gemv", gemv_config=cfg), x, w, None)

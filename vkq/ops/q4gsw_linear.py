@@ -1,0 +1,612 @@
+"""q4gsw linear (SPEC §3): float activations x int4 group-wise weights -> float32.
+
+    w = vkq.quantize_weight(W, bits=4, group_size=32)        # logical weights
+    y = vkq.linear(x, w)                                      # packs + uploads once, then routes
+    pw = prepack_q4gsw(pack_int4_weight(q), pack_group_params(s, z, gs, K), device)
+    y = linear(x, pw)                                         # already-packed device weights
+
+Routing (SPEC §5): M == 1 -> the cooperative GEMV (`q4gsw_linear_gemv.comp.j2`), whose
+workgroup shape is picked by (N, K) from measurements (`GEMV_CONFIGS`); M > 1 -> the
+register-tiled GEMM (`q4gsw_linear.comp.j2`), which handles every valid shape. The GEMV
+needs K % 8 == 0 and group_size % 8 == 0, which every valid int4 weight satisfies.
+`kernel="gemv" | "gemm"` forces one (GEMV only for M == 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import numpy as np
+
+from vkq import layouts
+from vkq.bench import BenchContext, Row, register
+from vkq.bench.timing import copies_for_l2_cold, time_dispatches
+from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
+from vkq.ops.common import ceil_div, float_input, grid_2d
+from vkq.quantized_weight import QuantizedWeight
+from vkq.runtime import Buffer, CommandBatch, Device, default_device
+from vkq.tensor import DENSE, DeviceTensor
+
+#: Format of the prepacked device weight (Q4gswWeight); bump VERSION when its arrays change.
+FORMAT = "q4gsw_weight"
+VERSION = 1
+#: Source layouts a Q4gswWeight is built from (name, version).
+WEIGHT_LAYOUT = (INT4_UVEC4, 1)
+PARAMS_LAYOUT = (GROUP_PARAMS_NG, 1)
+
+KERNELS = ("auto", "gemv", "gemm")
+
+
+# ----------------------------------------------------------------------------- packed weight
+class Q4gswWeight:
+    """int4 group-wise weights resident on one device, ready for the q4gsw kernels.
+
+    Self-describing: `format`/`version` name this packed type, `layouts` the layouts of its
+    arrays ("int4_uvec4" words, "group_params_ng" scales/zeros), `shape` is the logical
+    (N, K). Build it with :func:`prepack_q4gsw` (from PackedTensors) or let `linear` build
+    one from a QuantizedWeight. Owns its buffers: `close()` frees them.
+    """
+
+    format = FORMAT
+    version = VERSION
+
+    def __init__(self, device: Device, shape: tuple[int, int], group_size: int,
+                 weight: Buffer, scales: Buffer, zeros: Buffer | None):
+        self.device = device
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.group_size = int(group_size)
+        self.n_groups = self.shape[1] // self.group_size
+        self.weight, self.scales, self.zeros = weight, scales, zeros
+        self.layouts = {"weight": WEIGHT_LAYOUT, "params": PARAMS_LAYOUT}
+
+    @property
+    def has_zeros(self) -> bool:
+        return self.zeros is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a kernel streams per pass over the weight (words + scales + zeros)."""
+        n, k = self.shape
+        return n * ceil_div(k, 32) * 16 + (2 if self.has_zeros else 1) * n * self.n_groups * 4
+
+    @property
+    def closed(self) -> bool:
+        return any(b.closed for b in self._buffers())
+
+    def _buffers(self) -> list[Buffer]:
+        return [b for b in (self.weight, self.scales, self.zeros) if b is not None]
+
+    def close(self) -> None:
+        for b in self._buffers():
+            b.close()
+
+    def __repr__(self) -> str:
+        kind = "asymmetric" if self.has_zeros else "symmetric"
+        return (f"<vkq Q4gswWeight {self.format} v{self.version} shape={self.shape} "
+                f"group_size={self.group_size} {kind}>")
+
+
+def prepack_q4gsw(weight: PackedTensor, params: PackedTensor,
+                  device: Device | None = None) -> Q4gswWeight:
+    """Upload packed int4 weights and their group parameters as a :class:`Q4gswWeight`.
+
+    Args:
+        weight: "int4_uvec4" tensor (vkq.layouts.pack_int4_weight).
+        params: "group_params_ng" tensor, scales (and zeros) [N, n_groups]
+            (vkq.layouts.pack_group_params). Parameters in any other layout, such as the
+            transposed "group_params_gn", raise LayoutError saying how to repack them.
+    """
+    for what, p in (("weight", weight), ("params", params)):
+        if not isinstance(p, PackedTensor):
+            raise TypeError(f"{what} must be a vkq.layouts.PackedTensor, got {type(p).__name__}")
+    try:
+        weight.expect(*WEIGHT_LAYOUT)
+        params.expect(*PARAMS_LAYOUT)
+    except LayoutError as e:
+        raise LayoutError(f"q4gsw linear: {e}") from None
+    if weight.shape != params.shape:
+        raise ValueError(f"weight shape {weight.shape} and group-parameter shape {params.shape} "
+                         f"differ (both are the logical (N, K))")
+    n, k = weight.shape
+    gs = params.param("group_size")
+    n_groups = layouts.check_group_size(gs, k)
+    if params.param("n_groups") != n_groups:
+        raise LayoutError(f"group params say n_groups={params.param('n_groups')}, but K={k} / "
+                          f"group_size={gs} = {n_groups}")
+    words = weight.array("data", (n, ceil_div(k, 32), 4), np.uint32)
+    scales = params.array("scales", (n, n_groups), np.float32)
+    zeros = params.array("zeros", (n, n_groups), np.float32) if params.param("has_zeros") else None
+    device = device or default_device()
+    bufs = [device.upload(words), device.upload(scales)]
+    try:
+        if zeros is not None:
+            bufs.append(device.upload(zeros))
+    except BaseException:
+        for b in bufs:
+            b.close()
+        raise
+    return Q4gswWeight(device, (n, k), gs, bufs[0], bufs[1], bufs[2] if zeros is not None else None)
+
+
+def prepack_quantized(w: QuantizedWeight, device: Device) -> Q4gswWeight:
+    """Pack a logical int4 QuantizedWeight with the vkq.layouts packers and upload it."""
+    n, k = w.shape
+    return prepack_q4gsw(layouts.pack_int4_weight(np.asarray(w.q)),
+                         layouts.pack_group_params(w.scales, w.zeros, w.group_size, k), device)
+
+
+def _device_weight(w: Any, device: Device | None) -> Q4gswWeight:
+    if isinstance(w, QuantizedWeight):
+        if w.bits != 4:
+            raise ValueError(f"q4gsw linear needs int4 weights, got bits={w.bits}")
+        device = device or default_device()
+        return w.prepacked((FORMAT, VERSION), device, lambda: prepack_quantized(w, device))
+    if isinstance(w, Q4gswWeight):
+        if w.format != FORMAT or w.version != VERSION:
+            raise LayoutError(f"q4gsw linear needs a '{FORMAT}' v{VERSION} weight, got "
+                              f"'{w.format}' v{w.version}; rebuild it with prepack_q4gsw()")
+        if device is not None and device is not w.device:
+            raise ValueError("the weight lives on another device than the one asked for; "
+                             "prepack it on that device")
+        if w.closed:
+            raise ValueError("this Q4gswWeight has been closed")
+        return w
+    raise TypeError(f"w must be a vkq.QuantizedWeight (bits=4) or a Q4gswWeight, got {type(w).__name__}")
+
+
+# ----------------------------------------------------------------------------- variants
+@dataclasses.dataclass(frozen=True)
+class GemvConfig:
+    """Workgroup shape of the GEMV: WG lanes split K, R channels per workgroup, U words per
+    lane and channel per step, x staged in shared memory (xs) or read through L1."""
+
+    wg: int
+    r: int
+    u: int
+    xs: bool = False
+
+    @property
+    def tag(self) -> str:
+        return f"wg{self.wg}r{self.r}u{self.u}" + ("_xs" if self.xs else "")
+
+
+#: Fallback for devices without subgroup arithmetic (flat shared-memory tree reduction).
+GEMV_TREE = GemvConfig(64, 4, 2)
+#: GEMV shape by (N, K): the first rule whose limits hold. Measured on the H100 (see the
+#: bench suite and `tune_gemv`); lavapipe only needs correctness.
+GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
+    # (max N, max K, config)
+    (1 << 62, 1 << 62, GemvConfig(64, 4, 2)),
+)
+#: GEMM tiles: (max M, variant tile). Small M wastes less of a 16-row tile.
+GEMM_TILES: tuple[tuple[int, str], ...] = ((16, "16x64"), (1 << 62, "64x64"))
+
+
+def gemv_group_mode(group_size: int) -> str:
+    """"word": one group per 32-nibble word (gs % 32 == 0); "comp": per 8-nibble component."""
+    return "word" if group_size % 32 == 0 else "comp"
+
+
+def pick_gemv_config(n: int, k: int, subgroup_arithmetic: bool = True) -> GemvConfig:
+    if not subgroup_arithmetic:
+        return GEMV_TREE
+    for max_n, max_k, cfg in GEMV_CONFIGS:
+        if n <= max_n and k <= max_k:
+            return cfg
+    return GEMV_CONFIGS[-1][2]
+
+
+def gemv_variant(asym: bool, group_size: int, cfg: GemvConfig, tree: bool = False) -> str:
+    sym = "asym" if asym else "sym"
+    return f"q4gsw_gemv_{sym}_{gemv_group_mode(group_size)}_{cfg.tag}" + ("_tree" if tree else "")
+
+
+def gemm_variant(asym: bool, m: int, tile: str | None = None) -> str:
+    tile = tile or next(t for max_m, t in GEMM_TILES if m <= max_m)
+    return f"q4gsw_gemm_{'asym' if asym else 'sym'}_{tile}"
+
+
+def route(m: int, kernel: str) -> str:
+    """"gemv" or "gemm" for M rows under the user's `kernel` choice."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "gemv" and m != 1:
+        raise ValueError(f"kernel='gemv' needs exactly one row (M == 1), got M = {m}; "
+                         f"use kernel='gemm' or 'auto'")
+    if kernel == "auto":
+        return "gemv" if m == 1 else "gemm"
+    return kernel
+
+
+# ----------------------------------------------------------------------------- dispatch
+def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
+                  bias: Buffer | None = None, *, kernel: str = "auto",
+                  gemv_config: GemvConfig | None = None, gemv_tree: bool | None = None,
+                  gemm_tile: str | None = None) -> None:
+    """Record `y[:m*N] = x[:m*K] @ dequant(w).T (+ bias)` into a batch (buffers already sized).
+
+    The internal entry point under `linear`: tests use it with guard regions around x and y,
+    and to force GEMV workgroup shapes (`gemv_config`) or its shared-memory tree reduction
+    (`gemv_tree`, default: only where the device lacks subgroup arithmetic), or a GEMM tile
+    (`gemm_tile`, e.g. "64x64").
+    """
+    dev = b.device
+    n, k = w.shape
+    path = route(m, kernel)
+    bias_buf = bias if bias is not None else _dummy(dev)
+    bufs = {"t_out": y, "t_x": x, "t_weight": w.weight, "t_scales": w.scales, "t_bias": bias_buf}
+    if w.has_zeros:
+        bufs["t_zeros"] = w.zeros
+    if path == "gemv":
+        sub = dev.caps.subgroup_arithmetic
+        tree = (not sub) if gemv_tree is None else gemv_tree
+        cfg = gemv_config or pick_gemv_config(n, k, not tree)
+        name = gemv_variant(w.has_zeros, w.group_size, cfg, tree=tree)
+        units = w.group_size // (32 if gemv_group_mode(w.group_size) == "word" else 8)
+        kern = dev.kernel(name, GROUP_UNITS=units)
+        b.dispatch(kern, grid_2d(ceil_div(n, cfg.r), dev.caps.max_workgroup_count[0]),
+                   buffers=bufs, push={"n": n, "k": k, "n_groups": w.n_groups,
+                                       "has_bias": int(bias is not None)})
+        return
+    kern = dev.kernel(gemm_variant(w.has_zeros, m, gemm_tile), GROUP_COMPS=w.group_size // 8)
+    p = kern.info.params
+    bm, bn = p["TY"] * p["TM"], p["TX"] * p["TN"]
+    gx = ceil_div(n, bn)
+    max_x, max_y = dev.caps.max_workgroup_count[:2]
+    if gx > max_x:
+        raise ValueError(f"N = {n} needs {gx} workgroups along x, over this device's {max_x}")
+    rows_per_dispatch = max_y * bm
+    for row0 in range(0, m, rows_per_dispatch):
+        rows = min(rows_per_dispatch, m - row0)
+        b.dispatch(kern, (gx, ceil_div(rows, bm), 1), buffers=bufs,
+                   push={"m": m, "n": n, "k": k, "n_groups": w.n_groups,
+                         "has_bias": int(bias is not None), "row_offset": row0})
+
+
+def _dummy(dev: Device) -> Buffer:
+    """A 16-byte buffer bound where an optional input (bias) is absent; never read then."""
+    buf = getattr(dev, "_vkq_q4gsw_dummy", None)
+    if buf is None or buf.closed:
+        buf = dev.buffer(16)
+        dev._vkq_q4gsw_dummy = buf
+    return buf
+
+
+def _check_bias(bias: Any, n: int) -> np.ndarray | None:
+    if bias is None:
+        return None
+    arr = np.asarray(bias)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"bias must be a float array, got dtype {arr.dtype}")
+    if arr.shape != (n,):
+        raise ValueError(f"bias must have shape ({n},) to match the weight's N, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight | Q4gswWeight,
+           bias: np.ndarray | None = None, *, kernel: str = "auto",
+           device: Device | None = None) -> np.ndarray | DeviceTensor:
+    """`y = x @ dequant(w).T + bias` for int4 group-wise weights `w` [N, K].
+
+    Args:
+        x: float array [..., K] (float16/64 are converted to float32), or a "dense" float32
+            DeviceTensor (the result then stays on the device as a DeviceTensor).
+        w: a QuantizedWeight with bits=4 (packed and uploaded once, then cached on it), or a
+            Q4gswWeight from prepack_q4gsw.
+        bias: optional float [N].
+        kernel: "auto" (GEMV for M == 1, else GEMM), "gemv" (M == 1 only) or "gemm".
+    Returns:
+        float32 [..., N] (numpy, or DeviceTensor for a DeviceTensor input).
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    on_device = isinstance(x, DeviceTensor)
+    if on_device:
+        x.expect(DENSE)
+        if x.dtype != np.float32:
+            raise TypeError(f"a DeviceTensor input must be float32, got {x.dtype}")
+        device = device or x.device
+        if x.device is not device:
+            raise ValueError("x lives on another device than the one asked for")
+        shape = x.shape
+    else:
+        x = float_input("x", x)
+        shape = x.shape
+    pw = _device_weight(w, device)
+    device = pw.device
+    n, k = pw.shape
+    if len(shape) < 1 or shape[-1] != k:
+        raise ValueError(f"x must have shape [..., K] with K = {k} (the weight's), got {tuple(shape)}")
+    m = int(np.prod(shape[:-1], dtype=np.int64))
+    route(m if m else 1, kernel)  # validates the kernel choice before any work
+    b32 = _check_bias(bias, n)
+    out_shape = tuple(shape[:-1]) + (n,)
+    if on_device:
+        y = DeviceTensor.empty(device, DENSE, out_shape, np.float32, {"data": ((m * n,), np.float32)})
+        if m:
+            _run(device, pw, x.buffer, y.buffer, m, b32, kernel, download=False)
+        return y
+    if m == 0:
+        return np.empty(out_shape, np.float32)
+    with device.upload(x) as bx, device.buffer(4 * m * n) as by:
+        out = _run(device, pw, bx, by, m, b32, kernel, download=True)
+    return out.view(np.float32).reshape(out_shape)
+
+
+def _run(device: Device, pw: Q4gswWeight, x: Buffer, y: Buffer, m: int, bias: np.ndarray | None,
+         kernel: str, download: bool) -> np.ndarray | None:
+    bias_buf = device.upload(bias) if bias is not None else None
+    try:
+        with device.batch() as b:
+            record_linear(b, pw, x, y, m, bias_buf, kernel=kernel)
+            d = b.download(y, 4 * m * pw.shape[0]) if download else None
+    finally:
+        if bias_buf is not None:
+            bias_buf.close()
+    return d.result() if d is not None else None
+
+
+def describe_variants(caps: Any) -> dict[str, str]:
+    sub = bool(getattr(caps, "subgroup_arithmetic", True))
+    cfg = pick_gemv_config(4096, 4096, sub)
+    return {
+        "q4gsw GEMV (M=1, gs%32==0, 4096x4096)": gemv_variant(False, 32, cfg, tree=not sub),
+        "q4gsw GEMV (M=1, other gs)": gemv_variant(False, 16, cfg, tree=not sub),
+        "q4gsw GEMM (M<=16)": gemm_variant(False, 16),
+        "q4gsw GEMM (M>16)": gemm_variant(False, 17),
+    }
+
+
+# ----------------------------------------------------------------------------- benchmarks
+#: SPEC §6 decode shapes (N, K) and the GEMM batch sizes.
+GEMV_SHAPES = ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336))
+GEMV_GROUP_SIZES = (32, 128)
+GEMM_MS = (32, 128, 512)
+GEMM_SHAPES = ((4096, 4096), (14336, 4096))
+
+
+def random_weight(n: int, k: int, group_size: int, asym: bool, seed: int = 0) -> QuantizedWeight:
+    """A random valid int4 weight (no float quantization pass: fast at LLM sizes)."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-8, 8, size=(n, k), dtype=np.int8)
+    g = k // group_size
+    scales = rng.uniform(0.5, 1.5, size=(n, g)).astype(np.float32) / 64
+    zeros = rng.uniform(-0.1, 0.1, size=(n, g)).astype(np.float32) if asym else None
+    return QuantizedWeight(q, scales, zeros, bits=4, group_size=group_size)
+
+
+def _copies(dev: Device, pw: Q4gswWeight, count: int) -> list[Q4gswWeight]:
+    """`count` distinct device copies of a packed weight (GPU copies, no host traffic), so
+    timed calls can rotate through them L2-cold (SPEC §6)."""
+    out = [pw]
+    for _ in range(count - 1):
+        bufs = [dev.buffer(b.nbytes) if b is not None else None
+                for b in (pw.weight, pw.scales, pw.zeros)]
+        with dev.batch() as b:
+            for src, dst in zip((pw.weight, pw.scales, pw.zeros), bufs):
+                if src is not None:
+                    b.copy(src, dst)
+        out.append(Q4gswWeight(dev, pw.shape, pw.group_size, *bufs))
+    return out
+
+
+class _Problem:
+    """Device buffers for timing one (M, N, K, group size) problem, L2-cold."""
+
+    def __init__(self, ctx: BenchContext, m: int, n: int, k: int, gs: int, asym: bool = False):
+        dev = ctx.device
+        self.m, self.n, self.k, self.gs = m, n, k, gs
+        self.qw = random_weight(n, k, gs, asym)
+        base = prepack_quantized(self.qw, dev)
+        self.weights = _copies(dev, base, copies_for_l2_cold(base.nbytes, ctx.l2_bytes))
+        self.x = np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)
+        self.bx = dev.upload(self.x)
+        self.by = dev.buffer(4 * m * n)
+        self.bytes = base.nbytes + 4 * m * k + 4 * m * n
+
+    def time(self, ctx: BenchContext, **choice: Any) -> float:
+        """Median µs of one call; `choice` goes to record_linear (kernel, gemv_config, ...)."""
+        def record(b: CommandBatch, i: int) -> None:
+            record_linear(b, self.weights[i], self.bx, self.by, self.m, **choice)
+        return time_dispatches(ctx.device, record, len(self.weights), ctx.repeats) / 1e3
+
+    def variant(self, ctx: BenchContext, **choice: Any) -> str:
+        with ctx.device.batch() as b:
+            record_linear(b, self.weights[0], self.bx, self.by, self.m, **choice)
+            d = b.download(self.by)
+        self.check(d.result().view(np.float32).reshape(self.m, self.n))
+        return b.kernel_names[0]
+
+    def check(self, y: np.ndarray) -> None:
+        """Guard against timing a wrong kernel: compare a few channels with the reference."""
+        from vkq.reference.q4gsw import q4gsw_dequantize_reference, q4gsw_linear_reference
+        cols = np.unique(np.linspace(0, self.n - 1, 16).astype(int))
+        z = None if self.qw.zeros is None else self.qw.zeros[cols]
+        ref = q4gsw_linear_reference(self.x, self.qw.q[cols], self.qw.scales[cols], z, self.gs)
+        w = q4gsw_dequantize_reference(self.qw.q[cols], self.qw.scales[cols], z, self.gs)
+        scale = np.abs(self.x.astype(np.float64)) @ np.abs(w).T
+        if not np.all(np.abs(y[:, cols] - ref) <= 1e-5 * scale + 1e-6):
+            raise AssertionError(f"q4gsw bench: wrong result at M={self.m} N={self.n} K={self.k}")
+
+    def close(self) -> None:
+        for w in self.weights:
+            w.close()
+        self.bx.close()
+        self.by.close()
+
+
+def _shape(m: int, n: int, k: int, gs: int | None = None) -> str:
+    return f"M={m} N={n} K={k}" + (f" gs={gs}" if gs else "")
+
+
+@register("q4gsw_linear")
+def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
+    quick = ctx.quick
+    gemv_shapes = ((1024, 512), (256, 1024)) if quick else GEMV_SHAPES
+    gemm_shapes = ((256, 512),) if quick else GEMM_SHAPES
+    gemm_ms = (4, 33) if quick else GEMM_MS
+    peer = _TorchPeer(ctx) if "torch" in ctx.compare else None
+    for gs in GEMV_GROUP_SIZES:
+        for n, k in gemv_shapes:
+            for asym in (False, True) if gs == 32 else (False,):
+                p = _Problem(ctx, 1, n, k, gs, asym)
+                try:
+                    name = p.variant(ctx)
+                    yield Row("q4gsw_linear", _shape(1, n, k, gs), name, p.time(ctx), bytes=p.bytes,
+                              note=("asymmetric " if asym else "") + "L2-cold")
+                finally:
+                    p.close()
+            if peer is not None:
+                yield from peer.rows(1, n, k, gs, fp16=(gs == GEMV_GROUP_SIZES[0]))
+    for n, k in gemm_shapes:
+        for m in gemm_ms:
+            p = _Problem(ctx, m, n, k, 32)
+            try:
+                name = p.variant(ctx)
+                yield Row("q4gsw_linear", _shape(m, n, k, 32), name, p.time(ctx), bytes=p.bytes,
+                          ops=2.0 * m * n * k, note="TOPS = effective fp32 TFLOP/s")
+            finally:
+                p.close()
+            if peer is not None:
+                yield from peer.rows(m, n, k, 32, fp16=True)
+
+
+class _TorchPeer:
+    """PyTorch on the same GPU: int4 `_weight_int4pack_mm` and fp16 `F.linear`, timed with CUDA
+    events over L2-cold weight copies (vkq.bench.torch_peer)."""
+
+    INNER_K_TILES = 8
+
+    def __init__(self, ctx: BenchContext):
+        from vkq.bench.torch_peer import cuda_torch
+        self.ctx = ctx
+        self.torch = cuda_torch()
+        if self.torch is None:
+            ctx.progress("torch with CUDA not available: no peer rows")
+
+    def rows(self, m: int, n: int, k: int, gs: int, fp16: bool) -> Iterator[Row]:
+        if self.torch is None:
+            return
+        yield self._int4_row(m, n, k, gs)
+        if fp16:
+            yield self._fp16_row(m, n, k)
+
+    def _int4_pack(self, qw: QuantizedWeight) -> tuple[Any, Any]:
+        """(packed weight, scales_and_zeros [K/gs, N, 2] bf16) per the torch 2.x CUDA API:
+        `_convert_weight_to_int4pack(uint8 [N, K/2] with even k in the high nibble, tiles)`
+        (torch >= 2.5); older releases took int32 [N, K] values, tried second."""
+        torch = self.torch
+        u = (qw.q.astype(np.int32) + 8)
+        dev = "cuda"
+        packed_u8 = torch.from_numpy(((u[:, ::2] << 4) | u[:, 1::2]).astype(np.uint8)).to(dev)
+        try:
+            wp = torch.ops.aten._convert_weight_to_int4pack(packed_u8, self.INNER_K_TILES)
+        except RuntimeError:
+            wp = torch.ops.aten._convert_weight_to_int4pack(torch.from_numpy(u).to(dev),
+                                                            self.INNER_K_TILES)
+        sz = np.stack([qw.scales.T, qw.zeros.T], axis=2)  # [G, N, 2]: scale, zero
+        return wp, torch.from_numpy(np.ascontiguousarray(sz)).to(dev, torch.bfloat16)
+
+    def _int4_row(self, m: int, n: int, k: int, gs: int) -> Row:
+        from vkq.bench.torch_peer import time_cuda
+        from vkq.reference.q4gsw import q4gsw_linear_reference
+        torch = self.torch
+        qw = random_weight(n, k, gs, asym=True, seed=2)
+        wp, sz = self._int4_pack(qw)
+        nbytes = wp.numel() * wp.element_size() + sz.numel() * sz.element_size()
+        copies = copies_for_l2_cold(nbytes, self.ctx.l2_bytes)
+        ws = [(wp, sz)] + [(wp.clone(), sz.clone()) for _ in range(copies - 1)]
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        op = torch.ops.aten._weight_int4pack_mm
+        # check the peer computes the same product (bf16 scales/activations: loose bound)
+        y = op(x, wp, gs, sz).float().cpu().numpy()
+        s_bf = sz.float().cpu().numpy()
+        ref = q4gsw_linear_reference(x.float().cpu().numpy(), qw.q, s_bf[:, :, 0].T,
+                                     s_bf[:, :, 1].T, gs)
+        ok = np.allclose(y, ref, rtol=3e-2, atol=3e-2 * np.abs(ref).max())
+        ns = time_cuda(lambda i: op(x, ws[i][0], gs, ws[i][1]), copies, self.ctx.repeats)
+        del ws
+        return Row("q4gsw_linear", _shape(m, n, k, gs), "torch _weight_int4pack_mm", ns / 1e3,
+                   bytes=nbytes + 2 * m * k + 2 * m * n, ops=2.0 * m * n * k if m > 1 else None,
+                   note=f"peer, bf16 x, asymmetric, L2-cold{'' if ok else ', MISMATCH vs reference'}")
+
+    def _fp16_row(self, m: int, n: int, k: int) -> Row:
+        from vkq.bench.torch_peer import time_cuda
+        torch = self.torch
+        w = torch.randn(n, k, device="cuda", dtype=torch.float16)
+        copies = copies_for_l2_cold(w.numel() * 2, self.ctx.l2_bytes)
+        ws = [w] + [w.clone() for _ in range(copies - 1)]
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        lin = torch.nn.functional.linear
+        ns = time_cuda(lambda i: lin(x, ws[i]), copies, self.ctx.repeats)
+        del ws
+        return Row("q4gsw_linear", _shape(m, n, k), "torch fp16 F.linear", ns / 1e3,
+                   bytes=2 * (n * k + m * k + m * n), ops=2.0 * m * n * k if m > 1 else None,
+                   note="peer, L2-cold")
+
+
+# ----------------------------------------------------------------------------- tuning
+def sweep_gemv_configs() -> list[GemvConfig]:
+    """Every GEMV workgroup shape declared for symmetric word-group weights."""
+    from vkq.shaderlib import declared_variants
+    out = []
+    for name, (_, p) in sorted(declared_variants().items()):
+        if name.startswith("q4gsw_gemv_sym_word_") and p["SUBGROUP"]:
+            out.append(GemvConfig(p["WG"], p["R"], p["U"], p["XSHARED"]))
+    return out
+
+
+def tune_gemv(ctx: BenchContext, shapes: tuple[tuple[int, int], ...] = GEMV_SHAPES,
+              group_sizes: tuple[int, ...] = GEMV_GROUP_SIZES) -> list[tuple[str, str, float]]:
+    """Time every declared GEMV shape on every (N, K, gs): what GEMV_CONFIGS is chosen from.
+
+    Run on the target GPU: `python -c "from vkq.ops.q4gsw_linear import main_tune; main_tune()"`.
+    """
+    results = []
+    for gs in group_sizes:
+        for n, k in shapes:
+            p = _Problem(ctx, 1, n, k, gs)
+            try:
+                for cfg in sweep_gemv_configs():
+                    p.variant(ctx, gemv_config=cfg)
+                    results.append((_shape(1, n, k, gs), cfg.tag, p.time(ctx, gemv_config=cfg)))
+                    ctx.progress(f"{results[-1]}")
+            finally:
+                p.close()
+    return results
+
+
+def tune_gemm(ctx: BenchContext, ms: tuple[int, ...] = (2, 8, 16, 32, 128, 512),
+              shapes: tuple[tuple[int, int], ...] = GEMM_SHAPES) -> list[tuple[str, str, float]]:
+    """Time every declared symmetric GEMM tile at each M: what GEMM_TILES is chosen from."""
+    from vkq.shaderlib import declared_variants
+    tiles = sorted(n.split("_")[-1] for n in declared_variants() if n.startswith("q4gsw_gemm_sym_"))
+    results = []
+    for n, k in shapes:
+        for m in ms:
+            p = _Problem(ctx, m, n, k, 32)
+            try:
+                for tile in tiles:
+                    p.variant(ctx, gemm_tile=tile)
+                    us = p.time(ctx, gemm_tile=tile)
+                    results.append((_shape(m, n, k, 32), tile, us))
+                    ctx.progress(f"{results[-1]} {2e-6 * m * n * k / us:.2f} TFLOP/s")
+            finally:
+                p.close()
+    return results
+
+
+def main_tune() -> None:
+    """Print GEMV and GEMM tuning tables for the default device, best first per problem."""
+    import sys
+    dev = default_device()
+    ctx = BenchContext(device=dev, roofline_gbps=0.0, quick=False, repeats=15,
+                       progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    for title, res in (("GEMV", tune_gemv(ctx)), ("GEMM", tune_gemm(ctx))):
+        print(f"== {title} tuning on {dev.caps.name}")
+        by_problem: dict[str, list[tuple[float, str]]] = {}
+        for prob, tag, us in res:
+            by_problem.setdefault(prob, []).append((us, tag))
+        for prob, lst in by_problem.items():
+            lst.sort()
+            print(f"{prob}: " + "  ".join(f"{tag} {us:.2f}" for us, tag in lst))
