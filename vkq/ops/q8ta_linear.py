@@ -1,0 +1,525 @@
+"""q8ta linear (SPEC §3): int8 activations x int8 per-channel weights -> int8, requantized.
+
+    w = vkq.quantize_weight(W, bits=8)                     # or vkq.QuantizedWeight(q=, scales=, bits=8)
+    yq = vkq.linear(xq, w, bias, input_scale=s_x, input_zero_point=zp_x,
+                    output_scale=s_out, output_zero_point=zp_out, activation="relu")
+
+Kernels (routing is observable with `vkq.trace()` and forced with `kernel=`):
+
+- ``kernel="gemv"`` -> ``q8ta_linear_gemv_*``: cooperative GEMV, activations/outputs in the
+  4W layout ("int8_4w"). Picked by ``"auto"`` for M == 1; accepts any M (a row per
+  workgroup row).
+- ``kernel="gemm"`` -> ``q8ta_linear_*``: register-tiled GEMM, activations/outputs in 4H4W
+  ("int8_4h4w"). Picked by ``"auto"`` for M > 1; accepts any M.
+
+Each has an integer-dot variant (``*_idot*``, OpSDot) used where the device has
+``shaderIntegerDotProduct`` and a bit-identical int32 fallback (``*_fallback*``). The GEMV
+reduces with subgroup arithmetic where available (``*_subgroup``), else a shared-memory tree.
+
+Weights are packed once per device into the "int8_weight_4n4k" layout (+ wsum) and cached on
+the `QuantizedWeight` (`w.release()` frees them); both kernels read that one copy. The
+per-channel epilogue constants (derived from the scales and the bias) are cached with it for
+the last few (input_scale, output_scale, bias) combinations.
+
+Keeping activations on the device between layers: pass a `vkq.DeviceTensor` instead of a
+numpy array and you get a `DeviceTensor` back, in the layout of the kernel that ran, ready to
+be the next layer's input (no host round trip, no repacking)::
+
+    xd = vkq.to_device(xq, layout="int8_4w")       # M == 1 (decode): GEMV chain
+    # xd = vkq.to_device(xq, layout="int8_4h4w")   # M > 1 (prefill): GEMM chain
+    hd = vkq.linear(xd, w1, input_scale=s0, input_zero_point=z0,
+                    output_scale=s1, output_zero_point=z1, activation="relu")
+    yd = vkq.linear(hd, w2, input_scale=s1, input_zero_point=z1,
+                    output_scale=s2, output_zero_point=z2)
+    y = yd.numpy()                                 # int8 [M, N2]: download + unpack
+
+A device tensor's layout decides the kernel under ``kernel="auto"`` ("int8_4w" -> GEMV,
+"int8_4h4w" -> GEMM); forcing the other kernel raises a `LayoutError` saying how to repack.
+Leading batch dimensions are folded into rows by `vkq.to_device`, so device results are 2-D.
+
+Constraints (checked, with errors naming them): K % 4 == 0 (4 int8 per packed word); K <
+131072 (int8 x int8 sums then fit int32 without saturation, SPEC §1); finite scales > 0;
+zero points in [-128, 127]; bias None or finite float [N].
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections import OrderedDict
+from typing import Any, Iterator
+
+import numpy as np
+
+from vkq import layouts
+from vkq.bench import BenchContext, Row, register
+from vkq.bench.timing import copies_for_l2_cold, time_dispatches
+from vkq.layouts import INT8_4H4W, INT8_4W, LayoutError, PackedTensor
+from vkq.ops.common import ceil_div, grid_2d, positive_finite
+from vkq.quantized_weight import INT8_MAX_K, QuantizedWeight
+from vkq.reference.q8ta import ACTIVATIONS, requant_constants
+from vkq.runtime import Buffer, CommandBatch, Device, default_device
+from vkq.tensor import DeviceTensor
+
+GEMV, GEMM = "gemv", "gemm"
+#: layout of a kernel's activations and outputs
+LAYOUT = {GEMV: INT8_4W, GEMM: INT8_4H4W}
+_WEIGHT_KEY = "q8ta_linear/int8_weight_4n4k"
+_EPILOGUE_CACHE = 4
+
+
+# -- variants and routing -----------------------------------------------------------------------
+#: GEMM tiles (rows x channels) by batch size, measured on the H100 at K = 4096: 128x64 tiles
+#: (8x8 outputs per thread, 128 threads) reach 80-94 TOPS for M >= 512 and match 128x128
+#: tiles at M = 2048; for M <= 256 they leave SMs idle, where 32x128 tiles (4x8 per thread,
+#: 64 threads) run 1.1-5x faster.
+SMALL_M_TILE_MAX = 256
+GEMM_TILES = ("t128x64", "t32x128")
+#: GEMV shapes (lanes per workgroup x 4-channel blocks per workgroup) of the tuned int-dot +
+#: subgroup family; the other families (devices without int dot or subgroup arithmetic)
+#: have only the default l128b1. H100, L2-cold: l128b1 is best or within 1% at N, K <= 4096;
+#: l256b1 wins for long rows (K >= 8192: 4096x14336 23.2 vs 24.0 us), l128b2 for many
+#: channels (N >= 8192: 14336x4096 23.5 vs 24.4 us; it halves the x reads per weight byte).
+GEMV_SHAPES = ("l128b1", "l128b2", "l256b1")
+LONG_K, MANY_N = 8192, 8192
+
+
+def gemm_tile(m: int) -> str:
+    return "t32x128" if m <= SMALL_M_TILE_MAX else "t128x64"
+
+
+def gemv_shape(n: int, k: int) -> str:
+    if k >= LONG_K:
+        return "l256b1"
+    return "l128b2" if n >= MANY_N else "l128b1"
+
+
+def pick_variant(path: str, caps: Any, m: int = 1, n: int = 0, k: int = 0, *,
+                 int_dot: bool | None = None, subgroup: bool | None = None) -> str:
+    """Variant for `path` ("gemv" | "gemm") on an [m, k] x [n, k]^T problem on a device
+    with `caps`; `int_dot` / `subgroup` override the capability-based choice (tests)."""
+    dot = caps.integer_dot_product if int_dot is None else int_dot
+    kind = "idot" if dot else "fallback"
+    if path == GEMM:
+        return f"q8ta_linear_{kind}_{gemm_tile(m)}"
+    sg = caps.subgroup_arithmetic if subgroup is None else subgroup
+    shape = gemv_shape(n, k) if dot and sg else "l128b1"
+    return f"q8ta_linear_gemv_{kind}_{'subgroup' if sg else 'shared'}_{shape}"
+
+
+def path_variants(path: str) -> set[str]:
+    """Every variant implementing `path`."""
+    if path == GEMM:
+        return {f"q8ta_linear_{kind}_{tile}" for kind in ("idot", "fallback") for tile in GEMM_TILES}
+    tuned = {f"q8ta_linear_gemv_idot_subgroup_{shape}" for shape in GEMV_SHAPES}
+    return tuned | {f"q8ta_linear_gemv_{kind}_{red}_l128b1" for kind in ("idot", "fallback")
+                    for red in ("subgroup", "shared")}
+
+
+def route(kernel: str, m: int, x_layout: str | None = None) -> str:
+    """"gemv" or "gemm" for a request (`x_layout`: the layout of a device-resident input)."""
+    if kernel not in ("auto", GEMV, GEMM):
+        raise ValueError(f"kernel must be 'auto', 'gemv' or 'gemm', got {kernel!r}")
+    if x_layout is not None:
+        path = GEMV if x_layout == INT8_4W else GEMM
+        if kernel not in ("auto", path):
+            need = LAYOUT[kernel]
+            raise LayoutError(f"kernel={kernel!r} needs its input in layout {need!r}, the device "
+                              f"tensor is in {x_layout!r}; "
+                              f"{layouts.REPACK_HINTS.get(need, '')} and vkq.to_device(..., "
+                              f"layout={need!r})")
+        return path
+    if kernel == "auto":
+        return GEMV if m == 1 else GEMM
+    return kernel
+
+
+def describe_variants(caps: Any) -> dict[str, str]:
+    return {"q8ta_linear (M == 1)": pick_variant(GEMV, caps, 1, 4096, 4096),
+            f"q8ta_linear (M == 1, K >= {LONG_K})": pick_variant(GEMV, caps, 1, 4096, LONG_K),
+            f"q8ta_linear (M == 1, N >= {MANY_N})": pick_variant(GEMV, caps, 1, MANY_N, 4096),
+            f"q8ta_linear (1 < M <= {SMALL_M_TILE_MAX})": pick_variant(GEMM, caps, 2),
+            f"q8ta_linear (M > {SMALL_M_TILE_MAX})": pick_variant(GEMM, caps, SMALL_M_TILE_MAX + 1)}
+
+
+# -- input checks ---------------------------------------------------------------------------------
+def _zero_point(name: str, v: Any) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {v!r}")
+    if not -128 <= int(v) <= 127:
+        raise ValueError(f"{name} must be in [-128, 127] (int8), got {int(v)}")
+    return int(v)
+
+
+def check_k(k: int) -> None:
+    if k % 4:
+        raise ValueError(f"K = {k}: q8ta_linear needs K to be a multiple of 4 (4 int8 per packed "
+                         f"32-bit word); pad the layer's inputs and weights with zeros")
+    if k >= INT8_MAX_K:
+        raise ValueError(f"K = {k} is too large: int8 x int8 sums may overflow int32 for "
+                         f"K >= {INT8_MAX_K}; split the layer along K")
+
+
+def _bias(bias: Any, n: int) -> np.ndarray | None:
+    if bias is None:
+        return None
+    b = np.asarray(bias)
+    if b.dtype.kind != "f":
+        raise TypeError(f"bias must be a float array, got dtype {b.dtype}")
+    if b.shape != (n,):
+        raise ValueError(f"bias must have shape ({n},) (one per output channel), got {b.shape}")
+    b = b.astype(np.float32)
+    if not np.all(np.isfinite(b)):
+        raise ValueError("bias must be finite (found NaN or Inf after conversion to float32)")
+    return b
+
+
+@dataclasses.dataclass(frozen=True)
+class QParams:
+    """Validated quantization parameters of one call."""
+
+    s_x: float
+    zp_x: int
+    s_out: float
+    zp_out: int
+    relu: bool
+
+    @classmethod
+    def check(cls, input_scale: Any, input_zero_point: Any, output_scale: Any,
+              output_zero_point: Any, activation: Any) -> "QParams":
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        return cls(positive_finite("input_scale", input_scale),
+                   _zero_point("input_zero_point", input_zero_point),
+                   positive_finite("output_scale", output_scale),
+                   _zero_point("output_zero_point", output_zero_point), activation == "relu")
+
+
+def _check_weight(w: Any) -> tuple[int, int]:
+    if not isinstance(w, QuantizedWeight):
+        raise TypeError(f"w must be a vkq.QuantizedWeight, got {type(w).__name__}")
+    if w.bits != 8:
+        raise ValueError(f"q8ta_linear needs int8 weights (bits=8), got bits={w.bits}")
+    n, k = w.shape
+    check_k(k)
+    return n, k
+
+
+def _check_x(x: Any, k: int) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy int8 array or a vkq.DeviceTensor, got {type(x).__name__}")
+    if x.dtype != np.int8:
+        raise TypeError(f"x must be an int8 array (quantized activations), got dtype {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError("x must have at least one dimension [..., K]")
+    if x.shape[-1] != k:
+        raise ValueError(f"x has K = {x.shape[-1]} (last axis) but the weights have K = {k}")
+    check_k(x.shape[-1])
+    return x
+
+
+def _check_device_x(x: DeviceTensor, k: int, device: Device) -> int:
+    if x.format not in (INT8_4W, INT8_4H4W):
+        raise LayoutError(f"a q8ta_linear device input must be in layout 'int8_4w' or "
+                          f"'int8_4h4w', got {x.format!r}; use vkq.to_device(xq, layout=...)")
+    if x.device is not device:
+        raise ValueError("x lives on another vkq Device than the one this call runs on")
+    if len(x.shape) != 2 or x.shape[1] != k:
+        raise ValueError(f"x has shape {x.shape}; expected [M, {k}] to match the weights' K")
+    check_k(x.shape[1])
+    return x.shape[0]
+
+
+# -- device copies --------------------------------------------------------------------------------
+class PackedWeight:
+    """A QuantizedWeight's device copy: int8_weight_4n4k blocks + wsum, and a small cache of
+    per-channel epilogue constants (float32 [N4, 2, 4]: mult block, offs block)."""
+
+    def __init__(self, device: Device, w: QuantizedWeight):
+        packed = layouts.pack_int8_weight(np.asarray(w.q))
+        self.n, self.k = w.shape
+        self.n4, self.k4 = ceil_div(self.n, 4), ceil_div(self.k, 4)
+        self.scales = np.asarray(w.scales, np.float32)
+        self.device = device
+        self.data = device.upload(packed.arrays["data"])
+        self.wsum = device.upload(packed.arrays["wsum"])
+        self.weight_bytes = packed.nbytes
+        self._epilogues: OrderedDict[Any, Buffer] = OrderedDict()
+
+    def epilogue(self, qp: QParams, bias: np.ndarray | None) -> Buffer:
+        """The epilogue-constant buffer for these scales and bias (built once, LRU-cached)."""
+        key = (qp.s_x, qp.s_out, None if bias is None else bias.tobytes())
+        buf = self._epilogues.get(key)
+        if buf is not None and not buf.closed:
+            self._epilogues.move_to_end(key)
+            return buf
+        buf = self.device.upload(epilogue_constants(self.scales, qp, bias))
+        self._epilogues[key] = buf
+        while len(self._epilogues) > _EPILOGUE_CACHE:
+            self._epilogues.popitem(last=False)[1].close()
+        return buf
+
+    @property
+    def closed(self) -> bool:
+        return self.data.closed or self.wsum.closed
+
+    def close(self) -> None:
+        for b in (self.data, self.wsum, *self._epilogues.values()):
+            b.close()
+        self._epilogues.clear()
+
+
+def epilogue_constants(scales: np.ndarray, qp: QParams, bias: np.ndarray | None) -> np.ndarray:
+    """float32 [N4, 2, 4]: per 4-channel block, mult = f32(s_x*s_w/s_out) then
+    offs = f32(bias/s_out), padding channels 0 (vkq/reference/q8ta.py documents the math)."""
+    mult, offs = requant_constants(qp.s_x, scales, qp.s_out, bias)
+    if not (np.all(np.isfinite(mult)) and np.all(np.isfinite(offs))):
+        raise ValueError("input_scale * weight scale / output_scale (or bias / output_scale) "
+                         "overflows float32: the scales are out of any usable range")
+    n = len(mult)
+    n4 = ceil_div(n, 4)
+    out = np.zeros((2, 4 * n4), np.float32)
+    out[0, :n], out[1, :n] = mult, offs
+    return np.ascontiguousarray(out.reshape(2, n4, 4).transpose(1, 0, 2))
+
+
+def prepack(w: QuantizedWeight, device: Device) -> PackedWeight:
+    """The weight's device copy on `device`, built on first use and cached on `w`."""
+    return w.prepacked(_WEIGHT_KEY, device, lambda: PackedWeight(device, w))
+
+
+# -- dispatch -------------------------------------------------------------------------------------
+def record(batch: CommandBatch, variant: str, *, x: Buffer, out: Buffer, weight: PackedWeight,
+           weight_data: Buffer | None = None, epilogue: Buffer, m: int, qp: QParams,
+           acc_out: bool = False) -> None:
+    """Record one q8ta dispatch. `x`/`out` hold the activations/outputs in the variant's layout
+    (4W for gemv variants, 4H4W for the GEMM); `acc_out=True` (tests) writes the raw int32
+    accumulators as int32 [M, 4*N4] instead of int8 results. `weight_data` substitutes
+    another buffer holding the same packed blocks (benchmarks rotate copies)."""
+    device = batch.device
+    kernel = device.kernel(variant, **({"ACC_OUT": 1} if acc_out else {}))
+    buffers = {"t_out": out, "t_x": x, "t_w": weight_data or weight.data, "t_wsum": weight.wsum,
+               "t_requant": epilogue}
+    push = {"m": m, "n": weight.n, "n4": weight.n4, "k4": weight.k4, "zp_x": qp.zp_x,
+            "zp_out": qp.zp_out, "relu": int(qp.relu)}
+    max_x, max_y, _ = device.caps.max_workgroup_count
+    if variant.startswith("q8ta_linear_gemv"):
+        groups = ceil_div(weight.n4, kernel.info.params["NB"])
+        grid = (min(groups, max_x), min(m, max_y), 1)
+    else:
+        p = kernel.info.params
+        tiles = ceil_div(ceil_div(m, 4), p["WG_Y"] * p["TM4"]) * ceil_div(weight.n4, p["WG_X"] * p["TN4"])
+        gx, gy, _ = grid_2d(tiles, max_x)
+        grid = (gx, min(gy, max_y), 1)  # the shader loops over tiles past the grid
+        push["m4"] = ceil_div(m, 4)
+    batch.dispatch(kernel, grid, buffers=buffers, push=push)
+
+
+def output_spec(path: str, m: int, n: int) -> tuple[int, ...]:
+    """Shape of the int32 `data` array of an [M, N] output in the path's layout."""
+    return (m, ceil_div(n, 4)) if path == GEMV else (ceil_div(m, 4), ceil_div(n, 4), 4)
+
+
+def _pack_x(path: str, x2: np.ndarray) -> PackedTensor:
+    return layouts.pack_int8_4w(x2) if path == GEMV else layouts.pack_int8_4h4w(x2)
+
+
+def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight, bias: np.ndarray | None = None, *,
+           input_scale: float, input_zero_point: int, output_scale: float,
+           output_zero_point: int, activation: str = "none", kernel: str = "auto",
+           device: Device | None = None, variant: str | None = None) -> np.ndarray | DeviceTensor:
+    """int8 ``[..., N]`` = requantized ``xq [..., K] . w^T`` (SPEC §3; module docstring).
+
+    Args:
+        x: int8 numpy array ``[..., K]`` (leading dims fold into M), or a DeviceTensor in
+            "int8_4w" / "int8_4h4w" (then the result is a DeviceTensor in the same layout).
+        w: int8 QuantizedWeight ``[N, K]``.
+        bias: None or float ``[N]``.
+        input_scale, input_zero_point: the activations' quantization (s_x, zp_x).
+        output_scale, output_zero_point: the result's quantization (s_out, zp_out).
+        activation: "none" or "relu" (applied before requantization).
+        kernel: "auto" (GEMV for M == 1), "gemv" or "gemm".
+        variant: force a specific shader variant of the chosen path (tests).
+    """
+    n, k = _check_weight(w)
+    qp = QParams.check(input_scale, input_zero_point, output_scale, output_zero_point, activation)
+    b = _bias(bias, n)
+    on_device = isinstance(x, DeviceTensor)
+    device = (x.device if on_device and device is None else device) or default_device()
+    if on_device:
+        m = _check_device_x(x, k, device)
+        path = route(kernel, m, x.format)
+    else:
+        x = _check_x(x, k)
+        m = int(np.prod(x.shape[:-1], dtype=np.int64))
+        path = route(kernel, m)
+    if variant is None:
+        variant = pick_variant(path, device.caps, m, n, k)
+    elif variant not in path_variants(path):
+        raise ValueError(f"variant {variant!r} does not implement the {path} path; "
+                         f"choose from {sorted(path_variants(path))}")
+    if m == 0:
+        if on_device:
+            raise ValueError("x has no rows")
+        return np.empty((*x.shape[:-1], n), np.int8)
+    weight = prepack(w, device)
+    epilogue = weight.epilogue(qp, b)
+    out_shape = output_spec(path, m, n)
+    if on_device:
+        out = DeviceTensor.empty(device, LAYOUT[path], (m, n), np.int8, {"data": (out_shape, np.int32)})
+        try:
+            with device.batch() as batch:
+                record(batch, variant, x=x.buffer, out=out.buffer, weight=weight,
+                       epilogue=epilogue, m=m, qp=qp)
+        except BaseException:
+            out.close()
+            raise
+        return out
+    packed_x = _pack_x(path, x.reshape(m, k))
+    with device.buffer(packed_x.nbytes) as bx, \
+            device.buffer(int(np.prod(out_shape)) * 4) as by:
+        with device.batch() as batch:
+            batch.upload(bx, packed_x.arrays["data"])
+            record(batch, variant, x=bx, out=by, weight=weight, epilogue=epilogue, m=m, qp=qp)
+            result = batch.download(by)
+    data = result.result().view(np.int32).reshape(out_shape)
+    y = layouts.UNPACKERS[LAYOUT[path]](PackedTensor(LAYOUT[path], 1, (m, n), {"data": data}))
+    return y.reshape(*x.shape[:-1], n)
+
+
+# -- benchmarks ---------------------------------------------------------------------------------
+PEAK_VARIANTS = {True: "int_dot_peak", False: "int_dot_peak_fallback"}
+#: GPU time spent running a case untimed before timing it (see `time_warm`).
+WARMUP_NS = 200e6
+
+
+def time_warm(device: Device, record_call: Any, n_copies: int, repeats: int, quick: bool) -> float:
+    """`time_dispatches` after ~WARMUP_NS of the same work: GPUs drop their clocks when idle
+    (between cases the host packs weights) and take a while to raise them again; timing
+    without this read up to 5x slow on the H100, at random."""
+    if not quick:
+        probe = time_dispatches(device, record_call, n_copies, repeats=2, warmup=1)
+        n = int(min(5000, max(4, WARMUP_NS / max(probe, 1.0))))
+        time_dispatches(device, record_call, n_copies, repeats=n, warmup=0)
+    return time_dispatches(device, record_call, n_copies, repeats)
+
+
+def measure_int_dot_peak(device: Device, int_dot: bool, quick: bool,
+                         repeats: int) -> tuple[float, float]:
+    """(ns, ops) of one `int_dot_peak` dispatch (8 ops per 4x8-bit dot): the device's
+    integer-dot throughput."""
+    kernel = device.kernel(PEAK_VARIANTS[int_dot])
+    p = kernel.info.params
+    groups, iters = (16, 4) if quick else (8192, 64)
+    ops = groups * p["WG"] * iters * p["UNROLL"] * p["CHAINS"] * 8
+    with device.buffer(256 * 4) as sink:
+        def rec(b: CommandBatch, i: int) -> None:
+            b.dispatch(kernel, (groups, 1, 1), buffers={"t_sink": sink},
+                       push={"iters": iters, "seed": 12345 + i, "magic": 0x13579BDF})
+        ns = time_warm(device, rec, 1, max(3, repeats // 4), quick)
+    return ns, float(ops)
+
+
+def _rand_int8(rng: np.random.Generator, shape: tuple[int, ...], lo: int = -128) -> np.ndarray:
+    return rng.integers(lo, 128, size=shape, dtype=np.int8)
+
+
+def _bench_case(ctx: BenchContext, path: str, m: int, n: int, k: int,
+                peak: float | None) -> Row:
+    dev = ctx.device
+    rng = np.random.default_rng(m * 7 + n * 3 + k)
+    w = QuantizedWeight(_rand_int8(rng, (n, k), -127), rng.uniform(0.001, 0.01, n).astype(np.float32), bits=8)
+    qp = QParams(0.05, 3, 0.5, -2, False)
+    weight = PackedWeight(dev, w)
+    packed_x = _pack_x(path, _rand_int8(rng, (m, k)))
+    out_bytes = int(np.prod(output_spec(path, m, n))) * 4
+    copies = copies_for_l2_cold(weight.weight_bytes, ctx.l2_bytes)
+    variant = pick_variant(path, dev.caps, m, n, k)
+    extra = [dev.buffer(weight.data.nbytes) for _ in range(copies - 1)]
+    try:
+        with dev.batch() as b:  # distinct copies of the same blocks, filled on the device
+            for dst in extra:
+                b.copy(weight.data, dst)
+        bufs = [weight.data, *extra]
+        epilogue = weight.epilogue(qp, None)
+        with dev.upload(packed_x.arrays["data"]) as bx, dev.buffer(out_bytes) as by:
+            def rec(b: CommandBatch, i: int) -> None:
+                record(b, variant, x=bx, out=by, weight=weight, weight_data=bufs[i],
+                       epilogue=epilogue, m=m, qp=qp)
+            ns = time_warm(dev, rec, copies, ctx.repeats, ctx.quick)
+    finally:
+        for buf in extra:
+            buf.close()
+        weight.close()
+    moved = weight.weight_bytes + 32 * weight.n4 + packed_x.nbytes + out_bytes
+    return Row("q8ta_linear", f"M={m} N={n} K={k}", variant, ns / 1e3, bytes=moved,
+               ops=2.0 * m * n * k, peak_tops=peak if path == GEMM else None,
+               note=f"L2-cold ({copies} weight copies)")
+
+
+def _warm_torch(torch: Any, call: Any, n_copies: int, seconds: float = 0.2) -> None:
+    """Keep the GPU busy with `call` for ~`seconds` before timing (see `time_warm`)."""
+    import time
+    end, i = time.perf_counter() + seconds, 0
+    while time.perf_counter() < end:
+        for _ in range(16):
+            call(i % n_copies)
+            i += 1
+        torch.cuda.synchronize()
+
+
+def _torch_rows(ctx: BenchContext, gemv_shapes: list[tuple[int, int]],
+                gemm_cases: list[tuple[int, int, int]], peak: float | None) -> Iterator[Row]:
+    from vkq.bench.torch_peer import cuda_torch, time_cuda
+    torch = cuda_torch()
+    if torch is None:
+        yield Row("q8ta_linear", "-", "torch", 0.0, note="--compare torch: no CUDA torch here")
+        return
+    dev = "cuda"
+    for n, k in gemv_shapes:  # no int8 GEMV in torch (_int_mm needs M > 16): fp16 cuBLAS GEMV
+        copies = copies_for_l2_cold(2 * n * k, ctx.l2_bytes)
+        ws = [torch.randn(n, k, device=dev, dtype=torch.float16) for _ in range(copies)]
+        x = torch.randn(1, k, device=dev, dtype=torch.float16)
+        call = lambda i: torch.nn.functional.linear(x, ws[i])  # noqa: E731
+        _warm_torch(torch, call, copies)
+        ns = time_cuda(call, copies, ctx.repeats)
+        yield Row("q8ta_linear", f"M=1 N={n} K={k}", "torch fp16 linear", ns / 1e3,
+                  bytes=2 * n * k + 2 * k + 2 * n, note="peer: fp16 weights (2x the bytes)")
+        del ws
+    for m, n, k in gemm_cases:
+        copies = copies_for_l2_cold(n * k, ctx.l2_bytes)
+        ws = [torch.randint(-127, 128, (n, k), device=dev, dtype=torch.int8) for _ in range(copies)]
+        a = torch.randint(-128, 128, (m, k), device=dev, dtype=torch.int8)
+        call = lambda i: torch._int_mm(a, ws[i].t())  # noqa: E731
+        _warm_torch(torch, call, copies)
+        ns = time_cuda(call, copies, ctx.repeats)
+        yield Row("q8ta_linear", f"M={m} N={n} K={k}", "torch._int_mm", ns / 1e3,
+                  bytes=n * k + m * k + 4 * m * n, ops=2.0 * m * n * k, peak_tops=peak,
+                  note="peer: int8 tensor cores, int32 output, no epilogue")
+        del ws
+
+
+@register("q8ta_linear")
+def bench_q8ta_linear(ctx: BenchContext) -> Iterator[Row]:
+    dev = ctx.device
+    peaks: dict[bool, float] = {}
+    for int_dot in (True, False):
+        if int_dot and not dev.caps.integer_dot_product:
+            continue
+        ns, ops = measure_int_dot_peak(dev, int_dot, ctx.quick, ctx.repeats)
+        tops = peaks[int_dot] = ops / ns / 1e3
+        yield Row("q8ta_linear", "int-dot peak", PEAK_VARIANTS[int_dot], ns / 1e3, ops=ops,
+                  peak_tops=tops, note="independent dot chains" if int_dot else
+                  "independent dot chains, int32 emulation")
+    peak = peaks.get(dev.caps.integer_dot_product, peaks[False])
+    ctx.cache["int_dot_peak_tops"] = peak
+    if ctx.quick:
+        gemv_shapes, gemm_cases = [(256, 1024), (100, 512)], [(m, 256, 512) for m in (4, 32)]
+    else:
+        gemv_shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (1024, 4096)]
+        gemm_cases = [(m, n, 4096) for n in (4096, 14336) for m in (32, 128, 512, 2048)]
+    for n, k in gemv_shapes:
+        yield _bench_case(ctx, GEMV, 1, n, k, peak)
+    for m, n, k in gemm_cases:
+        yield _bench_case(ctx, GEMM, m, n, k, peak)
+    if "torch" in ctx.compare:
+        yield from _torch_rows(ctx, gemv_shapes, gemm_cases, peak)
