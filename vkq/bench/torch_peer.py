@@ -17,11 +17,24 @@ def cuda_torch() -> Any | None:
     return torch if torch.cuda.is_available() else None
 
 
-def time_cuda(call: Callable[[int], Any], n_copies: int, repeats: int, warmup: int = 3) -> float:
-    """Median GPU time (ns) of `call(i % n_copies)`."""
+def _keep_busy(call: Callable[[int], Any], n_copies: int, seconds: float) -> None:
+    """Run `call` for ~`seconds` so the GPU clocks are up before timing (as vkq's timing does)."""
+    import time
+
     import torch
-    for i in range(warmup):
-        call(i % n_copies)
+    end, i = time.perf_counter() + seconds, 0
+    while time.perf_counter() < end:
+        for _ in range(16):
+            call(i % n_copies)
+            i += 1
+        torch.cuda.synchronize()
+
+
+def time_cuda(call: Callable[[int], Any], n_copies: int, repeats: int,
+              warmup_s: float = 0.2) -> float:
+    """Median GPU time (ns) of `call(i % n_copies)`, after ~`warmup_s` of the same work."""
+    import torch
+    _keep_busy(call, n_copies, warmup_s)
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in range(repeats)]
     torch.cuda.synchronize()

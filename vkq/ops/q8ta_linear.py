@@ -388,19 +388,6 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight, bias: np.ndarray | 
 
 # -- benchmarks ---------------------------------------------------------------------------------
 PEAK_VARIANTS = {True: "int_dot_peak", False: "int_dot_peak_fallback"}
-#: GPU time spent running a case untimed before timing it (see `time_warm`).
-WARMUP_NS = 200e6
-
-
-def time_warm(device: Device, record_call: Any, n_copies: int, repeats: int, quick: bool) -> float:
-    """`time_dispatches` after ~WARMUP_NS of the same work: GPUs drop their clocks when idle
-    (between cases the host packs weights) and take a while to raise them again; timing
-    without this read up to 5x slow on the H100, at random."""
-    if not quick:
-        probe = time_dispatches(device, record_call, n_copies, repeats=2, warmup=1)
-        n = int(min(5000, max(4, WARMUP_NS / max(probe, 1.0))))
-        time_dispatches(device, record_call, n_copies, repeats=n, warmup=0)
-    return time_dispatches(device, record_call, n_copies, repeats)
 
 
 def measure_int_dot_peak(device: Device, int_dot: bool, quick: bool,
@@ -415,7 +402,7 @@ def measure_int_dot_peak(device: Device, int_dot: bool, quick: bool,
         def rec(b: CommandBatch, i: int) -> None:
             b.dispatch(kernel, (groups, 1, 1), buffers={"t_sink": sink},
                        push={"iters": iters, "seed": 12345 + i, "magic": 0x13579BDF})
-        ns = time_warm(device, rec, 1, max(3, repeats // 4), quick)
+        ns = time_dispatches(device, rec, 1, max(3, repeats // 4))
     return ns, float(ops)
 
 
@@ -445,7 +432,7 @@ def _bench_case(ctx: BenchContext, path: str, m: int, n: int, k: int,
             def rec(b: CommandBatch, i: int) -> None:
                 record(b, variant, x=bx, out=by, weight=weight, weight_data=bufs[i],
                        epilogue=epilogue, m=m, qp=qp)
-            ns = time_warm(dev, rec, copies, ctx.repeats, ctx.quick)
+            ns = time_dispatches(dev, rec, copies, ctx.repeats)
     finally:
         for buf in extra:
             buf.close()
@@ -454,17 +441,6 @@ def _bench_case(ctx: BenchContext, path: str, m: int, n: int, k: int,
     return Row("q8ta_linear", f"M={m} N={n} K={k}", variant, ns / 1e3, bytes=moved,
                ops=2.0 * m * n * k, peak_tops=peak if path == GEMM else None,
                note=f"L2-cold ({copies} weight copies)")
-
-
-def _warm_torch(torch: Any, call: Any, n_copies: int, seconds: float = 0.2) -> None:
-    """Keep the GPU busy with `call` for ~`seconds` before timing (see `time_warm`)."""
-    import time
-    end, i = time.perf_counter() + seconds, 0
-    while time.perf_counter() < end:
-        for _ in range(16):
-            call(i % n_copies)
-            i += 1
-        torch.cuda.synchronize()
 
 
 def _torch_rows(ctx: BenchContext, gemv_shapes: list[tuple[int, int]],
@@ -480,7 +456,6 @@ def _torch_rows(ctx: BenchContext, gemv_shapes: list[tuple[int, int]],
         ws = [torch.randn(n, k, device=dev, dtype=torch.float16) for _ in range(copies)]
         x = torch.randn(1, k, device=dev, dtype=torch.float16)
         call = lambda i: torch.nn.functional.linear(x, ws[i])  # noqa: E731
-        _warm_torch(torch, call, copies)
         ns = time_cuda(call, copies, ctx.repeats)
         yield Row("q8ta_linear", f"M=1 N={n} K={k}", "torch fp16 linear", ns / 1e3,
                   bytes=2 * n * k + 2 * k + 2 * n, note="peer: fp16 weights (2x the bytes)")
@@ -490,7 +465,6 @@ def _torch_rows(ctx: BenchContext, gemv_shapes: list[tuple[int, int]],
         ws = [torch.randint(-127, 128, (n, k), device=dev, dtype=torch.int8) for _ in range(copies)]
         a = torch.randint(-128, 128, (m, k), device=dev, dtype=torch.int8)
         call = lambda i: torch._int_mm(a, ws[i].t())  # noqa: E731
-        _warm_torch(torch, call, copies)
         ns = time_cuda(call, copies, ctx.repeats)
         yield Row("q8ta_linear", f"M={m} N={n} K={k}", "torch._int_mm", ns / 1e3,
                   bytes=n * k + m * k + 4 * m * n, ops=2.0 * m * n * k, peak_tops=peak,
