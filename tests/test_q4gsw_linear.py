@@ -305,15 +305,18 @@ def run_guarded(device, w: vkq.QuantizedWeight, x: np.ndarray, bias, **choice) -
     return out[: m * n].reshape(m, n)
 
 
-TUNING = (op.GemvConfig(128, 8, 1, True), op.GemvConfig(256, 2, 4))
+# Every shape routing picks (each in symmetric word and asymmetric component mode), plus the
+# tree fallback; the slow test runs every tuning shape.
+TUNING = tuple(dict.fromkeys(cfg for _, _, cfg in op.GEMV_CONFIGS))
 # (choice, K, group size, symmetric); N = 67 leaves a ragged last GEMV workgroup and GEMM
 # tile, K = 1320 ends inside a word. Tuning shapes exist for symmetric word groups only.
 GUARD_CASES = (
     [(dict(kernel="gemv"), k, gs, sym) for k, gs, sym in ((1320, 8, False), (1280, 64, True))]
     + [(dict(kernel="gemv", gemv_config=op.GEMV_TREE, gemv_tree=True), 1320, 24, True)]
-    + [(dict(kernel="gemv", gemv_config=c), 1280, 64, True) for c in TUNING]
-    + [(dict(kernel="gemm", gemm_tile=t), 1320, 8, False) for t in ("16x64", "64x64")]
-    + [(dict(kernel="gemm", gemm_tile="32x128"), 1280, 64, True)]
+    + [(dict(kernel="gemv", gemv_config=c), k, gs, sym) for c in TUNING
+       for k, gs, sym in ((1280, 64, True), (1320, 8, False))]
+    + [(dict(kernel="gemm", gemm_tile=t), 1320, 8, False) for t in ("16x64", "32x64", "64x64")]
+    + [(dict(kernel="gemm", gemm_tile="64x128"), 1280, 64, True)]
 )
 
 

@@ -172,14 +172,25 @@ class GemvConfig:
 
 #: Fallback for devices without subgroup arithmetic (flat shared-memory tree reduction).
 GEMV_TREE = GemvConfig(64, 4, 2)
-#: GEMV shape by (N, K): the first rule whose limits hold. Measured on the H100 (see the
-#: bench suite and `tune_gemv`); lavapipe only needs correctness.
+#: GEMV shape by (N, K): the first rule whose limits hold. Chosen from `tune_gemv` on the
+#: H100 (warm clocks, L2-cold, median of 3 rounds, symmetric gs=32; µs):
+#:   N=14336 K=4096:  wg64r8u1 22.2 | wg128r8u1 23.7 | wg64r8u1_xs 25.8 | wg64r4u2 25.8
+#:   N=4096  K=14336: wg64r8u1_xs 22.5 | wg256r8u1 23.0 | wg128r8u1 25.4 | wg64r8u1 33.3
+#:   N=4096  K=4096:  wg64r8u1_xs 10.4 | wg128r8u1 10.5 | wg64r4u2 11.0 | wg64r8u1 13.2
+#:   N=1024  K=4096:  wg64r4u2_xs 6.6 | wg64r2u1_xs 6.8 | wg64r8u1_xs 7.7 | wg128r8u1 8.1
+#: (gs=128 ranks the same.) Eight rows per workgroup share every x load; for long K the
+#: x steps staged in shared memory beat the L1 path, for many rows the L1 path wins; small N
+#: needs more workgroups (fewer rows each) to fill the GPU.
 GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     # (max N, max K, config)
-    (1 << 62, 1 << 62, GemvConfig(64, 4, 2)),
+    (2048, 1 << 62, GemvConfig(64, 4, 2, True)),
+    (1 << 62, 8191, GemvConfig(64, 8, 1, False)),
+    (1 << 62, 1 << 62, GemvConfig(64, 8, 1, True)),
 )
-#: GEMM tiles: (max M, variant tile). Small M wastes less of a 16-row tile.
-GEMM_TILES: tuple[tuple[int, str], ...] = ((16, "16x64"), (1 << 62, "64x64"))
+#: GEMM tiles by M (tune_gemm on the H100, N=4096 and 14336, K=4096): a 16-row tile wastes
+#: least for M <= 16, 32 rows for M <= 32, 64x64 from M = 128 up (64x128 and 32- or 16-row
+#: tiles 128 wide were slower at every M).
+GEMM_TILES: tuple[tuple[int, str], ...] = ((16, "16x64"), (32, "32x64"), (1 << 62, "64x64"))
 
 
 def gemv_group_mode(group_size: int) -> str:
@@ -348,13 +359,15 @@ def _run(device: Device, pw: Q4gswWeight, x: Buffer, y: Buffer, m: int, bias: np
 
 def describe_variants(caps: Any) -> dict[str, str]:
     sub = bool(getattr(caps, "subgroup_arithmetic", True))
-    cfg = pick_gemv_config(4096, 4096, sub)
-    return {
-        "q4gsw GEMV (M=1, gs%32==0, 4096x4096)": gemv_variant(False, 32, cfg, tree=not sub),
-        "q4gsw GEMV (M=1, other gs)": gemv_variant(False, 16, cfg, tree=not sub),
-        "q4gsw GEMM (M<=16)": gemm_variant(False, 16),
-        "q4gsw GEMM (M>16)": gemm_variant(False, 17),
-    }
+    out = {}
+    for n, k in ((1024, 4096), (14336, 4096), (4096, 14336)):
+        cfg = pick_gemv_config(n, k, sub)
+        out[f"q4gsw GEMV (M=1, N={n}, K={k})"] = gemv_variant(False, 32, cfg, tree=not sub)
+    out["q4gsw GEMV (gs % 32 != 0)"] = gemv_variant(False, 16, pick_gemv_config(4096, 4096, sub),
+                                                   tree=not sub)
+    for m in (2, 32, 33):
+        out[f"q4gsw GEMM (M={m})"] = gemm_variant(False, m)
+    return out
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -390,6 +403,32 @@ def _copies(dev: Device, pw: Q4gswWeight, count: int) -> list[Q4gswWeight]:
     return out
 
 
+WARM_UP_BYTES = 256 << 20
+WARM_UP_PASSES = 250
+
+
+def warm_up(ctx: BenchContext) -> None:
+    """~20 ms of streaming reads right before a timed run (vkq's or a peer's), so the GPU is at
+    its working clocks. Measured on the H100: after a second of host-side setup the clocks
+    have dropped, and the first few hundred microseconds of a timed batch ran up to 4x slower,
+    which made identical kernels time 11 us or 45 us depending on what ran before them."""
+    dev = ctx.device
+    if dev.caps.device_type == "cpu":
+        return  # lavapipe has no clocks to ramp
+    buf = ctx.cache.get("q4gsw_warm_up")
+    if buf is None or buf.closed:
+        buf = ctx.cache["q4gsw_warm_up"] = dev.buffer(WARM_UP_BYTES)
+        sink = ctx.cache["q4gsw_warm_up_sink"] = dev.buffer(16 * 256)
+    sink = ctx.cache["q4gsw_warm_up_sink"]
+    kern = dev.kernel("read_bandwidth")
+    n_words = WARM_UP_BYTES // 16
+    groups = min(ceil_div(n_words, 1024), dev.caps.max_workgroup_count[0])
+    with dev.batch() as b:
+        for _ in range(WARM_UP_PASSES):
+            b.dispatch(kern, (groups, 1, 1), buffers={"t_sink": sink, "t_data": buf},
+                       push={"n_words": n_words, "magic": 0x9E3779B9})
+
+
 class _Problem:
     """Device buffers for timing one (M, N, K, group size) problem, L2-cold."""
 
@@ -408,6 +447,7 @@ class _Problem:
         """Median µs of one call; `choice` goes to record_linear (kernel, gemv_config, ...)."""
         def record(b: CommandBatch, i: int) -> None:
             record_linear(b, self.weights[i], self.bx, self.by, self.m, **choice)
+        warm_up(ctx)
         return time_dispatches(ctx.device, record, len(self.weights), ctx.repeats) / 1e3
 
     def variant(self, ctx: BenchContext, **choice: Any) -> str:
@@ -456,6 +496,8 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
                               note=("asymmetric " if asym else "") + "L2-cold")
                 finally:
                     p.close()
+            if gs == GEMV_GROUP_SIZES[0]:
+                yield _read_floor_row(ctx, 1, n, k, gs)
             if peer is not None:
                 yield from peer.rows(1, n, k, gs, fp16=(gs == GEMV_GROUP_SIZES[0]))
     for n, k in gemm_shapes:
@@ -469,6 +511,31 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
                 p.close()
             if peer is not None:
                 yield from peer.rows(m, n, k, 32, fp16=True)
+
+
+def _read_floor_row(ctx: BenchContext, m: int, n: int, k: int, gs: int) -> Row:
+    """The read_bandwidth kernel streaming exactly the GEMV's byte count, one dispatch per
+    L2-cold copy, timed like the GEMV: what any single kernel moving those bytes can reach
+    (launch and drain included), next to the 1 GiB roofline."""
+    dev = ctx.device
+    nbytes = (n * ceil_div(k, 32) * 16 + n * (k // gs) * 4 + 4 * m * k + 4 * m * n) // 16 * 16
+    copies = copies_for_l2_cold(nbytes, ctx.l2_bytes)
+    kern = dev.kernel("read_bandwidth")
+    n_words = nbytes // 16
+    groups = min(ceil_div(n_words, 1024), dev.caps.max_workgroup_count[0])
+    bufs = [dev.buffer(nbytes) for _ in range(copies)]
+    sink = dev.buffer(16 * 256)
+    try:
+        def record(b: CommandBatch, i: int) -> None:
+            b.dispatch(kern, (groups, 1, 1), buffers={"t_sink": sink, "t_data": bufs[i]},
+                       push={"n_words": n_words, "magic": 0x9E3779B9})
+        warm_up(ctx)
+        us = time_dispatches(dev, record, copies, ctx.repeats) / 1e3
+    finally:
+        for buf in bufs + [sink]:
+            buf.close()
+    return Row("q4gsw_linear", _shape(m, n, k, gs), "read_bandwidth (same bytes)", us, bytes=nbytes,
+               note="floor: one streaming read of the GEMV's bytes, L2-cold")
 
 
 class _TorchPeer:
@@ -524,6 +591,7 @@ class _TorchPeer:
         ref = q4gsw_linear_reference(x.float().cpu().numpy(), qw.q, s_bf[:, :, 0].T,
                                      s_bf[:, :, 1].T, gs)
         ok = np.allclose(y, ref, rtol=3e-2, atol=3e-2 * np.abs(ref).max())
+        warm_up(self.ctx)
         ns = time_cuda(lambda i: op(x, ws[i][0], gs, ws[i][1]), copies, self.ctx.repeats)
         del ws
         return Row("q4gsw_linear", _shape(m, n, k, gs), "torch _weight_int4pack_mm", ns / 1e3,
@@ -538,6 +606,7 @@ class _TorchPeer:
         ws = [w] + [w.clone() for _ in range(copies - 1)]
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         lin = torch.nn.functional.linear
+        warm_up(self.ctx)
         ns = time_cuda(lambda i: lin(x, ws[i]), copies, self.ctx.repeats)
         del ws
         return Row("q4gsw_linear", _shape(m, n, k), "torch fp16 F.linear", ns / 1e3,
