@@ -72,7 +72,8 @@ def test_matches_reference(device, k, gs, symmetric):
         bias = rng.standard_normal(n).astype(np.float32) if m % 2 else None
         with vkq.trace() as t:
             y = vkq.linear(x, w, bias, device=device)
-        assert t.kernels == [gemv_name(w, device) if m == 1 else op.gemm_variant(not symmetric, m)]
+        assert t.kernels == ([gemv_name(w, device)] if m == 1 else
+                             op.plan_gemm(m, n, k, not symmetric).kernels)
         check(y, x, w, bias)
 
 
@@ -117,7 +118,7 @@ def test_gemv_and_gemm_agree(device, symmetric):
     with vkq.trace() as t:
         y_gemv = vkq.linear(x, w, kernel="gemv", device=device)
         y_gemm = vkq.linear(x, w, kernel="gemm", device=device)
-    assert t.kernels == [gemv_name(w, device), op.gemm_variant(not symmetric, 1)]
+    assert t.kernels == [gemv_name(w, device)] + op.plan_gemm(1, 45, 1024, not symmetric).kernels
     check(y_gemv, x, w, None)
     check(y_gemm, x, w, None)
     assert np.all(np.abs(y_gemv - y_gemm) <= 2 * tolerance(x, w, None))
@@ -133,8 +134,8 @@ def test_routing(device):
         vkq.linear(np.ones((40, 64), np.float32), w, device=device)
         vkq.linear(x1, w, kernel="gemm", device=device)
     gemv = gemv_name(w, device)
-    assert t.kernels == [gemv, gemv, "q4gsw_gemm_sym_16x64", "q4gsw_gemm_sym_64x64",
-                         "q4gsw_gemm_sym_16x64"]
+    assert t.kernels == [gemv, gemv, "q4gsw_gemm_sym_32x64", "q4gsw_gemm_sym_64x64",
+                         "q4gsw_gemm_sym_32x64"]  # K = 64: too short to split
     with pytest.raises(ValueError, match="M == 1"):
         vkq.linear(np.ones((2, 64), np.float32), w, kernel="gemv", device=device)
 
@@ -292,9 +293,11 @@ def run_guarded(device, w: vkq.QuantizedWeight, x: np.ndarray, bias, **choice) -
     yg = np.full(m * n + GUARD, SENTINEL, np.float32)
     bg = None if bias is None else np.concatenate([bias, np.full(GUARD, np.nan, np.float32)])
     bufs = [device.upload(xg), device.upload(yg)] + ([device.upload(bg)] if bg is not None else [])
+    bufs = list(bufs)
     try:
         with device.batch() as b:
-            op.record_linear(b, pw, bufs[0], bufs[1], m, bufs[2] if bg is not None else None, **choice)
+            bufs += op.record_linear(b, pw, bufs[0], bufs[1], m, bufs[2] if bg is not None else None,
+                                     **choice)
             d = b.download(bufs[1])
         out = d.result().view(np.float32)
     finally:
@@ -315,7 +318,10 @@ GUARD_CASES = (
     + [(dict(kernel="gemv", gemv_config=op.GEMV_TREE, gemv_tree=True), 1320, 24, True)]
     + [(dict(kernel="gemv", gemv_config=c), k, gs, sym) for c in TUNING
        for k, gs, sym in ((1280, 64, True), (1320, 8, False))]
-    + [(dict(kernel="gemm", gemm_tile=t), 1320, 8, False) for t in ("16x64", "32x64", "64x64")]
+    + [(dict(kernel="gemm", gemm_tile=t, gemm_splits=1), 1320, 8, False) for t in ("32x64", "64x64")]
+    + [(dict(kernel="gemm", gemm_tile=t, gemm_splits=s), 1320, 8, False)
+       for t, s in (("32x64", 3), ("64x64", 42))]
+    + [(dict(kernel="gemm", gemm_tile="16x64", gemm_splits=2), 1280, 64, True)]
     + [(dict(kernel="gemm", gemm_tile="64x128"), 1280, 64, True)]
 )
 

@@ -173,24 +173,27 @@ class GemvConfig:
 #: Fallback for devices without subgroup arithmetic (flat shared-memory tree reduction).
 GEMV_TREE = GemvConfig(64, 4, 2)
 #: GEMV shape by (N, K): the first rule whose limits hold. Chosen from `tune_gemv` on the
-#: H100 (warm clocks, L2-cold, median of 3 rounds, symmetric gs=32; µs):
-#:   N=14336 K=4096:  wg64r8u1 22.2 | wg128r8u1 23.7 | wg64r8u1_xs 25.8 | wg64r4u2 25.8
-#:   N=4096  K=14336: wg64r8u1_xs 22.5 | wg256r8u1 23.0 | wg128r8u1 25.4 | wg64r8u1 33.3
-#:   N=4096  K=4096:  wg64r8u1_xs 10.4 | wg128r8u1 10.5 | wg64r4u2 11.0 | wg64r8u1 13.2
-#:   N=1024  K=4096:  wg64r4u2_xs 6.6 | wg64r2u1_xs 6.8 | wg64r8u1_xs 7.7 | wg128r8u1 8.1
-#: (gs=128 ranks the same.) Eight rows per workgroup share every x load; for long K the
-#: x steps staged in shared memory beat the L1 path, for many rows the L1 path wins; small N
-#: needs more workgroups (fewer rows each) to fill the GPU.
+#: H100 (warm clocks, L2-cold, median of 15; µs, gs=32 | gs=128):
+#:   N=14336 K=4096:  wg64r8u1 22.0|21.7  wg64r16u1 22.4|23.1  wg128r8u1 23.7|22.9  wg64r8u1_xs 25.9|25.0
+#:   N=4096  K=14336: wg64r8u1_xs 22.6|21.7  wg256r8u1 22.9|22.7  wg128r8u1 25.4|24.7  wg64r8u1 33.4|32.7
+#:   N=4096  K=4096:  wg128r8u1 10.5|10.1  wg64r8u1_xs 10.7|17.6  wg128r4u1 11.1|11.2  wg64r8u1 13.4|17.6
+#:   N=1024  K=4096:  wg64r2u1_xs 6.0|6.4  wg64r4u2_xs 6.2|6.7  wg64r4u1_xs 6.4|6.9  wg128r8u1 8.3|14.5
+#: Eight rows per workgroup share every x load; for long K, x staged in shared memory beats
+#: the L1 path; for many rows the L1 path wins; small N needs more workgroups (fewer rows
+#: each) to fill the GPU. Tried and slower everywhere (scratch notes in the report):
+#: persistent workgroups with the next step's weights prefetched, and row blocks of 16-32
+#: channels that load x once per chunk.
 GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     # (max N, max K, config)
-    (2048, 1 << 62, GemvConfig(64, 4, 2, True)),
+    (2048, 1 << 62, GemvConfig(64, 2, 1, True)),
+    (8191, 8191, GemvConfig(128, 8, 1, False)),
     (1 << 62, 8191, GemvConfig(64, 8, 1, False)),
     (1 << 62, 1 << 62, GemvConfig(64, 8, 1, True)),
 )
-#: GEMM tiles by M (tune_gemm on the H100, N=4096 and 14336, K=4096): a 16-row tile wastes
-#: least for M <= 16, 32 rows for M <= 32, 64x64 from M = 128 up (64x128 and 32- or 16-row
-#: tiles 128 wide were slower at every M).
-GEMM_TILES: tuple[tuple[int, str], ...] = ((16, "16x64"), (32, "32x64"), (1 << 62, "64x64"))
+#: GEMM tiles by M (tune_gemm on the H100, N=4096 and 14336, K=4096, before split-K): 32x64
+#: for M <= 32 (16x64 was 3 % faster at N=4096 but 5 % slower at N=14336), 64x64 from
+#: M = 128 up; 64x128 and tiles 128 wide were slower at every M.
+GEMM_TILES: tuple[tuple[int, str], ...] = ((32, "32x64"), (1 << 62, "64x64"))
 
 
 def gemv_group_mode(group_size: int) -> str:
@@ -233,13 +236,16 @@ def route(m: int, kernel: str) -> str:
 def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
                   bias: Buffer | None = None, *, kernel: str = "auto",
                   gemv_config: GemvConfig | None = None, gemv_tree: bool | None = None,
-                  gemm_tile: str | None = None) -> None:
+                  gemm_tile: str | None = None, gemm_splits: int | None = None,
+                  scratch: Buffer | None = None) -> list[Buffer]:
     """Record `y[:m*N] = x[:m*K] @ dequant(w).T (+ bias)` into a batch (buffers already sized).
 
     The internal entry point under `linear`: tests use it with guard regions around x and y,
     and to force GEMV workgroup shapes (`gemv_config`) or its shared-memory tree reduction
-    (`gemv_tree`, default: only where the device lacks subgroup arithmetic), or a GEMM tile
-    (`gemm_tile`, e.g. "64x64").
+    (`gemv_tree`, default: only where the device lacks subgroup arithmetic), a GEMM tile
+    (`gemm_tile`, e.g. "64x64") or a split-K count (`gemm_splits`).
+    Split-K needs `splits * m * N` floats of scratch: pass `scratch`, or the buffer is made
+    here and returned; the caller closes returned buffers once the batch has run.
     """
     dev = b.device
     n, k = w.shape
@@ -258,20 +264,70 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
         b.dispatch(kern, grid_2d(ceil_div(n, cfg.r), dev.caps.max_workgroup_count[0]),
                    buffers=bufs, push={"n": n, "k": k, "n_groups": w.n_groups,
                                        "has_bias": int(bias is not None)})
-        return
-    kern = dev.kernel(gemm_variant(w.has_zeros, m, gemm_tile), GROUP_COMPS=w.group_size // 8)
-    p = kern.info.params
-    bm, bn = p["TY"] * p["TM"], p["TX"] * p["TN"]
-    gx = ceil_div(n, bn)
+        return []
+    plan = plan_gemm(m, n, k, w.has_zeros, gemm_tile, gemm_splits)
+    kern = dev.kernel(plan.variant, GROUP_COMPS=w.group_size // 8)
     max_x, max_y = dev.caps.max_workgroup_count[:2]
-    if gx > max_x:
+    gx = ceil_div(n, plan.bn)
+    if gx > max_x or plan.splits > dev.caps.max_workgroup_count[2]:
         raise ValueError(f"N = {n} needs {gx} workgroups along x, over this device's {max_x}")
-    rows_per_dispatch = max_y * bm
+    temps: list[Buffer] = []
+    if plan.splits > 1:
+        need = 4 * plan.splits * m * n
+        if scratch is None or scratch.nbytes < need:
+            scratch = dev.buffer(need)
+            temps.append(scratch)
+        bufs = dict(bufs, t_out=scratch)
+    rows_per_dispatch = max_y * plan.bm
     for row0 in range(0, m, rows_per_dispatch):
         rows = min(rows_per_dispatch, m - row0)
-        b.dispatch(kern, (gx, ceil_div(rows, bm), 1), buffers=bufs,
+        b.dispatch(kern, (gx, ceil_div(rows, plan.bm), plan.splits), buffers=bufs,
                    push={"m": m, "n": n, "k": k, "n_groups": w.n_groups,
-                         "has_bias": int(bias is not None), "row_offset": row0})
+                         "has_bias": int(bias is not None and plan.splits == 1),
+                         "row_offset": row0, "split_chunks": plan.split_chunks})
+    if plan.splits > 1:
+        b.dispatch(dev.kernel("q4gsw_gemm_reduce"),
+                   grid_2d(ceil_div(m * n, 256), max_x),
+                   buffers={"t_out": y, "t_part": scratch, "t_bias": bias_buf},
+                   push={"mn": m * n, "n": n, "splits": plan.splits,
+                         "has_bias": int(bias is not None)})
+    return temps
+
+
+#: Split-K aims for at least this many GEMM workgroups (4 per SM on a 132-SM H100): at small
+#: M the tiled GEMM has few output tiles, and each one walking all of K one 32-wide chunk at
+#: a time is latency-bound (~1 µs per chunk measured at M=2..32).
+SPLIT_TARGET_WORKGROUPS = 528
+#: ... while every split keeps at least this many 32-wide chunks of K.
+SPLIT_MIN_CHUNKS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmPlan:
+    variant: str
+    bm: int
+    bn: int
+    splits: int
+    split_chunks: int
+
+    @property
+    def kernels(self) -> list[str]:
+        """Kernel names one GEMM call dispatches (for routing checks)."""
+        return [self.variant] + (["q4gsw_gemm_reduce"] if self.splits > 1 else [])
+
+
+def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
+              splits: int | None = None) -> GemmPlan:
+    """Tile and split-K for an M x N x K GEMM."""
+    variant = gemm_variant(asym, m, tile)
+    bm, bn = (int(v) for v in variant.rsplit("_", 1)[1].split("x"))
+    kb = ceil_div(k, 32)
+    if splits is None:
+        tiles = ceil_div(m, bm) * ceil_div(n, bn)
+        splits = max(1, min(ceil_div(SPLIT_TARGET_WORKGROUPS, tiles), kb // SPLIT_MIN_CHUNKS))
+    splits = max(1, min(int(splits), kb))
+    chunks = ceil_div(kb, splits)
+    return GemmPlan(variant, bm, bn, ceil_div(kb, chunks), chunks)
 
 
 def _dummy(dev: Device) -> Buffer:
@@ -346,21 +402,21 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight | Q4gswWeight,
 
 def _run(device: Device, pw: Q4gswWeight, x: Buffer, y: Buffer, m: int, bias: np.ndarray | None,
          kernel: str, download: bool) -> np.ndarray | None:
-    bias_buf = device.upload(bias) if bias is not None else None
+    temps = [device.upload(bias)] if bias is not None else []
     try:
         with device.batch() as b:
-            record_linear(b, pw, x, y, m, bias_buf, kernel=kernel)
+            temps += record_linear(b, pw, x, y, m, temps[0] if temps else None, kernel=kernel)
             d = b.download(y, 4 * m * pw.shape[0]) if download else None
     finally:
-        if bias_buf is not None:
-            bias_buf.close()
+        for buf in temps:
+            buf.close()
     return d.result() if d is not None else None
 
 
 def describe_variants(caps: Any) -> dict[str, str]:
     sub = bool(getattr(caps, "subgroup_arithmetic", True))
     out = {}
-    for n, k in ((1024, 4096), (14336, 4096), (4096, 14336)):
+    for n, k in ((1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336)):
         cfg = pick_gemv_config(n, k, sub)
         out[f"q4gsw GEMV (M=1, N={n}, K={k})"] = gemv_variant(False, 32, cfg, tree=not sub)
     out["q4gsw GEMV (gs % 32 != 0)"] = gemv_variant(False, 16, pick_gemv_config(4096, 4096, sub),
@@ -408,7 +464,7 @@ WARM_UP_PASSES = 250
 
 
 def warm_up(ctx: BenchContext) -> None:
-    """~20 ms of streaming reads right before a timed run (vkq's or a peer's), so the GPU is at
+    """~20 ms of streaming reads right before a timed vkq run, so the GPU is at
     its working clocks. Measured on the H100: after a second of host-side setup the clocks
     have dropped, and the first few hundred microseconds of a timed batch ran up to 4x slower,
     which made identical kernels time 11 us or 45 us depending on what ran before them."""
@@ -442,20 +498,37 @@ class _Problem:
         self.bx = dev.upload(self.x)
         self.by = dev.buffer(4 * m * n)
         self.bytes = base.nbytes + 4 * m * k + 4 * m * n
+        self.scratch: Buffer | None = None
 
     def time(self, ctx: BenchContext, **choice: Any) -> float:
         """Median µs of one call; `choice` goes to record_linear (kernel, gemv_config, ...)."""
+        scratch = self._scratch(ctx, choice)
+
         def record(b: CommandBatch, i: int) -> None:
-            record_linear(b, self.weights[i], self.bx, self.by, self.m, **choice)
+            record_linear(b, self.weights[i], self.bx, self.by, self.m, scratch=scratch, **choice)
         warm_up(ctx)
         return time_dispatches(ctx.device, record, len(self.weights), ctx.repeats) / 1e3
 
     def variant(self, ctx: BenchContext, **choice: Any) -> str:
         with ctx.device.batch() as b:
-            record_linear(b, self.weights[0], self.bx, self.by, self.m, **choice)
+            record_linear(b, self.weights[0], self.bx, self.by, self.m,
+                          scratch=self._scratch(ctx, choice), **choice)
             d = b.download(self.by)
         self.check(d.result().view(np.float32).reshape(self.m, self.n))
         return b.kernel_names[0]
+
+    def _scratch(self, ctx: BenchContext, choice: dict[str, Any]) -> Buffer | None:
+        """Split-K scratch for this problem, made once (outside the timed batch)."""
+        if route(self.m, choice.get("kernel", "auto")) == "gemv":
+            return None
+        plan = plan_gemm(self.m, self.n, self.k, self.qw.zeros is not None,
+                         choice.get("gemm_tile"), choice.get("gemm_splits"))
+        need = 4 * plan.splits * self.m * self.n
+        if plan.splits > 1 and (self.scratch is None or self.scratch.nbytes < need):
+            if self.scratch is not None:
+                self.scratch.close()
+            self.scratch = ctx.device.buffer(need)
+        return self.scratch
 
     def check(self, y: np.ndarray) -> None:
         """Guard against timing a wrong kernel: compare a few channels with the reference."""
@@ -471,8 +544,9 @@ class _Problem:
     def close(self) -> None:
         for w in self.weights:
             w.close()
-        self.bx.close()
-        self.by.close()
+        for buf in (self.bx, self.by, self.scratch):
+            if buf is not None:
+                buf.close()
 
 
 def _shape(m: int, n: int, k: int, gs: int | None = None) -> str:
@@ -558,6 +632,20 @@ class _TorchPeer:
         if fp16:
             yield self._fp16_row(m, n, k)
 
+    def _warm_up(self, call: Any, copies: int, seconds: float = 0.02) -> None:
+        """The peer's own ~20 ms of work right before its timed run (as `warm_up` does for
+        vkq): CUDA work, because Vulkan work just before a CUDA timing made the peer's
+        numbers erratic on the H100 (context switches between the two APIs)."""
+        import time
+        torch = self.torch
+        t0 = time.perf_counter()
+        i = 0
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(20):
+                call(i % copies)
+                i += 1
+            torch.cuda.synchronize()
+
     def _int4_pack(self, qw: QuantizedWeight) -> tuple[Any, Any]:
         """(packed weight, scales_and_zeros [K/gs, N, 2] bf16) per the torch 2.x CUDA API:
         `_convert_weight_to_int4pack(uint8 [N, K/2] with even k in the high nibble, tiles)`
@@ -591,8 +679,9 @@ class _TorchPeer:
         ref = q4gsw_linear_reference(x.float().cpu().numpy(), qw.q, s_bf[:, :, 0].T,
                                      s_bf[:, :, 1].T, gs)
         ok = np.allclose(y, ref, rtol=3e-2, atol=3e-2 * np.abs(ref).max())
-        warm_up(self.ctx)
-        ns = time_cuda(lambda i: op(x, ws[i][0], gs, ws[i][1]), copies, self.ctx.repeats)
+        call = lambda i: op(x, ws[i][0], gs, ws[i][1])  # noqa: E731
+        self._warm_up(call, copies)
+        ns = time_cuda(call, copies, self.ctx.repeats)
         del ws
         return Row("q4gsw_linear", _shape(m, n, k, gs), "torch _weight_int4pack_mm", ns / 1e3,
                    bytes=nbytes + 2 * m * k + 2 * m * n, ops=2.0 * m * n * k if m > 1 else None,
@@ -606,8 +695,9 @@ class _TorchPeer:
         ws = [w] + [w.clone() for _ in range(copies - 1)]
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         lin = torch.nn.functional.linear
-        warm_up(self.ctx)
-        ns = time_cuda(lambda i: lin(x, ws[i]), copies, self.ctx.repeats)
+        call = lambda i: lin(x, ws[i])  # noqa: E731
+        self._warm_up(call, copies)
+        ns = time_cuda(call, copies, self.ctx.repeats)
         del ws
         return Row("q4gsw_linear", _shape(m, n, k), "torch fp16 F.linear", ns / 1e3,
                    bytes=2 * (n * k + m * k + m * n), ops=2.0 * m * n * k if m > 1 else None,
@@ -656,10 +746,14 @@ def tune_gemm(ctx: BenchContext, ms: tuple[int, ...] = (2, 8, 16, 32, 128, 512),
             p = _Problem(ctx, m, n, k, 32)
             try:
                 for tile in tiles:
-                    p.variant(ctx, gemm_tile=tile)
-                    us = p.time(ctx, gemm_tile=tile)
-                    results.append((_shape(m, n, k, 32), tile, us))
-                    ctx.progress(f"{results[-1]} {2e-6 * m * n * k / us:.2f} TFLOP/s")
+                    for splits in (1, None):  # None: the split-K heuristic
+                        auto = plan_gemm(m, n, k, False, tile).splits
+                        if splits is None and auto == 1:
+                            continue
+                        p.variant(ctx, gemm_tile=tile, gemm_splits=splits)
+                        us = p.time(ctx, gemm_tile=tile, gemm_splits=splits)
+                        results.append((_shape(m, n, k, 32), f"{tile}/s{splits or auto}", us))
+                        ctx.progress(f"{results[-1]} {2e-6 * m * n * k / us:.2f} TFLOP/s")
             finally:
                 p.close()
     return results
