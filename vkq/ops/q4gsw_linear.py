@@ -9,11 +9,19 @@ Routing (SPEC §5): M == 1 -> the cooperative GEMV (`q4gsw_linear_gemv.comp.j2`)
 workgroup shape is picked by (N, K) from measurements (`GEMV_CONFIGS`); M > 1 -> the
 register-tiled GEMM (`q4gsw_linear.comp.j2`), which handles every valid shape. The GEMV
 needs K % 8 == 0 and group_size % 8 == 0, which every valid int4 weight satisfies.
-`kernel="gemv" | "gemm"` forces one (GEMV only for M == 1).
+`kernel="gemv" | "gemm"` forces one (GEMV only for M == 1). Small M splits K over extra
+GEMM workgroups (split-K) and sums the slices in a second pass.
+
+What bounds the GEMV (H100, measured with `python -m vkq bench`): one streaming read of the
+same bytes (read_bandwidth, L2-cold, one dispatch) takes 14.7 µs for the 36.8 MB of
+N=14336, K=4096, gs=32 -- 78 % of the 1 GiB roofline, the ceiling for any single kernel at
+this size. The GEMV takes 22 µs: removing its x loads (x constant) gave 17-18 µs and removing
+its dequantization math gave 19 µs, i.e. about 3 µs each on top of the weight stream.
 """
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any, Iterator
 
 import numpy as np
@@ -180,9 +188,9 @@ GEMV_TREE = GemvConfig(64, 4, 2)
 #:   N=1024  K=4096:  wg64r2u1_xs 6.0|6.4  wg64r4u2_xs 6.2|6.7  wg64r4u1_xs 6.4|6.9  wg128r8u1 8.3|14.5
 #: Eight rows per workgroup share every x load; for long K, x staged in shared memory beats
 #: the L1 path; for many rows the L1 path wins; small N needs more workgroups (fewer rows
-#: each) to fill the GPU. Tried and slower everywhere (scratch notes in the report):
-#: persistent workgroups with the next step's weights prefetched, and row blocks of 16-32
-#: channels that load x once per chunk.
+#: each) to fill the GPU. Also measured there and not kept (slower at every shape):
+#: persistent workgroups with the next step's weights prefetched (24-27 µs at N=14336),
+#: and row blocks of 16-32 channels that load x once per chunk (22.5-29 µs).
 GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     # (max N, max K, config)
     (2048, 1 << 62, GemvConfig(64, 2, 1, True)),
@@ -296,7 +304,9 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
 
 #: Split-K aims for at least this many GEMM workgroups (4 per SM on a 132-SM H100): at small
 #: M the tiled GEMM has few output tiles, and each one walking all of K one 32-wide chunk at
-#: a time is latency-bound (~1 µs per chunk measured at M=2..32).
+#: a time is latency-bound (~1 µs per chunk measured at M=2..32). Measured (H100, K=4096):
+#: M=32 N=4096 148 -> 67 µs (9 splits), M=128 N=4096 198 -> 177 µs (5), M=128 N=14336
+#: 676 -> 591 µs (2), M=512 unchanged within 1 %.
 SPLIT_TARGET_WORKGROUPS = 528
 #: ... while every split keeps at least this many 32-wide chunks of K.
 SPLIT_MIN_CHUNKS = 8
@@ -330,12 +340,14 @@ def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
     return GemmPlan(variant, bm, bn, ceil_div(kb, chunks), chunks)
 
 
+_DUMMIES: "weakref.WeakKeyDictionary[Device, Buffer]" = weakref.WeakKeyDictionary()
+
+
 def _dummy(dev: Device) -> Buffer:
     """A 16-byte buffer bound where an optional input (bias) is absent; never read then."""
-    buf = getattr(dev, "_vkq_q4gsw_dummy", None)
+    buf = _DUMMIES.get(dev)
     if buf is None or buf.closed:
-        buf = dev.buffer(16)
-        dev._vkq_q4gsw_dummy = buf
+        buf = _DUMMIES[dev] = dev.buffer(16)
     return buf
 
 
