@@ -1,7 +1,10 @@
 """Timing PyTorch peers on the same GPU (`python -m vkq bench --compare torch`).
 
-Timed like vkq's kernels: one CUDA event pair around each call, calls rotating through
-distinct weight copies (L2-cold), median of the repeats.
+Timed like vkq's kernels: CUDA events, calls rotating through distinct weight copies
+(L2-cold), median of the repeats, after a warm-up that brings the clocks up. The calls of
+one rotation are captured in a CUDA graph and replayed, so Python's launch gaps do not count
+against the peer (vkq's timestamps exclude host time too); ops that cannot be captured fall
+back to events around each call.
 """
 from __future__ import annotations
 
@@ -35,6 +38,32 @@ def time_cuda(call: Callable[[int], Any], n_copies: int, repeats: int,
     """Median GPU time (ns) of `call(i % n_copies)`, after ~`warmup_s` of the same work."""
     import torch
     _keep_busy(call, n_copies, warmup_s)
+    try:
+        return _time_graph(torch, call, n_copies, repeats)
+    except RuntimeError:  # not capturable (host sync inside the op): per-call events
+        torch.cuda.synchronize()
+        return _time_events(torch, call, n_copies, repeats)
+
+
+def _time_graph(torch: Any, call: Callable[[int], Any], n_copies: int, repeats: int) -> float:
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(n_copies):
+            call(i)
+    graph.replay()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(max(3, repeats // n_copies + 1))]
+    torch.cuda.synchronize()
+    for start, end in events:
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) * 1e6 / n_copies for s, e in events)
+    return float(times[len(times) // 2])
+
+
+def _time_events(torch: Any, call: Callable[[int], Any], n_copies: int, repeats: int) -> float:
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in range(repeats)]
     torch.cuda.synchronize()

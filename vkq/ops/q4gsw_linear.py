@@ -471,32 +471,6 @@ def _copies(dev: Device, pw: Q4gswWeight, count: int) -> list[Q4gswWeight]:
     return out
 
 
-WARM_UP_BYTES = 256 << 20
-WARM_UP_PASSES = 250
-
-
-def warm_up(ctx: BenchContext) -> None:
-    """~20 ms of streaming reads right before a timed vkq run, so the GPU is at
-    its working clocks. Measured on the H100: after a second of host-side setup the clocks
-    have dropped, and the first few hundred microseconds of a timed batch ran up to 4x slower,
-    which made identical kernels time 11 us or 45 us depending on what ran before them."""
-    dev = ctx.device
-    if dev.caps.device_type == "cpu":
-        return  # lavapipe has no clocks to ramp
-    buf = ctx.cache.get("q4gsw_warm_up")
-    if buf is None or buf.closed:
-        buf = ctx.cache["q4gsw_warm_up"] = dev.buffer(WARM_UP_BYTES)
-        sink = ctx.cache["q4gsw_warm_up_sink"] = dev.buffer(16 * 256)
-    sink = ctx.cache["q4gsw_warm_up_sink"]
-    kern = dev.kernel("read_bandwidth")
-    n_words = WARM_UP_BYTES // 16
-    groups = min(ceil_div(n_words, 1024), dev.caps.max_workgroup_count[0])
-    with dev.batch() as b:
-        for _ in range(WARM_UP_PASSES):
-            b.dispatch(kern, (groups, 1, 1), buffers={"t_sink": sink, "t_data": buf},
-                       push={"n_words": n_words, "magic": 0x9E3779B9})
-
-
 class _Problem:
     """Device buffers for timing one (M, N, K, group size) problem, L2-cold."""
 
@@ -518,7 +492,6 @@ class _Problem:
 
         def record(b: CommandBatch, i: int) -> None:
             record_linear(b, self.weights[i], self.bx, self.by, self.m, scratch=scratch, **choice)
-        warm_up(ctx)
         return time_dispatches(ctx.device, record, len(self.weights), ctx.repeats) / 1e3
 
     def variant(self, ctx: BenchContext, **choice: Any) -> str:
@@ -615,7 +588,6 @@ def _read_floor_row(ctx: BenchContext, m: int, n: int, k: int, gs: int) -> Row:
         def record(b: CommandBatch, i: int) -> None:
             b.dispatch(kern, (groups, 1, 1), buffers={"t_sink": sink, "t_data": bufs[i]},
                        push={"n_words": n_words, "magic": 0x9E3779B9})
-        warm_up(ctx)
         us = time_dispatches(dev, record, copies, ctx.repeats) / 1e3
     finally:
         for buf in bufs + [sink]:
@@ -643,20 +615,6 @@ class _TorchPeer:
         yield self._int4_row(m, n, k, gs)
         if fp16:
             yield self._fp16_row(m, n, k)
-
-    def _warm_up(self, call: Any, copies: int, seconds: float = 0.02) -> None:
-        """The peer's own ~20 ms of work right before its timed run (as `warm_up` does for
-        vkq): CUDA work, because Vulkan work just before a CUDA timing made the peer's
-        numbers erratic on the H100 (context switches between the two APIs)."""
-        import time
-        torch = self.torch
-        t0 = time.perf_counter()
-        i = 0
-        while time.perf_counter() - t0 < seconds:
-            for _ in range(20):
-                call(i % copies)
-                i += 1
-            torch.cuda.synchronize()
 
     def _int4_pack(self, qw: QuantizedWeight) -> tuple[Any, Any]:
         """(packed weight, scales_and_zeros [K/gs, N, 2] bf16) per the torch 2.x CUDA API:
@@ -692,7 +650,6 @@ class _TorchPeer:
                                      s_bf[:, :, 1].T, gs)
         ok = np.allclose(y, ref, rtol=3e-2, atol=3e-2 * np.abs(ref).max())
         call = lambda i: op(x, ws[i][0], gs, ws[i][1])  # noqa: E731
-        self._warm_up(call, copies)
         ns = time_cuda(call, copies, self.ctx.repeats)
         del ws
         return Row("q4gsw_linear", _shape(m, n, k, gs), "torch _weight_int4pack_mm", ns / 1e3,
@@ -708,7 +665,6 @@ class _TorchPeer:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         lin = torch.nn.functional.linear
         call = lambda i: lin(x, ws[i])  # noqa: E731
-        self._warm_up(call, copies)
         ns = time_cuda(call, copies, self.ctx.repeats)
         del ws
         return Row("q4gsw_linear", _shape(m, n, k), "torch fp16 F.linear", ns / 1e3,
