@@ -33,12 +33,12 @@ def measure_read_bandwidth(device: Device, nbytes: int = 1 << 30, repeats: int =
 
 
 def measure_dispatch_overhead(device: Device, repeats: int = 20) -> float:
-    """Median timestamped duration (ns) of a one-workgroup dispatch that reads nothing: the
-    floor under every per-dispatch time this tool reports (launch + barrier + timestamps)."""
+    """GPU time (ns) per call of a one-workgroup dispatch that reads nothing, timed like every
+    benchmark row (a chain of calls): the floor under them (launch + barrier + timestamps)."""
+    from vkq.bench.timing import time_dispatches
     kernel = device.kernel(VARIANT)
     with device.buffer(16 * 256) as sink, device.buffer(16) as data:
-        with device.batch(timestamps=True) as b:
-            for _ in range(repeats + 1):
-                b.dispatch(kernel, (1, 1, 1), buffers={"t_sink": sink, "t_data": data},
-                           push={"n_words": 0, "magic": 0x9E3779B9})
-    return float(np.median(b.timings_ns[1:]))
+        def record(b, i: int) -> None:
+            b.dispatch(kernel, (1, 1, 1), buffers={"t_sink": sink, "t_data": data},
+                       push={"n_words": 0, "magic": 0x9E3779B9})
+        return time_dispatches(device, record, 1, repeats, warmup_ns=0)

@@ -6,6 +6,7 @@
         y = b.download(y_buf)
     y.result()            # bytes as a numpy uint8 array, valid after the with-block
     b.timings_ns          # one GPU duration per dispatch (timestamps=True)
+    b.timestamps_ns       # (start, end) per dispatch, ns from the first start
 
 Every command is separated from the next by a full memory barrier: dispatches in a batch may
 depend on each other, and the barrier is what makes per-dispatch timestamps meaningful.
@@ -71,7 +72,7 @@ class CommandBatch:
         self._ops: list[_Dispatch | _Copy] = []
         self._staging: list[Buffer] = []
         self._downloads: list[Download] = []
-        self.timings_ns: list[float] = []
+        self.timestamps_ns: list[tuple[float, float]] = []
         self.kernel_names: list[str] = []
         self._submitted = False
 
@@ -120,6 +121,11 @@ class CommandBatch:
         self.kernel_names.append(kernel.name)
         note_dispatch(kernel.name)
 
+    @property
+    def timings_ns(self) -> list[float]:
+        """GPU duration of each dispatch (timestamps=True)."""
+        return [end - start for start, end in self.timestamps_ns]
+
     def _staging_buffer(self, nbytes: int) -> Buffer:
         buf = Buffer(self.device, nbytes, host_visible=True, usage="transfer")
         self._staging.append(buf)
@@ -162,7 +168,7 @@ class CommandBatch:
             check(lib.vkEndCommandBuffer(cmd), "vkEndCommandBuffer")
             dev._submit_and_wait(cmd)
             if queries is not None:
-                self.timings_ns = dev._read_timestamps(queries, len(dispatches))
+                self.timestamps_ns = dev._read_timestamps(queries, len(dispatches))
         finally:
             dev._free_command_buffer(cmd)
             if pool is not None:

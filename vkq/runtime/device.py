@@ -198,14 +198,17 @@ class Device:
         check(lib.vkCreateQueryPool(self.handle, info, ffi.NULL, out), "vkCreateQueryPool")
         return out[0]
 
-    def _read_timestamps(self, pool: Any, n_dispatches: int) -> list[float]:
+    def _read_timestamps(self, pool: Any, n_dispatches: int) -> list[tuple[float, float]]:
+        """(start, end) of each dispatch in ns, relative to the first start."""
         n = 2 * n_dispatches
         data = ffi.new("uint64_t[]", n)
         flags = lib.VK_QUERY_RESULT_64_BIT | lib.VK_QUERY_RESULT_WAIT_BIT
         check(lib.vkGetQueryPoolResults(self.handle, pool, 0, n, 8 * n, data, 8, flags),
               "vkGetQueryPoolResults")
         mask, period = self._timestamp_mask, self.caps.timestamp_period_ns
-        return [(((data[2 * i + 1] - data[2 * i]) & mask) * period) for i in range(n_dispatches)]
+        t0 = data[0]
+        return [(((data[2 * i] - t0) & mask) * period, ((data[2 * i + 1] - t0) & mask) * period)
+                for i in range(n_dispatches)]
 
     # -- lifetime -------------------------------------------------------------------------------
     def live_objects(self) -> int:
