@@ -33,8 +33,8 @@ def measure_read_bandwidth(device: Device, nbytes: int = 1 << 30, repeats: int =
 
 
 def measure_dispatch_overhead(device: Device, repeats: int = 20) -> float:
-    """GPU time (ns) per call of a one-workgroup dispatch that reads nothing, timed like every
-    benchmark row (a chain of calls): the floor under them (launch + barrier + timestamps)."""
+    """GPU time (ns) of a one-workgroup dispatch that reads nothing, timed like every benchmark
+    row: the floor under them."""
     from vkq.bench.timing import time_dispatches
     kernel = device.kernel(VARIANT)
     with device.buffer(16 * 256) as sink, device.buffer(16) as data:
