@@ -9,7 +9,7 @@ import time
 from typing import Iterable
 
 from vkq.bench import SUITES, BenchContext, Row
-from vkq.ops.read_bandwidth import measure_dispatch_overhead, measure_read_bandwidth
+from vkq.ops.read_bandwidth import keep_busy, measure_dispatch_overhead, measure_read_bandwidth
 from vkq.runtime import Device
 
 
@@ -54,6 +54,7 @@ def run(device: Device, names: list[str] | None, quick: bool, repeats: int,
         if names and name not in names:
             continue
         say(f"suite {name}")
+        keep_busy(device)
         for row in suite(ctx):
             row.roofline_gbps = ctx.roofline_gbps
             rows.append(row)
