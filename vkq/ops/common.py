@@ -36,3 +36,19 @@ def grid_2d(n_groups: int, max_x: int) -> tuple[int, int, int]:
     if n_groups <= max_x:
         return (max(n_groups, 0), 1, 1)
     return (max_x, ceil_div(n_groups, max_x), 1)
+
+
+def bias_vector(bias: Any, n: int, *, finite: bool) -> np.ndarray | None:
+    """None, or a float32 copy of a float bias of shape (n,); `finite` also rejects NaN/Inf
+    (int8 outputs cannot carry them; float outputs propagate them like the reference)."""
+    if bias is None:
+        return None
+    b = np.asarray(bias)
+    if b.dtype.kind != "f":
+        raise TypeError(f"bias must be a float array, got dtype {b.dtype}")
+    if b.shape != (n,):
+        raise ValueError(f"bias must have shape ({n},) (one per output channel), got {b.shape}")
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    if finite and not np.all(np.isfinite(b)):
+        raise ValueError("bias must be finite (found NaN or Inf after conversion to float32)")
+    return b

@@ -30,7 +30,7 @@ from vkq import layouts
 from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import copies_for_l2_cold, time_dispatches
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
-from vkq.ops.common import ceil_div, float_input, grid_2d
+from vkq.ops.common import bias_vector, ceil_div, float_input, grid_2d
 from vkq.quantized_weight import QuantizedWeight
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
 from vkq.tensor import DENSE, DeviceTensor
@@ -351,17 +351,6 @@ def _dummy(dev: Device) -> Buffer:
     return buf
 
 
-def _check_bias(bias: Any, n: int) -> np.ndarray | None:
-    if bias is None:
-        return None
-    arr = np.asarray(bias)
-    if arr.dtype.kind != "f":
-        raise TypeError(f"bias must be a float array, got dtype {arr.dtype}")
-    if arr.shape != (n,):
-        raise ValueError(f"bias must have shape ({n},) to match the weight's N, got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
 def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight | Q4gswWeight,
            bias: np.ndarray | None = None, *, kernel: str = "auto",
            device: Device | None = None) -> np.ndarray | DeviceTensor:
@@ -398,7 +387,7 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight | Q4gswWeight,
         raise ValueError(f"x must have shape [..., K] with K = {k} (the weight's), got {tuple(shape)}")
     m = int(np.prod(shape[:-1], dtype=np.int64))
     route(m if m else 1, kernel)  # validates the kernel choice before any work
-    b32 = _check_bias(bias, n)
+    b32 = bias_vector(bias, n, finite=False)
     out_shape = tuple(shape[:-1]) + (n,)
     if on_device:
         y = DeviceTensor.empty(device, DENSE, out_shape, np.float32, {"data": ((m * n,), np.float32)})

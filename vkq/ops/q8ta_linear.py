@@ -54,7 +54,7 @@ from vkq import layouts
 from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import copies_for_l2_cold, time_dispatches
 from vkq.layouts import INT8_4H4W, INT8_4W, LayoutError, PackedTensor
-from vkq.ops.common import ceil_div, grid_2d, positive_finite
+from vkq.ops.common import bias_vector, ceil_div, grid_2d, positive_finite
 from vkq.quantized_weight import INT8_MAX_K, QuantizedWeight
 from vkq.reference.q8ta import ACTIVATIONS, requant_constants
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
@@ -157,20 +157,6 @@ def check_k(k: int) -> None:
     if k >= INT8_MAX_K:
         raise ValueError(f"K = {k} is too large: int8 x int8 sums may overflow int32 for "
                          f"K >= {INT8_MAX_K}; split the layer along K")
-
-
-def _bias(bias: Any, n: int) -> np.ndarray | None:
-    if bias is None:
-        return None
-    b = np.asarray(bias)
-    if b.dtype.kind != "f":
-        raise TypeError(f"bias must be a float array, got dtype {b.dtype}")
-    if b.shape != (n,):
-        raise ValueError(f"bias must have shape ({n},) (one per output channel), got {b.shape}")
-    b = b.astype(np.float32)
-    if not np.all(np.isfinite(b)):
-        raise ValueError("bias must be finite (found NaN or Inf after conversion to float32)")
-    return b
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,7 +328,7 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight, bias: np.ndarray | 
     """
     n, k = _check_weight(w)
     qp = QParams.check(input_scale, input_zero_point, output_scale, output_zero_point, activation)
-    b = _bias(bias, n)
+    b = bias_vector(bias, n, finite=True)
     on_device = isinstance(x, DeviceTensor)
     device = (x.device if on_device and device is None else device) or default_device()
     if on_device:
