@@ -9,7 +9,7 @@ import time
 from typing import Iterable
 
 from vkq.bench import SUITES, BenchContext, Row
-from vkq.ops.read_bandwidth import keep_busy, measure_dispatch_overhead, measure_read_bandwidth
+from vkq.ops.read_bandwidth import StreamingRead, measure_dispatch_overhead
 from vkq.runtime import Device
 
 
@@ -43,22 +43,24 @@ def run(device: Device, names: list[str] | None, quick: bool, repeats: int,
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; have {list(SUITES)}")
     say = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
     say(f"read roofline on {device.caps.name} ({roofline_bytes >> 20} MiB)")
-    roof = measure_read_bandwidth(device, roofline_bytes, repeats=repeats)
-    ctx = BenchContext(device=device, roofline_gbps=roof["gbps"], quick=quick, repeats=repeats,
-                       compare=compare, progress=say)
-    rows = [Row("roofline", f"{roof['bytes'] >> 20} MiB", "read_bandwidth", roof["ns"] / 1e3,
-                bytes=roof["bytes"], roofline_gbps=roof["gbps"]),
-            Row("overhead", "1 workgroup", "read_bandwidth", measure_dispatch_overhead(device, repeats) / 1e3,
-                note="empty dispatch: floor of every timed row")]
-    for name, suite in SUITES.items():
-        if names and name not in names:
-            continue
-        say(f"suite {name}")
-        keep_busy(device)
-        for row in suite(ctx):
-            row.roofline_gbps = ctx.roofline_gbps
-            rows.append(row)
-            say(f"  {row.shape} {row.kernel}: {row.us:.2f} us")
+    with StreamingRead(device, roofline_bytes) as stream:
+        roof = stream.measure(repeats)
+        ctx = BenchContext(device=device, roofline_gbps=roof["gbps"], quick=quick,
+                           repeats=repeats, compare=compare, progress=say)
+        rows = [Row("roofline", f"{roof['bytes'] >> 20} MiB", "read_bandwidth", roof["ns"] / 1e3,
+                    bytes=roof["bytes"], roofline_gbps=roof["gbps"]),
+                Row("overhead", "1 workgroup", "read_bandwidth",
+                    measure_dispatch_overhead(device, repeats) / 1e3,
+                    note="empty dispatch: floor of every timed row")]
+        for name, suite in SUITES.items():
+            if names and name not in names:
+                continue
+            say(f"suite {name}")
+            stream.keep_busy()
+            for row in suite(ctx):
+                row.roofline_gbps = ctx.roofline_gbps
+                rows.append(row)
+                say(f"  {row.shape} {row.kernel}: {row.us:.2f} us")
     meta = {"device": device.caps.name, "driver": device.caps.driver,
             "device_type": device.caps.device_type, "roofline_gbps": roof["gbps"], "quick": quick}
     return rows, meta

@@ -8,28 +8,60 @@ from vkq.runtime import Device
 VARIANT = "read_bandwidth"
 
 
-def measure_read_bandwidth(device: Device, nbytes: int = 1 << 30, repeats: int = 10) -> dict:
-    """Median GB/s over `repeats` timed passes over one `nbytes` buffer (no host copies:
-    the buffer is filled by a GPU copy of a small pattern, and its content does not matter).
+class StreamingRead:
+    """One large buffer streamed by the read kernel: the roofline measurement, and the work
+    that keeps the GPU busy between benchmark suites.
 
-    The buffer should be much larger than the last-level cache (1 GiB vs the H100's 50 MB L2).
+    The bench holds one for its whole run instead of freeing large buffers between suites: on
+    the H100 the cases timed right after a 256 MiB-1 GiB buffer was freed read up to 4x slow.
     """
-    nbytes = min(int(nbytes), device.caps.max_storage_buffer_range,
-                 device.caps.max_memory_allocation_size) // 16 * 16
-    kernel = device.kernel(VARIANT)
-    wg, unroll = kernel.info.params["WG"], kernel.info.params["UNROLL"]
-    n_words = nbytes // 16
-    groups = min(-(-n_words // (wg * unroll)), device.caps.max_workgroup_count[0])
-    with device.buffer(nbytes) as data, device.buffer(16 * 256) as sink:
-        with device.batch() as b:  # give the memory real pages before timing
-            b.upload(sink, np.zeros(16 * 256, np.uint8))
-        with device.batch(timestamps=True) as b:
-            for _ in range(repeats + 1):
-                b.dispatch(kernel, (groups, 1, 1), buffers={"t_sink": sink, "t_data": data},
-                           push={"n_words": n_words, "magic": 0x9E3779B9})
-        times = b.timings_ns[1:]  # the first pass warms up pipelines and page tables
-    t = float(np.median(times))
-    return {"bytes": nbytes, "ns": t, "gbps": nbytes / t}
+
+    def __init__(self, device: Device, nbytes: int = 1 << 30):
+        self.device = device
+        self.nbytes = min(int(nbytes), device.caps.max_storage_buffer_range,
+                          device.caps.max_memory_allocation_size) // 16 * 16
+        self.kernel = device.kernel(VARIANT)
+        wg, unroll = self.kernel.info.params["WG"], self.kernel.info.params["UNROLL"]
+        self.n_words = self.nbytes // 16
+        self.groups = min(-(-self.n_words // (wg * unroll)), device.caps.max_workgroup_count[0])
+        # Contents do not matter (xor-folded, never compared), so the buffer is not filled.
+        self.data = device.buffer(self.nbytes)
+        self.sink = device.buffer(16 * 256)
+
+    def _passes(self, n: int) -> list[float]:
+        with self.device.batch(timestamps=True) as b:
+            for _ in range(n):
+                b.dispatch(self.kernel, (self.groups, 1, 1),
+                           buffers={"t_sink": self.sink, "t_data": self.data},
+                           push={"n_words": self.n_words, "magic": 0x9E3779B9})
+        return b.timings_ns
+
+    def measure(self, repeats: int = 10) -> dict:
+        """Median GB/s over `repeats` passes (the first pass is not counted: it warms up
+        pipelines and page tables)."""
+        t = float(np.median(self._passes(repeats + 1)[1:]))
+        return {"bytes": self.nbytes, "ns": t, "gbps": self.nbytes / t}
+
+    def keep_busy(self, seconds: float = 1.0) -> None:
+        """Stream for about `seconds` of GPU time, so clocks are up when timing starts."""
+        if self.device.caps.device_type == "cpu":
+            return  # nothing to ramp up on a CPU device
+        spent, per_pass = 0.0, None
+        while spent < seconds * 1e9:
+            n = 4 if per_pass is None else int(min(2000, max(4, (seconds * 1e9 - spent) / per_pass)))
+            times = self._passes(n)
+            spent += sum(times)
+            per_pass = max(sum(times) / n, 1.0)
+
+    def close(self) -> None:
+        self.data.close()
+        self.sink.close()
+
+    def __enter__(self) -> "StreamingRead":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def measure_dispatch_overhead(device: Device, repeats: int = 20) -> float:
@@ -42,26 +74,3 @@ def measure_dispatch_overhead(device: Device, repeats: int = 20) -> float:
             b.dispatch(kernel, (1, 1, 1), buffers={"t_sink": sink, "t_data": data},
                        push={"n_words": 0, "magic": 0x9E3779B9})
         return time_dispatches(device, record, 1, repeats, warmup_ns=0)
-
-
-def keep_busy(device: Device, seconds: float = 1.0, nbytes: int = 256 << 20) -> None:
-    """Stream reads for about `seconds` of GPU time. The bench runs this before each suite:
-    on the H100 the first cases of a suite that followed another read up to 4x slow, the
-    streaming read kernel included, while a per-case warm-up of 200 ms did not cure it."""
-    if device.caps.device_type == "cpu":
-        return  # nothing to ramp up on a CPU device
-    kernel = device.kernel(VARIANT)
-    wg, unroll = kernel.info.params["WG"], kernel.info.params["UNROLL"]
-    n_words = nbytes // 16
-    groups = min(-(-n_words // (wg * unroll)), device.caps.max_workgroup_count[0])
-    per_pass_ns = nbytes / 2.0  # a guess (2 GB/s) for the first batch, measured after it
-    spent = 0.0
-    with device.buffer(nbytes) as data, device.buffer(16 * 256) as sink:
-        while spent < seconds * 1e9:
-            passes = int(min(2000, max(4, (seconds * 1e9 - spent) / per_pass_ns)))
-            with device.batch(timestamps=True) as b:
-                for _ in range(passes):
-                    b.dispatch(kernel, (groups, 1, 1), buffers={"t_sink": sink, "t_data": data},
-                               push={"n_words": n_words, "magic": 0x9E3779B9})
-            spent += b.timestamps_ns[-1][1]
-            per_pass_ns = max(b.timestamps_ns[-1][1] / passes, 1.0)
