@@ -6,6 +6,8 @@ import os
 import weakref
 from typing import Any
 
+import numpy as np
+
 from vkq import shaderlib
 from vkq.runtime.batch import CommandBatch
 from vkq.runtime.buffer import Buffer
@@ -121,7 +123,6 @@ class Device:
 
     def upload(self, array: Any) -> Buffer:
         """A new storage buffer holding a copy of the array's bytes."""
-        import numpy as np
         data = np.ascontiguousarray(array)
         buf = Buffer(self, data.nbytes)
         buf.write(data)
