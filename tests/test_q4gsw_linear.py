@@ -50,8 +50,9 @@ def check(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray
 
 def gemv_name(w: vkq.QuantizedWeight, device) -> str:
     n, k = w.shape
-    cfg = op.pick_gemv_config(n, k, device.caps.subgroup_arithmetic)
-    return op.gemv_variant(not w.symmetric, w.group_size, cfg, tree=not device.caps.subgroup_arithmetic)
+    sub = device.caps.subgroup_shuffle
+    cfg = op.pick_gemv_config(n, k) if sub else op.GEMV_FALLBACK
+    return op.gemv_variant(not w.symmetric, w.group_size, cfg, sub)
 
 
 # ------------------------------------------------------------------ accuracy over shapes
@@ -315,7 +316,8 @@ TUNING = tuple(dict.fromkeys(cfg for _, _, cfg in op.GEMV_CONFIGS))
 # tile, K = 1320 ends inside a word. Tuning shapes exist for symmetric word groups only.
 GUARD_CASES = (
     [(dict(kernel="gemv"), k, gs, sym) for k, gs, sym in ((1320, 8, False), (1280, 64, True))]
-    + [(dict(kernel="gemv", gemv_config=op.GEMV_TREE, gemv_tree=True), 1320, 24, True)]
+    + [(dict(kernel="gemv", gemv_config=op.GEMV_FALLBACK, gemv_subgroup=False), k, gs, sym)
+       for k, gs, sym in ((1320, 24, True), (1320, 8, False), (1280, 64, False))]
     + [(dict(kernel="gemv", gemv_config=c), k, gs, sym) for c in TUNING
        for k, gs, sym in ((1280, 64, True), (1320, 8, False))]
     + [(dict(kernel="gemm", gemm_tile=t, gemm_splits=1), 1320, 8, False) for t in ("32x64", "64x64")]
@@ -340,6 +342,6 @@ def test_no_out_of_bounds_access(device, choice, k, gs, symmetric):
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg", op.sweep_gemv_configs(), ids=lambda c: c.tag)
 def test_every_gemv_tuning_shape(device, cfg):
-    w = make_weight(67, 4160, 64, True, seed=cfg.wg + cfg.r)
+    w = make_weight(67, 4160, 64, True, seed=cfg.rw + cfg.r)
     x = np.random.default_rng(cfg.u).standard_normal((1, 4160)).astype(np.float32)
     check(run_guarded(device, w, x, None, kernel="gemv", gemv_config=cfg), x, w, None)

@@ -1,10 +1,11 @@
-"""`python -m vkq info | bench`."""
+"""`python -m vkq info | bench | stats`."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from vkq.runtime import Device, Instance, choose_device
+from vkq.runtime import Device, Instance, UnsupportedDevice, choose_device
+from vkq.shaderlib import ShaderError
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -43,6 +44,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spec_value(text: str) -> int | float:
+    try:
+        return int(text, 0)
+    except ValueError:
+        return float(text)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    spec = {}
+    for item in args.spec:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--spec {item!r}: expected NAME=VALUE")
+        spec[name] = _spec_value(value)
+    with Device(args.device) as dev:
+        try:  # built first, so a wrong name or constant fails on every device alike
+            kernels = [dev.kernel(v, **spec) for v in args.variants]
+        except (ShaderError, UnsupportedDevice, ValueError) as e:
+            raise SystemExit(f"vkq stats: {e}") from None
+        if not dev.caps.pipeline_statistics:
+            print(f"{dev.caps.name} does not report compiler statistics "
+                  "(no VK_KHR_pipeline_executable_properties); nothing to show")
+            return 0
+        for k in kernels:
+            stats = k.statistics()
+            print(f"{k.name}: " + (", ".join(f"{n}={v}" for n, v in stats.items()) or "(none)"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vkq")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -59,8 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--quick", dest="quick", action="store_true", default=None,
                    help="small shapes (default on CPU devices such as lavapipe)")
     q.add_argument("--full", dest="quick", action="store_false", help="full shapes even on CPU devices")
+    st = sub.add_parser("stats", help="the driver's compiler statistics (registers, spills, ...) "
+                                      "of kernel variants")
+    st.add_argument("variants", nargs="+", metavar="VARIANT")
+    st.add_argument("--spec", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                    help="specialization constants, applied to every variant (after the variants)")
+    st.add_argument("--device", default=None, help="index or name substring (default: $VKQ_DEVICE or best)")
     args = ap.parse_args(argv)
-    return {"info": cmd_info, "bench": cmd_bench}[args.cmd](args)
+    return {"info": cmd_info, "bench": cmd_bench, "stats": cmd_stats}[args.cmd](args)
 
 
 if __name__ == "__main__":

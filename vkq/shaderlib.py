@@ -47,7 +47,7 @@ MANIFEST = "manifest.json"
 #: Device features a variant may require; names match `vkq.runtime.Capabilities` fields.
 KNOWN_FEATURES = frozenset({
     "integer_dot_product", "shader_int8", "shader_float16", "storage_8bit", "storage_16bit",
-    "subgroup_arithmetic", "subgroup_size_control",
+    "subgroup_arithmetic", "subgroup_shuffle", "subgroup_size_control",
 })
 _SCALAR_TYPES = {"uint": "I", "int": "i", "float": "f"}
 

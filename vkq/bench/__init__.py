@@ -23,6 +23,15 @@ class Row:
     peak_tops: float | None = None  # the peak the TOPS are compared with, if any
     note: str = ""
     roofline_gbps: float | None = None  # filled in by the runner
+    iso_us: float | None = None     # isolated per-dispatch time (`us` is the chained time)
+
+    @classmethod
+    def timed(cls, suite: str, shape: str, kernel: str, timing: Any, **fields: Any) -> "Row":
+        """A row from a vkq.bench.timing.Timing: `us` chained, `iso_us` isolated, and a note
+        when the SM clock was below its maximum."""
+        note = "; ".join(n for n in (fields.pop("note", ""), timing.clock_note) if n)
+        return cls(suite, shape, kernel, timing.chain_ns / 1e3, iso_us=timing.isolated_ns / 1e3,
+                   note=note, **fields)
 
     @property
     def gbps(self) -> float | None:

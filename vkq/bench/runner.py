@@ -25,8 +25,8 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def format_table(rows: Iterable[Row]) -> str:
-    header = ("suite", "shape", "kernel", "us", "GB/s", "%roof", "TOPS", "%peak", "note")
-    body = [(r.suite, r.shape, r.kernel, _fmt(r.us, ".2f"), _fmt(r.gbps, ".1f"),
+    header = ("suite", "shape", "kernel", "us", "iso us", "GB/s", "%roof", "TOPS", "%peak", "note")
+    body = [(r.suite, r.shape, r.kernel, _fmt(r.us, ".2f"), _fmt(r.iso_us, ".2f"), _fmt(r.gbps, ".1f"),
              _fmt(r.pct_roofline, ".1f"), _fmt(r.tops, ".2f"), _fmt(r.pct_peak, ".1f"), r.note)
             for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
@@ -49,9 +49,9 @@ def run(device: Device, names: list[str] | None, quick: bool, repeats: int,
                            repeats=repeats, compare=compare, progress=say)
         rows = [Row("roofline", f"{roof['bytes'] >> 20} MiB", "read_bandwidth", roof["ns"] / 1e3,
                     bytes=roof["bytes"], roofline_gbps=roof["gbps"]),
-                Row("overhead", "1 workgroup", "read_bandwidth",
-                    measure_dispatch_overhead(device, repeats) / 1e3,
-                    note="empty dispatch: floor of every timed row")]
+                Row.timed("overhead", "1 workgroup", "read_bandwidth",
+                          measure_dispatch_overhead(device, repeats),
+                          note="empty dispatch: floor of every timed row")]
         for name, suite in SUITES.items():
             if names and name not in names:
                 continue

@@ -1,22 +1,26 @@
-"""GPU timing helpers: timestamps around each dispatch, L2-cold rotation, medians.
+"""GPU timing helpers: L2-cold rotation, clocks at their maximum, medians.
 
-vkq's rows are the GPU duration of the call's own dispatch(es), each between full barriers,
-timestamped TOP_OF_PIPE -> BOTTOM_OF_PIPE: host time and the cost of the barrier before it
-are excluded (the `overhead` row shows the floor of an empty dispatch). The torch peers are
-timed as a CUDA graph of the rotation, replayed, divided by its length: host launch gaps are
-excluded there too, CUDA's inter-kernel gap (about a microsecond) is not.
+Two times per case, both from Vulkan timestamps (host time excluded):
+- **chain** (the headline): the case's call repeated back to back in one command buffer,
+  rotating through L2-cold copies, each call after a compute->compute barrier as a dependent
+  layer would be; GPU span / number of calls. This is how the torch peers are timed too (a
+  CUDA graph of the same rotation, replayed; CUDA's inter-kernel gap is included there, the
+  barrier and launch of the next dispatch here).
+- **isolated**: timestamps TOP_OF_PIPE -> BOTTOM_OF_PIPE around each dispatch alone: adds the
+  timestamps' own cost (an empty dispatch reads ~2.6 us isolated on the H100).
 
-Measured on the H100 (`vkq bench`, Nov 2026): as one link of a chain of dependent calls, each
-vkq call costs about 3 us more than its isolated duration (empty dispatch: 5.5 us per link vs
-2.6 us isolated), the price of the full barrier and the two timestamps recorded around every
-dispatch; narrower barriers are the runtime's next step.
+Before timing, the GPU runs the same work until its SM clock is near its maximum
+(vkq.bench.clocks; a fixed warm-up where the clock cannot be read).
 """
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import weakref
+from typing import Any, Callable
 
 import numpy as np
 
+from vkq.bench.clocks import sm_clock
 from vkq.runtime import CommandBatch, Device
 
 
@@ -26,37 +30,87 @@ def copies_for_l2_cold(bytes_per_copy: int, l2_bytes: int, max_copies: int = 64)
     return int(min(max_copies, max(2, -(-2 * l2_bytes // max(bytes_per_copy, 1)) + 1)))
 
 
-#: GPU time spent running a case untimed before timing it (see `time_dispatches`).
+#: GPU time spent running a case untimed before timing it (at least; see `warm_up`).
 WARMUP_NS = 200e6
+#: Longest extra warm-up while waiting for the SM clock to reach its maximum.
+CLOCK_WAIT_NS = 3e9
+
+
+@dataclasses.dataclass
+class Timing:
+    chain_ns: float         # per call, median span/calls of several chains
+    isolated_ns: float      # per call, median of per-dispatch timestamps
+    sm_mhz: int | None      # SM clock right after timing (None: unknown)
+    sm_max_mhz: int | None
+
+    @property
+    def clock_note(self) -> str:
+        """A warning when the case ran below 95 % of the maximum SM clock."""
+        if self.sm_mhz is None or self.sm_max_mhz is None or self.sm_mhz >= 0.95 * self.sm_max_mhz:
+            return ""
+        return f"SM clock {self.sm_mhz}/{self.sm_max_mhz} MHz"
 
 
 def _chain(device: Device, record: Callable[[CommandBatch, int], None], n_copies: int,
-           calls: int) -> tuple[np.ndarray, np.ndarray]:
-    """GPU start and end (ns) of each of `calls` consecutive calls, in one command buffer."""
-    with device.batch(timestamps=True) as b:
+           calls: int) -> float:
+    """GPU span (ns) of `calls` consecutive calls in one command buffer."""
+    with device.batch(timestamps="span") as b:
         for i in range(calls):
-            before = len(b.kernel_names)
             record(b, i % n_copies)
-            per_call = len(b.kernel_names) - before
-    ts = np.asarray(b.timestamps_ns, dtype=np.float64).reshape(calls, per_call, 2)
-    return ts[:, 0, 0], ts[:, -1, 1]
+    return float(b.span_ns)
 
 
-def time_dispatches(device: Device, record: Callable[[CommandBatch, int], None], n_copies: int,
-                    repeats: int, warmup_ns: float = WARMUP_NS) -> float:
-    """Median GPU time (ns) of one call. `record(batch, i)` records the dispatch(es) of one
-    call using copy `i % n_copies`; calls rotate through the copies so none is warm in L2.
-
-    About `warmup_ns` of the same work runs untimed first: GPUs drop their clocks when idle
-    (between cases the host packs weights) and take a while to raise them again; timing
-    without this read up to 5x slow on the H100, at random.
-    """
+def warm_up(device: Device, record: Callable[[CommandBatch, int], None], n_copies: int,
+            warmup_ns: float = WARMUP_NS) -> None:
+    """Run the case untimed (pipelines, caches and page tables warm), then bring the SM clock
+    up. Where NVML reads the clock, >= 10 ms of the case's own work, then streaming reads
+    until the clock is near its maximum: chains of small dispatches recorded from Python
+    leave the GPU idle too often to raise it (seen: 800-900 MHz for seconds on the H100).
+    Elsewhere, `warmup_ns` of the case's own work."""
+    clock = sm_clock(device.caps.name)
+    own_ns = warmup_ns if clock is None else min(warmup_ns, 10e6)
     spent, per_call = 0.0, None
-    while spent < warmup_ns:
-        n = 4 if per_call is None else int(np.clip((warmup_ns - spent) / per_call, 4, 4000))
-        start, end = _chain(device, record, n_copies, n)
-        spent += end[-1] - start[0]
-        per_call = max((end[-1] - start[0]) / n, 1.0)
+    while per_call is None or spent < own_ns:
+        n = 4 if per_call is None else int(np.clip((own_ns - spent) / per_call, 4, 4000))
+        span = _chain(device, record, n_copies, n)
+        spent += span
+        per_call = max(span / n, 1.0)
+    if clock is not None:
+        raise_clock(device, clock)
+
+
+def raise_clock(device: Device, clock: Any, max_ns: float = CLOCK_WAIT_NS) -> None:
+    """Stream reads (a 256 MiB buffer, held per device) until the SM clock is near its max."""
+    from vkq.ops.read_bandwidth import StreamingRead
+    stream = _STREAMS.get(device)
+    if stream is None:
+        stream = _STREAMS[device] = StreamingRead(device, 256 << 20)
+    spent = 0.0
+    while spent < max_ns:
+        spent += sum(stream._passes(64))
+        if clock.near_max():
+            return
+
+
+_STREAMS: "weakref.WeakKeyDictionary[Device, Any]" = weakref.WeakKeyDictionary()
+
+
+def time_call(device: Device, record: Callable[[CommandBatch, int], None], n_copies: int,
+              repeats: int, warmup_ns: float = WARMUP_NS) -> Timing:
+    """Chained and isolated GPU time of one call. `record(batch, i)` records the dispatch(es)
+    of one call using copy `i % n_copies`; calls rotate through the copies so none is warm in
+    L2."""
+    warm_up(device, record, n_copies, warmup_ns)
+    calls = max(n_copies, 16 // n_copies * n_copies)
+    chains = [_chain(device, record, n_copies, calls) / calls for _ in range(max(3, repeats // 4))]
+    isolated = _isolated(device, record, n_copies, repeats)
+    clock = sm_clock(device.caps.name)
+    return Timing(float(np.median(chains)), isolated, clock.mhz() if clock else None,
+                  clock.max_mhz if clock else None)
+
+
+def _isolated(device: Device, record: Callable[[CommandBatch, int], None], n_copies: int,
+              repeats: int) -> float:
     with device.batch(timestamps=True) as b:
         for i in range(max(repeats, n_copies)):
             before = len(b.kernel_names)
@@ -64,3 +118,11 @@ def time_dispatches(device: Device, record: Callable[[CommandBatch, int], None],
             per_call_dispatches = len(b.kernel_names) - before
     t = np.asarray(b.timings_ns, dtype=np.float64).reshape(-1, per_call_dispatches).sum(axis=1)
     return float(np.median(t))
+
+
+def time_dispatches(device: Device, record: Callable[[CommandBatch, int], None], n_copies: int,
+                    repeats: int, warmup_ns: float = WARMUP_NS) -> float:
+    """Median isolated GPU time (ns) of one call, after `warm_up` (see `time_call`)."""
+    if warmup_ns:
+        warm_up(device, record, n_copies, warmup_ns)
+    return _isolated(device, record, n_copies, repeats)

@@ -21,12 +21,18 @@ def cuda_torch() -> Any | None:
 
 
 def _keep_busy(call: Callable[[int], Any], n_copies: int, seconds: float) -> None:
-    """Run `call` for ~`seconds` so the GPU clocks are up before timing (as vkq's timing does)."""
+    """Run `call` for >= `seconds`, and on until the SM clock is near its maximum (at most 3 s
+    more), as vkq's timing does (vkq.bench.clocks)."""
     import time
 
     import torch
-    end, i = time.perf_counter() + seconds, 0
-    while time.perf_counter() < end:
+
+    from vkq.bench.clocks import sm_clock
+    clock = sm_clock(torch.cuda.get_device_name())
+    start = time.perf_counter()
+    end, i = start + seconds, 0
+    while time.perf_counter() < end or (clock is not None and not clock.near_max()
+                                        and time.perf_counter() < end + 3.0):
         for _ in range(16):
             call(i % n_copies)
             i += 1

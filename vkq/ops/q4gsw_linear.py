@@ -28,7 +28,7 @@ import numpy as np
 
 from vkq import layouts
 from vkq.bench import BenchContext, Row, register
-from vkq.bench.timing import copies_for_l2_cold, time_dispatches
+from vkq.bench.timing import Timing, copies_for_l2_cold, time_call
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
 from vkq.ops.common import bias_vector, ceil_div, float_input, grid_2d
 from vkq.quantized_weight import QuantizedWeight
@@ -165,38 +165,32 @@ def _device_weight(w: Any, device: Device | None) -> Q4gswWeight:
 # ----------------------------------------------------------------------------- variants
 @dataclasses.dataclass(frozen=True)
 class GemvConfig:
-    """Workgroup shape of the GEMV: WG lanes split K, R channels per workgroup, U words per
-    lane and channel per step, x staged in shared memory (xs) or read through L1."""
+    """Workgroup shape of the GEMV (see q4gsw_linear_gemv.comp.j2): KS warps split K; in a
+    warp, RW row slots of 32/RW lanes each split K too; every lane carries R channels and
+    reads U words of each per step. A workgroup owns RW*R channels."""
 
-    wg: int
+    rw: int
     r: int
     u: int
-    xs: bool = False
+    ks: int
+
+    @property
+    def rows(self) -> int:
+        return self.rw * self.r
 
     @property
     def tag(self) -> str:
-        return f"wg{self.wg}r{self.r}u{self.u}" + ("_xs" if self.xs else "")
+        return f"rw{self.rw}r{self.r}u{self.u}k{self.ks}"
 
 
-#: Fallback for devices without subgroup arithmetic (flat shared-memory tree reduction).
-GEMV_TREE = GemvConfig(64, 4, 2)
-#: GEMV shape by (N, K): the first rule whose limits hold. Chosen from `tune_gemv` on the
-#: H100 (warm clocks, L2-cold, median of 15; µs, gs=32 | gs=128):
-#:   N=14336 K=4096:  wg64r8u1 22.0|21.7  wg64r16u1 22.4|23.1  wg128r8u1 23.7|22.9  wg64r8u1_xs 25.9|25.0
-#:   N=4096  K=14336: wg64r8u1_xs 22.6|21.7  wg256r8u1 22.9|22.7  wg128r8u1 25.4|24.7  wg64r8u1 33.4|32.7
-#:   N=4096  K=4096:  wg128r8u1 10.5|10.1  wg64r8u1_xs 10.7|17.6  wg128r4u1 11.1|11.2  wg64r8u1 13.4|17.6
-#:   N=1024  K=4096:  wg64r2u1_xs 6.0|6.4  wg64r4u2_xs 6.2|6.7  wg64r4u1_xs 6.4|6.9  wg128r8u1 8.3|14.5
-#: Eight rows per workgroup share every x load; for long K, x staged in shared memory beats
-#: the L1 path; for many rows the L1 path wins; small N needs more workgroups (fewer rows
-#: each) to fill the GPU. Also measured there and not kept (slower at every shape):
-#: persistent workgroups with the next step's weights prefetched (24-27 µs at N=14336),
-#: and row blocks of 16-32 channels that load x once per chunk (22.5-29 µs).
+#: The shape used where the device lacks subgroup shuffles (shared-memory reduction only).
+GEMV_FALLBACK = GemvConfig(1, 4, 1, 2)
+#: GEMV shape by (N, K): the first rule whose limits hold (measured, see tune_gemv).
 GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     # (max N, max K, config)
-    (2048, 1 << 62, GemvConfig(64, 2, 1, True)),
-    (8191, 8191, GemvConfig(128, 8, 1, False)),
-    (1 << 62, 8191, GemvConfig(64, 8, 1, False)),
-    (1 << 62, 1 << 62, GemvConfig(64, 8, 1, True)),
+    (2048, 1 << 62, GemvConfig(1, 4, 1, 4)),
+    (1 << 62, 8191, GemvConfig(1, 8, 1, 1)),
+    (1 << 62, 1 << 62, GemvConfig(1, 4, 1, 2)),
 )
 #: GEMM tiles by M (tune_gemm on the H100, N=4096 and 14336, K=4096, before split-K): 32x64
 #: for M <= 32 (16x64 was 3 % faster at N=4096 but 5 % slower at N=14336), 64x64 from
@@ -209,18 +203,16 @@ def gemv_group_mode(group_size: int) -> str:
     return "word" if group_size % 32 == 0 else "comp"
 
 
-def pick_gemv_config(n: int, k: int, subgroup_arithmetic: bool = True) -> GemvConfig:
-    if not subgroup_arithmetic:
-        return GEMV_TREE
+def pick_gemv_config(n: int, k: int) -> GemvConfig:
     for max_n, max_k, cfg in GEMV_CONFIGS:
         if n <= max_n and k <= max_k:
             return cfg
     return GEMV_CONFIGS[-1][2]
 
 
-def gemv_variant(asym: bool, group_size: int, cfg: GemvConfig, tree: bool = False) -> str:
+def gemv_variant(asym: bool, group_size: int, cfg: GemvConfig, subgroup: bool = True) -> str:
     sym = "asym" if asym else "sym"
-    return f"q4gsw_gemv_{sym}_{gemv_group_mode(group_size)}_{cfg.tag}" + ("_tree" if tree else "")
+    return f"q4gsw_gemv_{sym}_{gemv_group_mode(group_size)}_{cfg.tag}" + ("" if subgroup else "_smem")
 
 
 def gemm_variant(asym: bool, m: int, tile: str | None = None) -> str:
@@ -243,14 +235,14 @@ def route(m: int, kernel: str) -> str:
 # ----------------------------------------------------------------------------- dispatch
 def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
                   bias: Buffer | None = None, *, kernel: str = "auto",
-                  gemv_config: GemvConfig | None = None, gemv_tree: bool | None = None,
+                  gemv_config: GemvConfig | None = None, gemv_subgroup: bool | None = None,
                   gemm_tile: str | None = None, gemm_splits: int | None = None,
                   scratch: Buffer | None = None) -> list[Buffer]:
     """Record `y[:m*N] = x[:m*K] @ dequant(w).T (+ bias)` into a batch (buffers already sized).
 
     The internal entry point under `linear`: tests use it with guard regions around x and y,
-    and to force GEMV workgroup shapes (`gemv_config`) or its shared-memory tree reduction
-    (`gemv_tree`, default: only where the device lacks subgroup arithmetic), a GEMM tile
+    and to force GEMV workgroup shapes (`gemv_config`) or its shared-memory-only reduction
+    (`gemv_subgroup=False`, default: only where the device lacks subgroup shuffles), a GEMM tile
     (`gemm_tile`, e.g. "64x64") or a split-K count (`gemm_splits`).
     Split-K needs `splits * m * N` floats of scratch: pass `scratch`, or the buffer is made
     here and returned; the caller closes returned buffers once the batch has run.
@@ -263,13 +255,12 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
     if w.has_zeros:
         bufs["t_zeros"] = w.zeros
     if path == "gemv":
-        sub = dev.caps.subgroup_arithmetic
-        tree = (not sub) if gemv_tree is None else gemv_tree
-        cfg = gemv_config or pick_gemv_config(n, k, not tree)
-        name = gemv_variant(w.has_zeros, w.group_size, cfg, tree=tree)
+        sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
+        cfg = gemv_config or (pick_gemv_config(n, k) if sub else GEMV_FALLBACK)
+        name = gemv_variant(w.has_zeros, w.group_size, cfg, subgroup=sub)
         units = w.group_size // (32 if gemv_group_mode(w.group_size) == "word" else 8)
         kern = dev.kernel(name, GROUP_UNITS=units)
-        b.dispatch(kern, grid_2d(ceil_div(n, cfg.r), dev.caps.max_workgroup_count[0]),
+        b.dispatch(kern, grid_2d(ceil_div(n, cfg.rows), dev.caps.max_workgroup_count[0]),
                    buffers=bufs, push={"n": n, "k": k, "n_groups": w.n_groups,
                                        "has_bias": int(bias is not None)})
         return []
@@ -415,13 +406,13 @@ def _run(device: Device, pw: Q4gswWeight, x: Buffer, y: Buffer, m: int, bias: np
 
 
 def describe_variants(caps: Any) -> dict[str, str]:
-    sub = bool(getattr(caps, "subgroup_arithmetic", True))
+    sub = bool(getattr(caps, "subgroup_shuffle", True))
     out = {}
     for n, k in ((1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336)):
-        cfg = pick_gemv_config(n, k, sub)
-        out[f"q4gsw GEMV (M=1, N={n}, K={k})"] = gemv_variant(False, 32, cfg, tree=not sub)
-    out["q4gsw GEMV (gs % 32 != 0)"] = gemv_variant(False, 16, pick_gemv_config(4096, 4096, sub),
-                                                   tree=not sub)
+        cfg = pick_gemv_config(n, k) if sub else GEMV_FALLBACK
+        out[f"q4gsw GEMV (M=1, N={n}, K={k})"] = gemv_variant(False, 32, cfg, sub)
+    cfg = pick_gemv_config(4096, 4096) if sub else GEMV_FALLBACK
+    out["q4gsw GEMV (gs % 32 != 0)"] = gemv_variant(False, 16, cfg, sub)
     for m in (2, 32, 33):
         out[f"q4gsw GEMM (M={m})"] = gemm_variant(False, m)
     return out
@@ -475,13 +466,14 @@ class _Problem:
         self.bytes = base.nbytes + 4 * m * k + 4 * m * n
         self.scratch: Buffer | None = None
 
-    def time(self, ctx: BenchContext, **choice: Any) -> float:
-        """Median µs of one call; `choice` goes to record_linear (kernel, gemv_config, ...)."""
+    def time(self, ctx: BenchContext, **choice: Any) -> Timing:
+        """Chained and isolated time of one call; `choice` goes to record_linear (kernel,
+        gemv_config, ...)."""
         scratch = self._scratch(ctx, choice)
 
         def record(b: CommandBatch, i: int) -> None:
             record_linear(b, self.weights[i], self.bx, self.by, self.m, scratch=scratch, **choice)
-        return time_dispatches(ctx.device, record, len(self.weights), ctx.repeats) / 1e3
+        return time_call(ctx.device, record, len(self.weights), ctx.repeats)
 
     def variant(self, ctx: BenchContext, **choice: Any) -> str:
         with ctx.device.batch() as b:
@@ -540,8 +532,8 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
                 p = _Problem(ctx, 1, n, k, gs, asym)
                 try:
                     name = p.variant(ctx)
-                    yield Row("q4gsw_linear", _shape(1, n, k, gs), name, p.time(ctx), bytes=p.bytes,
-                              note=("asymmetric " if asym else "") + "L2-cold")
+                    yield Row.timed("q4gsw_linear", _shape(1, n, k, gs), name, p.time(ctx),
+                                    bytes=p.bytes, note=("asymmetric " if asym else "") + "L2-cold")
                 finally:
                     p.close()
             if gs == GEMV_GROUP_SIZES[0]:
@@ -553,8 +545,9 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
             p = _Problem(ctx, m, n, k, 32)
             try:
                 name = p.variant(ctx)
-                yield Row("q4gsw_linear", _shape(m, n, k, 32), name, p.time(ctx), bytes=p.bytes,
-                          ops=2.0 * m * n * k, note="TOPS = effective fp32 TFLOP/s")
+                yield Row.timed("q4gsw_linear", _shape(m, n, k, 32), name, p.time(ctx),
+                                bytes=p.bytes, ops=2.0 * m * n * k,
+                                note="TOPS = effective fp32 TFLOP/s")
             finally:
                 p.close()
             if peer is not None:
@@ -576,13 +569,13 @@ def _read_floor_row(ctx: BenchContext, m: int, n: int, k: int, gs: int) -> Row:
     try:
         def record(b: CommandBatch, i: int) -> None:
             b.dispatch(kern, (groups, 1, 1), buffers={"t_sink": sink, "t_data": bufs[i]},
-                       push={"n_words": n_words, "magic": 0x9E3779B9})
-        us = time_dispatches(dev, record, copies, ctx.repeats) / 1e3
+                       push={"n_words": n_words, "magic": 0x9E3779B9, "first_word": 0})
+        timing = time_call(dev, record, copies, ctx.repeats)
     finally:
         for buf in bufs + [sink]:
             buf.close()
-    return Row("q4gsw_linear", _shape(m, n, k, gs), "read_bandwidth (same bytes)", us, bytes=nbytes,
-               note="floor: one streaming read of the GEMV's bytes, L2-cold")
+    return Row.timed("q4gsw_linear", _shape(m, n, k, gs), "read_bandwidth (same bytes)", timing,
+                     bytes=nbytes, note="floor: one streaming read of the GEMV's bytes, L2-cold")
 
 
 class _TorchPeer:
@@ -667,14 +660,17 @@ def sweep_gemv_configs() -> list[GemvConfig]:
     from vkq.shaderlib import declared_variants
     out = []
     for name, (_, p) in sorted(declared_variants().items()):
-        if name.startswith("q4gsw_gemv_sym_word_") and p["SUBGROUP"]:
-            out.append(GemvConfig(p["WG"], p["R"], p["U"], p["XSHARED"]))
+        if name.startswith("q4gsw_gemv_sym_word_") and p["SUBGROUP"] and not p.get("DIAG"):
+            out.append(GemvConfig(p["RW"], p["R"], p["U"], p["KS"]))
     return out
 
 
 def tune_gemv(ctx: BenchContext, shapes: tuple[tuple[int, int], ...] = GEMV_SHAPES,
-              group_sizes: tuple[int, ...] = GEMV_GROUP_SIZES) -> list[tuple[str, str, float]]:
-    """Time every declared GEMV shape on every (N, K, gs): what GEMV_CONFIGS is chosen from.
+              group_sizes: tuple[int, ...] = GEMV_GROUP_SIZES,
+              rounds: int = 3) -> list[tuple[str, str, float]]:
+    """Chained µs of every declared GEMV shape on every (N, K, gs): what GEMV_CONFIGS is
+    chosen from. The configurations take turns over `rounds` rounds and each keeps its best
+    round, so a slow moment of the GPU cannot favour one of them.
 
     Run on the target GPU: `python -c "from vkq.ops.q4gsw_linear import main_tune; main_tune()"`.
     """
@@ -683,10 +679,15 @@ def tune_gemv(ctx: BenchContext, shapes: tuple[tuple[int, int], ...] = GEMV_SHAP
         for n, k in shapes:
             p = _Problem(ctx, 1, n, k, gs)
             try:
-                for cfg in sweep_gemv_configs():
-                    p.variant(ctx, gemv_config=cfg)
-                    results.append((_shape(1, n, k, gs), cfg.tag, p.time(ctx, gemv_config=cfg)))
-                    ctx.progress(f"{results[-1]}")
+                best: dict[GemvConfig, float] = {}
+                for _ in range(rounds):
+                    for cfg in sweep_gemv_configs():
+                        p.variant(ctx, gemv_config=cfg)
+                        us = p.time(ctx, gemv_config=cfg).chain_ns / 1e3
+                        best[cfg] = min(us, best.get(cfg, us))
+                for cfg, us in best.items():
+                    results.append((_shape(1, n, k, gs), cfg.tag, us))
+                ctx.progress(f"{_shape(1, n, k, gs)} done")
             finally:
                 p.close()
     return results
@@ -708,7 +709,7 @@ def tune_gemm(ctx: BenchContext, ms: tuple[int, ...] = (2, 8, 16, 32, 128, 512),
                         if splits is None and auto == 1:
                             continue
                         p.variant(ctx, gemm_tile=tile, gemm_splits=splits)
-                        us = p.time(ctx, gemm_tile=tile, gemm_splits=splits)
+                        us = p.time(ctx, gemm_tile=tile, gemm_splits=splits).chain_ns / 1e3
                         results.append((_shape(m, n, k, 32), f"{tile}/s{splits or auto}", us))
                         ctx.progress(f"{results[-1]} {2e-6 * m * n * k / us:.2f} TFLOP/s")
             finally:

@@ -52,7 +52,7 @@ import numpy as np
 
 from vkq import layouts
 from vkq.bench import BenchContext, Row, register
-from vkq.bench.timing import copies_for_l2_cold, time_dispatches
+from vkq.bench.timing import copies_for_l2_cold, time_call, time_dispatches
 from vkq.layouts import INT8_4H4W, INT8_4W, LayoutError, PackedTensor
 from vkq.ops.common import bias_vector, ceil_div, grid_2d, positive_finite
 from vkq.quantized_weight import INT8_MAX_K, QuantizedWeight
@@ -418,15 +418,15 @@ def _bench_case(ctx: BenchContext, path: str, m: int, n: int, k: int,
             def rec(b: CommandBatch, i: int) -> None:
                 record(b, variant, x=bx, out=by, weight=weight, weight_data=bufs[i],
                        epilogue=epilogue, m=m, qp=qp)
-            ns = time_dispatches(dev, rec, copies, ctx.repeats)
+            timing = time_call(dev, rec, copies, ctx.repeats)
     finally:
         for buf in extra:
             buf.close()
         weight.close()
     moved = weight.weight_bytes + 32 * weight.n4 + packed_x.nbytes + out_bytes
-    return Row("q8ta_linear", f"M={m} N={n} K={k}", variant, ns / 1e3, bytes=moved,
-               ops=2.0 * m * n * k, peak_tops=peak if path == GEMM else None,
-               note=f"L2-cold ({copies} weight copies)")
+    return Row.timed("q8ta_linear", f"M={m} N={n} K={k}", variant, timing, bytes=moved,
+                     ops=2.0 * m * n * k, peak_tops=peak if path == GEMM else None,
+                     note=f"L2-cold ({copies} weight copies)")
 
 
 def _torch_rows(ctx: BenchContext, gemv_shapes: list[tuple[int, int]],

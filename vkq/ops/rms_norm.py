@@ -6,7 +6,7 @@ from typing import Iterator
 import numpy as np
 
 from vkq.bench import BenchContext, Row, register
-from vkq.bench.timing import time_dispatches
+from vkq.bench.timing import time_call
 from vkq.ops.common import float_input, grid_2d, positive_finite
 from vkq.runtime import CommandBatch, Device, default_device
 
@@ -67,6 +67,6 @@ def bench_rms_norm(ctx: BenchContext) -> Iterator[Row]:
                 b.dispatch(kernel, grid_2d(rows, dev.caps.max_workgroup_count[0]),
                            buffers={"t_out": by, "t_in": bx, "t_weight": bw},
                            push={"n_rows": rows, "width": width, "eps": 1e-6})
-            ns = time_dispatches(dev, record, n_copies=1, repeats=ctx.repeats)
-        yield Row("rms_norm", f"{rows}x{width}", kernel.name, ns / 1e3,
-                  bytes=2 * x.nbytes + 4 * width)
+            timing = time_call(dev, record, n_copies=1, repeats=ctx.repeats)
+        yield Row.timed("rms_norm", f"{rows}x{width}", kernel.name, timing,
+                        bytes=2 * x.nbytes + 4 * width)

@@ -17,6 +17,7 @@ DEVICE_TYPES = {
 TYPE_PREFERENCE = ("discrete", "integrated", "virtual", "cpu", "other")
 
 _SUBGROUP_ARITHMETIC = lib.VK_SUBGROUP_FEATURE_ARITHMETIC_BIT
+PIPELINE_STATISTICS_EXTENSION = "VK_KHR_pipeline_executable_properties"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Capabilities:
     storage_16bit: bool
     subgroup_size: int
     subgroup_arithmetic: bool
+    subgroup_shuffle: bool
     subgroup_size_control: bool
     max_shared_memory: int
     max_workgroup_invocations: int
@@ -54,6 +56,9 @@ class Capabilities:
     timestamp_period_ns: float
     memory_heaps: tuple[MemoryHeap, ...]
     unified_memory: bool
+    #: VK_KHR_pipeline_executable_properties + pipelineExecutableInfo: the driver's compiler
+    #: statistics (registers, spills, ...) per pipeline, `Kernel.statistics()`.
+    pipeline_statistics: bool
 
     def summary(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -90,6 +95,11 @@ def read_capabilities(physical_device: Any) -> Capabilities:
     if has13:  # the 1.3 structs may only be chained on devices that report 1.3
         feat_pairs.append(("VkPhysicalDeviceVulkan13Features", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_3_FEATURES))
         prop_pairs.append(("VkPhysicalDeviceVulkan13Properties", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_3_PROPERTIES))
+    # An extension's struct may only be chained when the device lists the extension.
+    has_exec_props = PIPELINE_STATISTICS_EXTENSION in device_extensions(physical_device)
+    if has_exec_props:
+        feat_pairs.append(("VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR",
+                           lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR))
     feats = _chain(keep, *feat_pairs)
     props = _chain(keep, *prop_pairs)
     lib.vkGetPhysicalDeviceFeatures2(physical_device, feats[0])
@@ -125,6 +135,8 @@ def read_capabilities(physical_device: Any) -> Capabilities:
         subgroup_size=int(p11.subgroupSize),
         subgroup_arithmetic=bool(p11.subgroupSupportedOperations & _SUBGROUP_ARITHMETIC
                                  and p11.subgroupSupportedStages & lib.VK_SHADER_STAGE_COMPUTE_BIT),
+        subgroup_shuffle=bool(p11.subgroupSupportedOperations & lib.VK_SUBGROUP_FEATURE_SHUFFLE_BIT
+                              and p11.subgroupSupportedStages & lib.VK_SHADER_STAGE_COMPUTE_BIT),
         subgroup_size_control=bool(f13 and f13.subgroupSizeControl),
         max_shared_memory=int(limits.maxComputeSharedMemorySize),
         max_workgroup_invocations=int(limits.maxComputeWorkGroupInvocations),
@@ -135,7 +147,16 @@ def read_capabilities(physical_device: Any) -> Capabilities:
         max_push_constants_size=int(limits.maxPushConstantsSize),
         timestamps=bool(queue_ok and limits.timestampPeriod > 0),
         timestamp_period_ns=float(limits.timestampPeriod),
-        memory_heaps=heaps, unified_memory=unified)
+        memory_heaps=heaps, unified_memory=unified,
+        pipeline_statistics=bool(has_exec_props and feats[-1].pipelineExecutableInfo))
+
+
+def device_extensions(physical_device: Any) -> set[str]:
+    count = ffi.new("uint32_t*")
+    lib.vkEnumerateDeviceExtensionProperties(physical_device, ffi.NULL, count, ffi.NULL)
+    arr = ffi.new("VkExtensionProperties[]", count[0])
+    lib.vkEnumerateDeviceExtensionProperties(physical_device, ffi.NULL, count, arr)
+    return {to_str(arr[i].extensionName) for i in range(count[0])}
 
 
 def compute_queue_family(physical_device: Any) -> int:

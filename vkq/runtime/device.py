@@ -11,10 +11,11 @@ import numpy as np
 from vkq import shaderlib
 from vkq.runtime.batch import CommandBatch
 from vkq.runtime.buffer import Buffer
-from vkq.runtime.capabilities import Capabilities, compute_queue_family, timestamp_valid_bits
+from vkq.runtime.capabilities import (PIPELINE_STATISTICS_EXTENSION, Capabilities,
+                                      compute_queue_family, timestamp_valid_bits)
 from vkq.runtime.instance import Instance, choose_device
 from vkq.runtime.kernel import Kernel
-from vkq.runtime.vk import VulkanError, check, ffi, lib, new
+from vkq.runtime.vk import VulkanError, check, cstrings, ffi, lib, new
 
 
 class UnsupportedDevice(RuntimeError):
@@ -71,8 +72,16 @@ class Device:
                        sType=lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_3_FEATURES,
                        shaderIntegerDotProduct=caps.integer_dot_product,
                        subgroupSizeControl=caps.subgroup_size_control, pNext=f12)
+        extensions: list[str] = []
+        if caps.pipeline_statistics:  # compiler statistics for Kernel.statistics()
+            extensions.append(PIPELINE_STATISTICS_EXTENSION)
+            head = new("VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR", keep,
+                       sType=lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR,
+                       pipelineExecutableInfo=1, pNext=head)
         info = new("VkDeviceCreateInfo", keep, sType=lib.VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
-                   pNext=head, queueCreateInfoCount=1, pQueueCreateInfos=queue_info)
+                   pNext=head, queueCreateInfoCount=1, pQueueCreateInfos=queue_info,
+                   enabledExtensionCount=len(extensions),
+                   ppEnabledExtensionNames=cstrings(extensions, keep))
         out = ffi.new("VkDevice*")
         check(lib.vkCreateDevice(physical, info, ffi.NULL, out), "vkCreateDevice")
         self.handle = out[0]

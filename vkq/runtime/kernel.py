@@ -3,15 +3,21 @@ from __future__ import annotations
 
 import struct
 import weakref
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from vkq.shaderlib import VariantInfo
-from vkq.runtime.vk import check, ffi, lib, new
+from vkq.runtime.vk import check, device_proc, ffi, lib, new, to_str
 
 if TYPE_CHECKING:
     from vkq.runtime.device import Device
 
 _SPEC_FORMAT = {"uint": "<I", "int": "<i", "float": "<f"}
+_STATISTIC_VALUE = {  # VkPipelineExecutableStatisticFormatKHR -> reader of the value union
+    lib.VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_BOOL32_KHR: lambda v: bool(v.b32),
+    lib.VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_INT64_KHR: lambda v: int(v.i64),
+    lib.VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_UINT64_KHR: lambda v: int(v.u64),
+    lib.VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_FLOAT64_KHR: lambda v: float(v.f64),
+}
 
 
 def _destroy(dev: Any, module: Any, set_layout: Any, layout: Any, pipeline: Any) -> None:
@@ -19,6 +25,20 @@ def _destroy(dev: Any, module: Any, set_layout: Any, layout: Any, pipeline: Any)
     lib.vkDestroyPipelineLayout(dev, layout, ffi.NULL)
     lib.vkDestroyDescriptorSetLayout(dev, set_layout, ffi.NULL)
     lib.vkDestroyShaderModule(dev, module, ffi.NULL)
+
+
+def _enumerate(call: Callable[[Any, Any], int], ctype: str, stype: int, what: str,
+               keep: list[Any]) -> list[Any]:
+    """Vulkan's two-call pattern (count, then array) for arrays of extensible structs; the
+    array lives in `keep` (its elements do not keep it alive)."""
+    count = ffi.new("uint32_t*")
+    check(call(count, ffi.NULL), what)
+    arr = ffi.new(f"{ctype}[]", count[0])
+    for i in range(count[0]):
+        arr[i].sType = stype
+    check(call(count, arr), what)
+    keep.append(arr)
+    return [arr[i] for i in range(count[0])]
 
 
 class Kernel:
@@ -90,6 +110,8 @@ class Kernel:
         pipe_info[0].sType = lib.VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO
         pipe_info[0].stage = stage[0]
         pipe_info[0].layout = layout
+        if device.caps.pipeline_statistics:  # else statistics() has nothing to read
+            pipe_info[0].flags = lib.VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR
         out_pipe = ffi.new("VkPipeline*")
         check(lib.vkCreateComputePipelines(dev, device.pipeline_cache, 1, pipe_info, ffi.NULL, out_pipe),
               "vkCreateComputePipelines")
@@ -129,6 +151,45 @@ class Kernel:
             return struct.pack(self.info.push_constant_format, *(values[n] for n in names))
         except struct.error as e:
             raise ValueError(f"{self.name}: push constant out of range: {e}") from e
+
+    def statistics(self) -> dict[str, float | int | bool]:
+        """The driver's compiler statistics for this pipeline (VK_KHR_pipeline_executable_properties):
+        name -> value, e.g. registers per thread or spilled bytes on NVIDIA. Names and meaning are
+        the driver's own; with several executables each name is prefixed by the executable's."""
+        caps = self.device.caps
+        if not caps.pipeline_statistics:
+            raise RuntimeError(f"{caps.name} does not report pipeline statistics (it lacks "
+                               "VK_KHR_pipeline_executable_properties / pipelineExecutableInfo)")
+        if self.closed:
+            raise RuntimeError(f"kernel {self.name} is closed")
+        dev = self.device.handle
+        get_executables = device_proc(dev, "vkGetPipelineExecutablePropertiesKHR",
+                                      "PFN_vkGetPipelineExecutablePropertiesKHR")
+        get_statistics = device_proc(dev, "vkGetPipelineExecutableStatisticsKHR",
+                                     "PFN_vkGetPipelineExecutableStatisticsKHR")
+        keep: list[Any] = []
+        pipeline_info = new("VkPipelineInfoKHR", keep, sType=lib.VK_STRUCTURE_TYPE_PIPELINE_INFO_KHR,
+                            pipeline=self.pipeline)
+        executables = _enumerate(lambda n, arr: get_executables(dev, pipeline_info, n, arr),
+                                 "VkPipelineExecutablePropertiesKHR",
+                                 lib.VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_PROPERTIES_KHR,
+                                 "vkGetPipelineExecutablePropertiesKHR", keep)
+        names = [to_str(e.name) for e in executables]
+        out: dict[str, float | int | bool] = {}
+        for i, exe in enumerate(names):
+            prefix = "" if len(names) == 1 else f"{exe}/" if names.count(exe) == 1 else f"{exe}#{i}/"
+            exe_info = new("VkPipelineExecutableInfoKHR", keep,
+                           sType=lib.VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_INFO_KHR,
+                           pipeline=self.pipeline, executableIndex=i)
+            stats = _enumerate(lambda n, arr: get_statistics(dev, exe_info, n, arr),
+                               "VkPipelineExecutableStatisticKHR",
+                               lib.VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_STATISTIC_KHR,
+                               "vkGetPipelineExecutableStatisticsKHR", keep)
+            for s in stats:
+                read = _STATISTIC_VALUE.get(s.format)
+                if read is not None:  # a format newer than this binding: skip it
+                    out[prefix + to_str(s.name)] = read(s.value)
+        return out
 
     def close(self) -> None:
         self._finalizer()

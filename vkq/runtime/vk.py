@@ -73,3 +73,12 @@ def instance_proc(instance: Any, name: str, pfn_type: str) -> Any:
     if ptr == ffi.NULL:
         raise VulkanUnavailable(f"{name} is not available from this Vulkan instance")
     return ffi.cast(pfn_type, ptr)
+
+
+def device_proc(device: Any, name: str, pfn_type: str) -> Any:
+    """An extension's device-level function (the loader exports only core ones as `lib.*`)."""
+    ptr = lib.vkGetDeviceProcAddr(device, name.encode())
+    if ptr == ffi.NULL:
+        raise VulkanUnavailable(f"{name} is not available from this Vulkan device "
+                                "(is its extension enabled?)")
+    return ffi.cast(pfn_type, ptr)
