@@ -12,11 +12,14 @@ needs K % 8 == 0 and group_size % 8 == 0, which every valid int4 weight satisfie
 `kernel="gemv" | "gemm"` forces one (GEMV only for M == 1). Small M splits K over extra
 GEMM workgroups (split-K) and sums the slices in a second pass.
 
-What bounds the GEMV (H100, measured with `python -m vkq bench`): one streaming read of the
-same bytes (read_bandwidth, L2-cold, one dispatch) takes 14.7 µs for the 36.8 MB of
-N=14336, K=4096, gs=32 -- 78 % of the 1 GiB roofline, the ceiling for any single kernel at
-this size. The GEMV takes 22 µs: removing its x loads (x constant) gave 17-18 µs and removing
-its dequantization math gave 19 µs, i.e. about 3 µs each on top of the weight stream.
+What bounds the GEMV (H100, chained timing at the maximum SM clock, N=14336 K=4096 gs=32):
+one streaming read of the same 36.7 MB takes 14.5 µs (80 % of the 1 GiB roofline). The GEMV
+(rw1r8u1k1) takes 21.1 µs; diagnostic variants measured in the same run: with x a constant
+19.8 µs, with x a constant and the math replaced by one xor per word 15.8 µs. The
+arithmetic is the limiter: exact fp32 results need three instructions per weight (one LOP3 to
+build the float, one FADD to remove its offset, one FFMA), ~6 µs of the SM issue slots at
+1980 MHz for this shape, i.e. ~40 % of them while the weights stream at full bandwidth, and
+the warps cannot keep that many issue slots busy and enough loads in flight at once.
 """
 from __future__ import annotations
 
@@ -185,11 +188,19 @@ class GemvConfig:
 
 #: The shape used where the device lacks subgroup shuffles (shared-memory reduction only).
 GEMV_FALLBACK = GemvConfig(1, 4, 1, 2)
-#: GEMV shape by (N, K): the first rule whose limits hold (measured, see tune_gemv).
+#: GEMV shape by (N, K): the first rule whose limits hold. From `tune_gemv` on the H100
+#: (chained µs, SM clock at its 1980 MHz maximum, best of 2 interleaved rounds; gs=32 | gs=128):
+#:   N=14336 K=4096:  rw1r8u1k2 20.9|20.1  rw1r8u1k1 21.6|21.0  rw1r4u1k1 22.3|22.0  rw8r2u1k2 25.0|24.0
+#:   N=4096  K=14336: rw1r4u1k2 23.3|23.0  rw1r8u1k2 24.4|22.8  rw1r4u2k1 26.9|26.3  rw4r2u1k2 36.8|37.3
+#:   N=4096  K=4096:  rw1r8u1k2 10.7|10.1  rw1r4u1k2 10.8|10.4  rw1r4u2k2 11.0|10.9  rw4r2u1k2 13.6|13.6
+#:   N=1024  K=4096:  rw1r4u1k4  5.5|5.4   rw1r4u2k2  5.8|5.6   rw1r2u1k4  6.2|6.0   rw1r8u1k2  7.2|7.0
+#: Whole warps on one channel (RW = 1) win although their x loads touch 32 cache lines each:
+#: more 16-byte weight loads in flight per lane matter more. Small N needs K split over more
+#: warps (k4) to fill the GPU.
 GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     # (max N, max K, config)
     (2048, 1 << 62, GemvConfig(1, 4, 1, 4)),
-    (1 << 62, 8191, GemvConfig(1, 8, 1, 1)),
+    (1 << 62, 8191, GemvConfig(1, 8, 1, 2)),
     (1 << 62, 1 << 62, GemvConfig(1, 4, 1, 2)),
 )
 #: GEMM tiles by M (tune_gemm on the H100, N=4096 and 14336, K=4096, before split-K): 32x64
