@@ -316,6 +316,8 @@ TUNING = tuple(dict.fromkeys(cfg for _, _, cfg in op.GEMV_CONFIGS))
 # tile, K = 1320 ends inside a word. Tuning shapes exist for symmetric word groups only.
 GUARD_CASES = (
     [(dict(kernel="gemv"), k, gs, sym) for k, gs, sym in ((1320, 8, False), (1280, 64, True))]
+    # Row slots of <= 8 lanes: the shuffle reduction runs even where subgroups are 8 wide.
+    + [(dict(kernel="gemv", gemv_config=op.GemvConfig(rw, 2, 1, 2)), 1320, 8, False) for rw in (4, 8)]
     + [(dict(kernel="gemv", gemv_config=op.GEMV_FALLBACK, gemv_subgroup=False), k, gs, sym)
        for k, gs, sym in ((1320, 24, True), (1320, 8, False), (1280, 64, False))]
     + [(dict(kernel="gemv", gemv_config=c), k, gs, sym) for c in TUNING
