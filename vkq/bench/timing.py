@@ -85,11 +85,7 @@ def raise_clock(device: Device, clock: Any, max_ns: float = CLOCK_WAIT_NS) -> No
     stream = _STREAMS.get(device)
     if stream is None:
         stream = _STREAMS[device] = StreamingRead(device, 256 << 20)
-    spent = 0.0
-    while spent < max_ns:
-        spent += sum(stream._passes(64))
-        if clock.near_max():
-            return
+    stream.keep_busy(max_ns / 1e9, until=clock.near_max)
 
 
 _STREAMS: "weakref.WeakKeyDictionary[Device, Any]" = weakref.WeakKeyDictionary()

@@ -29,8 +29,7 @@ def _keep_busy(call: Callable[[int], Any], n_copies: int, seconds: float) -> Non
 
     from vkq.bench.clocks import sm_clock
     clock = sm_clock(torch.cuda.get_device_name())
-    start = time.perf_counter()
-    end, i = start + seconds, 0
+    end, i = time.perf_counter() + seconds, 0
     while time.perf_counter() < end or (clock is not None and not clock.near_max()
                                         and time.perf_counter() < end + 3.0):
         for _ in range(16):

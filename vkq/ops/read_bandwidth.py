@@ -1,7 +1,7 @@
 """The read roofline: how fast a compute shader can stream uvec4 words from device memory."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -47,16 +47,21 @@ class StreamingRead:
         t = float(np.median(self._passes(repeats + 1)[1:]))
         return {"bytes": self.nbytes, "ns": t, "gbps": self.nbytes / t}
 
-    def keep_busy(self, seconds: float = 1.0) -> None:
-        """Stream for about `seconds` of GPU time, so clocks are up when timing starts."""
+    def keep_busy(self, seconds: float = 1.0, until: Callable[[], bool] | None = None) -> None:
+        """Stream for about `seconds` of GPU time, so clocks are up when timing starts; with
+        `until`, stop as soon as it returns True (checked every ~20 ms of streaming)."""
         if self.device.caps.device_type == "cpu":
             return  # nothing to ramp up on a CPU device
         spent, per_pass = 0.0, None
         while spent < seconds * 1e9:
             n = 4 if per_pass is None else int(min(2000, max(4, (seconds * 1e9 - spent) / per_pass)))
+            if until is not None and per_pass is not None:
+                n = min(n, max(4, int(20e6 / per_pass)))
             times = self._passes(n)
             spent += sum(times)
             per_pass = max(sum(times) / n, 1.0)
+            if until is not None and until():
+                return
 
     def close(self) -> None:
         self.data.close()
