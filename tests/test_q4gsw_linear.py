@@ -51,7 +51,7 @@ def check(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray
 def gemv_name(w: vkq.QuantizedWeight, device) -> str:
     n, k = w.shape
     sub = device.caps.subgroup_shuffle
-    cfg = op.pick_gemv_config(n, k) if sub else op.GEMV_FALLBACK
+    cfg = op.pick_gemv_config(n, k, device.caps.max_shared_memory) if sub else op.GEMV_FALLBACK
     return op.gemv_variant(not w.symmetric, w.group_size, cfg, sub)
 
 
@@ -320,8 +320,10 @@ GUARD_CASES = (
     + [(dict(kernel="gemv", gemv_config=op.GemvConfig(rw, 2, 1, 2)), 1320, 8, False) for rw in (4, 8)]
     + [(dict(kernel="gemv", gemv_config=op.GEMV_FALLBACK, gemv_subgroup=False), k, gs, sym)
        for k, gs, sym in ((1320, 24, True), (1320, 8, False), (1280, 64, False))]
+    # K = 6400/6408: three whole steps of every routed shape (x staging's double buffer
+    # swaps twice) before the tail; K = 1320: the tail step alone.
     + [(dict(kernel="gemv", gemv_config=c), k, gs, sym) for c in TUNING
-       for k, gs, sym in ((1280, 64, True), (1320, 8, False))]
+       for k, gs, sym in ((6400, 64, True), (6408, 8, False), (1320, 24, True))]
     + [(dict(kernel="gemm", gemm_tile=t, gemm_splits=1), 1320, 8, False) for t in ("32x64", "64x64")]
     + [(dict(kernel="gemm", gemm_tile=t, gemm_splits=s), 1320, 8, False)
        for t, s in (("32x64", 3), ("64x64", 42))]
@@ -346,4 +348,17 @@ def test_no_out_of_bounds_access(device, choice, k, gs, symmetric):
 def test_every_gemv_tuning_shape(device, cfg):
     w = make_weight(67, 4160, 64, True, seed=cfg.rw + cfg.r)
     x = np.random.default_rng(cfg.u).standard_normal((1, 4160)).astype(np.float32)
+    if cfg.shared_bytes > device.caps.max_shared_memory:
+        with pytest.raises(ValueError, match="bytes of shared memory"):
+            run_guarded(device, w, x, None, kernel="gemv", gemv_config=cfg)
+        return
     check(run_guarded(device, w, x, None, kernel="gemv", gemv_config=cfg), x, w, None)
+
+
+def test_gemv_routing_respects_shared_memory():
+    for n, k in ((1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336)):
+        cfg = op.pick_gemv_config(n, k)
+        assert cfg.xs and cfg.shared_bytes <= 32768  # fits every device we test on
+        assert op.pick_gemv_config(n, k, cfg.shared_bytes) == cfg
+        assert op.pick_gemv_config(n, k, cfg.shared_bytes - 1) == op.GEMV_FALLBACK
+    assert op.GEMV_FALLBACK.shared_bytes <= 16384  # Vulkan's minimum maxComputeSharedMemorySize

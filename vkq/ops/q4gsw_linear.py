@@ -12,14 +12,19 @@ needs K % 8 == 0 and group_size % 8 == 0, which every valid int4 weight satisfie
 `kernel="gemv" | "gemm"` forces one (GEMV only for M == 1). Small M splits K over extra
 GEMM workgroups (split-K) and sums the slices in a second pass.
 
-What bounds the GEMV (H100, chained timing at the maximum SM clock, N=14336 K=4096 gs=32):
-one streaming read of the same 36.7 MB takes 14.5 µs (80 % of the 1 GiB roofline). The GEMV
-(rw1r8u1k1) takes 21.1 µs; diagnostic variants measured in the same run: with x a constant
-19.8 µs, with x a constant and the math replaced by one xor per word 15.8 µs. The
-arithmetic is the limiter: exact fp32 results need three instructions per weight (one LOP3 to
-build the float, one FADD to remove its offset, one FFMA), ~6 µs of the SM issue slots at
-1980 MHz for this shape, i.e. ~40 % of them while the weights stream at full bandwidth, and
-the warps cannot keep that many issue slots busy and enough loads in flight at once.
+What bounds the GEMV (H100, chained timing at the maximum SM clock; diagnostic variants of
+the routed shape measured in one run, real | math and scale loads replaced by one xor per
+word | that and no x either | one streaming read of the real kernel's bytes):
+  N=14336 K=4096 gs=32  rw4r4u1k4x: 18.74 | 14.05 | 13.00 | 14.48 µs
+  N=14336 K=4096 gs=128 rw4r4u1k4x: 18.15 | 14.07 | 12.96 | 12.86 µs
+  N=4096 K=14336 gs=32  rw4r4u1k8x: 18.20 | 13.70 | 13.44 | 14.58 µs
+  N=4096 K=14336 gs=128 rw4r4u1k8x: 17.71 | 13.62 | 13.42 | 12.79 µs
+With x staged through shared memory the weight stream and x together cost ~1 µs over a plain
+read; the remaining 4-4.7 µs is the arithmetic. Exact fp32 results take three instructions
+per weight (one LOP3 builds the float, one FADD removes its offset, one FFMA), ~5.5 µs of
+SM issue slots at 1980 MHz for these shapes, which the warps cannot fully hide behind the
+loads. Cutting it needs fewer instructions per weight (e.g. tensor-core MMA on dequantized
+fp16 weights with x split into exact fp16 halves), not a different workgroup shape.
 """
 from __future__ import annotations
 
@@ -170,12 +175,14 @@ def _device_weight(w: Any, device: Device | None) -> Q4gswWeight:
 class GemvConfig:
     """Workgroup shape of the GEMV (see q4gsw_linear_gemv.comp.j2): KS warps split K; in a
     warp, RW row slots of 32/RW lanes each split K too; every lane carries R channels and
-    reads U words of each per step. A workgroup owns RW*R channels."""
+    reads U words of each per step. A workgroup owns RW*R channels. `xs`: x is staged
+    through shared memory with coalesced loads instead of read per lane from global memory."""
 
     rw: int
     r: int
     u: int
     ks: int
+    xs: bool = False
 
     @property
     def rows(self) -> int:
@@ -183,25 +190,36 @@ class GemvConfig:
 
     @property
     def tag(self) -> str:
-        return f"rw{self.rw}r{self.r}u{self.u}k{self.ks}"
+        return f"rw{self.rw}r{self.r}u{self.u}k{self.ks}" + ("x" if self.xs else "")
+
+    @property
+    def shared_bytes(self) -> int:
+        """Shared memory of the variant: the reduction array, plus the x double buffers."""
+        jw = 32 // self.rw
+        red = 4 * self.rows * self.ks * jw
+        xv = 8 * jw * self.u  # vec4s of x per warp and step, padded by 1 per 8 below
+        return red + (16 * self.ks * 2 * (xv + xv // 8) if self.xs else 0)
 
 
-#: The shape used where the device lacks subgroup shuffles (shared-memory reduction only).
+#: The shape used where the device lacks subgroup shuffles (shared-memory reduction only),
+#: or has too little shared memory for the routed one.
 GEMV_FALLBACK = GemvConfig(1, 4, 1, 2)
 #: GEMV shape by (N, K): the first rule whose limits hold. From `tune_gemv` on the H100
-#: (chained µs, SM clock at its 1980 MHz maximum, best of 2 interleaved rounds; gs=32 | gs=128):
-#:   N=14336 K=4096:  rw1r8u1k2 20.9|20.1  rw1r8u1k1 21.6|21.0  rw1r4u1k1 22.3|22.0  rw8r2u1k2 25.0|24.0
-#:   N=4096  K=14336: rw1r4u1k2 23.3|23.0  rw1r8u1k2 24.4|22.8  rw1r4u2k1 26.9|26.3  rw4r2u1k2 36.8|37.3
-#:   N=4096  K=4096:  rw1r8u1k2 10.7|10.1  rw1r4u1k2 10.8|10.4  rw1r4u2k2 11.0|10.9  rw4r2u1k2 13.6|13.6
-#:   N=1024  K=4096:  rw1r4u1k4  5.5|5.4   rw1r4u2k2  5.8|5.6   rw1r2u1k4  6.2|6.0   rw1r8u1k2  7.2|7.0
-#: Whole warps on one channel (RW = 1) win although their x loads touch 32 cache lines each:
-#: more 16-byte weight loads in flight per lane matter more. Small N needs K split over more
-#: warps (k4) to fill the GPU.
+#: (chained µs, SM clock at its 1980 MHz maximum, best of 2 interleaved rounds; gs=32 | gs=128;
+#: two sweeps of 30 shapes agreed within 0.1 µs):
+#:   N=1024  K=4096:  rw2r2u1k4x  4.99|4.74  rw4r2u1k8x  4.96|4.78  rw1r4u1k4  5.54|5.42
+#:   N=4096  K=4096:  rw4r2u1k4x  8.13|8.05  rw8r2u1k8x  8.33|8.05  rw1r8u1k2 10.57|10.11
+#:   N=14336 K=4096:  rw4r4u1k4x 18.52|18.06  rw8r2u1k8x 19.07|18.76  rw1r8u1k2 20.75|20.07
+#:   N=4096  K=14336: rw4r4u1k8x 18.25|17.65  rw8r2u1k16x 17.96|17.76  rw1r4u1k2 23.25|22.85
+#: Staging x through shared memory (x) is what wins: without it the same shapes are 7-25 %
+#: slower, the gap growing with K (x loads, not weight loads, saturated the L1). With x
+#: staged, row slots (RW > 1) share each x value and more warps split K.
 GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     # (max N, max K, config)
-    (2048, 1 << 62, GemvConfig(1, 4, 1, 4)),
-    (1 << 62, 8191, GemvConfig(1, 8, 1, 2)),
-    (1 << 62, 1 << 62, GemvConfig(1, 4, 1, 2)),
+    (2048, 1 << 62, GemvConfig(2, 2, 1, 4, xs=True)),
+    (8191, 8191, GemvConfig(4, 2, 1, 4, xs=True)),
+    (1 << 62, 8191, GemvConfig(4, 4, 1, 4, xs=True)),
+    (1 << 62, 1 << 62, GemvConfig(4, 4, 1, 8, xs=True)),
 )
 #: GEMM tiles by M (tune_gemm on the H100, N=4096 and 14336, K=4096, before split-K): 32x64
 #: for M <= 32 (16x64 was 3 % faster at N=4096 but 5 % slower at N=14336), 64x64 from
@@ -214,11 +232,11 @@ def gemv_group_mode(group_size: int) -> str:
     return "word" if group_size % 32 == 0 else "comp"
 
 
-def pick_gemv_config(n: int, k: int) -> GemvConfig:
-    for max_n, max_k, cfg in GEMV_CONFIGS:
-        if n <= max_n and k <= max_k:
-            return cfg
-    return GEMV_CONFIGS[-1][2]
+def pick_gemv_config(n: int, k: int, max_shared_memory: int = 1 << 62) -> GemvConfig:
+    """The routed GEMV shape for (N, K); GEMV_FALLBACK where it needs more shared memory
+    than the device has."""
+    cfg = next(c for max_n, max_k, c in GEMV_CONFIGS if n <= max_n and k <= max_k)
+    return cfg if cfg.shared_bytes <= max_shared_memory else GEMV_FALLBACK
 
 
 def gemv_variant(asym: bool, group_size: int, cfg: GemvConfig, subgroup: bool = True) -> str:
@@ -267,7 +285,11 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
         bufs["t_zeros"] = w.zeros
     if path == "gemv":
         sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
-        cfg = gemv_config or (pick_gemv_config(n, k) if sub else GEMV_FALLBACK)
+        cfg = gemv_config or (pick_gemv_config(n, k, dev.caps.max_shared_memory) if sub
+                              else GEMV_FALLBACK)
+        if cfg.shared_bytes > dev.caps.max_shared_memory:
+            raise ValueError(f"GEMV shape {cfg.tag} needs {cfg.shared_bytes} bytes of shared "
+                             f"memory, this device has {dev.caps.max_shared_memory}")
         name = gemv_variant(w.has_zeros, w.group_size, cfg, subgroup=sub)
         units = w.group_size // (32 if gemv_group_mode(w.group_size) == "word" else 8)
         kern = dev.kernel(name, GROUP_UNITS=units)
@@ -672,7 +694,7 @@ def sweep_gemv_configs() -> list[GemvConfig]:
     out = []
     for name, (_, p) in sorted(declared_variants().items()):
         if name.startswith("q4gsw_gemv_sym_word_") and p["SUBGROUP"]:
-            out.append(GemvConfig(p["RW"], p["R"], p["U"], p["KS"]))
+            out.append(GemvConfig(p["RW"], p["R"], p["U"], p["KS"], p.get("XS", False)))
     return out
 
 
