@@ -80,7 +80,8 @@ def test_matches_reference(device, k, gs, symmetric):
 
 @pytest.mark.parametrize("k,gs,symmetric", [(4352, 128, True), (4352, 32, False), (4104, 8, True)])
 def test_long_k_gemv_steps(device, k, gs, symmetric):
-    # K large enough for whole GEMV steps (64 lanes x 2 words) plus a bounds-checked tail.
+    # K large enough for two whole steps of the routed GEMV shape (N = 21: 64 words per
+    # step) plus a bounds-checked tail.
     w = make_weight(21, k, gs, symmetric, seed=k)
     x = np.random.default_rng(k).standard_normal((1, k)).astype(np.float32)
     for kernel in ("gemv", "gemm"):
@@ -321,9 +322,10 @@ GUARD_CASES = (
     + [(dict(kernel="gemv", gemv_config=op.GEMV_FALLBACK, gemv_subgroup=False), k, gs, sym)
        for k, gs, sym in ((1320, 24, True), (1320, 8, False), (1280, 64, False))]
     # K = 6400/6408: three whole steps of every routed shape (x staging's double buffer
-    # swaps twice) before the tail; K = 1320: the tail step alone.
+    # swaps twice; asymmetric word groups prefetch scales and zeros) before the tail;
+    # K = 1320: the tail step alone.
     + [(dict(kernel="gemv", gemv_config=c), k, gs, sym) for c in TUNING
-       for k, gs, sym in ((6400, 64, True), (6408, 8, False), (1320, 24, True))]
+       for k, gs, sym in ((6400, 64, True), (6400, 64, False), (6408, 8, False), (1320, 24, True))]
     + [(dict(kernel="gemm", gemm_tile=t, gemm_splits=1), 1320, 8, False) for t in ("32x64", "64x64")]
     + [(dict(kernel="gemm", gemm_tile=t, gemm_splits=s), 1320, 8, False)
        for t, s in (("32x64", 3), ("64x64", 42))]
