@@ -206,7 +206,7 @@ class GemvConfig:
 GEMV_FALLBACK = GemvConfig(1, 4, 1, 2)
 #: GEMV shape by (N, K): the first rule whose limits hold. From `tune_gemv` on the H100
 #: (chained µs, SM clock at its 1980 MHz maximum, best of 2 interleaved rounds; gs=32 | gs=128;
-#: two sweeps of 30 shapes agreed within 0.1 µs):
+#: four sweep runs of 11-29 shapes each; a shape timed in several runs moved by <= 0.3 µs):
 #:   N=1024  K=4096:  rw2r2u1k4x  4.99|4.74  rw4r2u1k8x  4.96|4.78  rw1r4u1k4  5.54|5.42
 #:   N=4096  K=4096:  rw4r2u1k4x  8.13|8.05  rw8r2u1k8x  8.33|8.05  rw1r8u1k2 10.57|10.11
 #:   N=14336 K=4096:  rw4r4u1k4x 18.52|18.06  rw8r2u1k8x 19.07|18.76  rw1r8u1k2 20.75|20.07
