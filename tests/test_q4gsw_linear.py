@@ -357,6 +357,20 @@ def test_every_gemv_tuning_shape(device, cfg):
     check(run_guarded(device, w, x, None, kernel="gemv", gemv_config=cfg), x, w, None)
 
 
+def test_gemv_shared_bytes_match_the_shader():
+    # GemvConfig.shared_bytes (what routing checks against the device) restates the
+    # template's array sizes; sum the rendered declarations to keep the two in step.
+    import re
+    from vkq.shaderlib import declared_variants, variant_info
+    sizes = {"float": 4, "vec4": 16}
+    for name, (_, p) in declared_variants().items():
+        if not name.startswith("q4gsw_gemv_"):
+            continue
+        decl = re.findall(r"^shared (\w+) \w+\[(\d+)\];", variant_info(name).source, re.M)
+        cfg = op.GemvConfig(p["RW"], p["R"], p["U"], p["KS"], p.get("XS", False))
+        assert sum(sizes[t] * int(n) for t, n in decl) == cfg.shared_bytes, name
+
+
 def test_gemv_routing_respects_shared_memory():
     for n, k in ((1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336)):
         cfg = op.pick_gemv_config(n, k)
