@@ -15,16 +15,26 @@ GEMM workgroups (split-K) and sums the slices in a second pass.
 What bounds the GEMV (H100, chained timing at the maximum SM clock; diagnostic variants of
 the routed shape measured in one run, real | math and scale loads replaced by one xor per
 word | that and no x either | one streaming read of the real kernel's bytes):
-  N=14336 K=4096 gs=32  rw4r4u1k4x: 18.74 | 14.05 | 13.00 | 14.48 µs
-  N=14336 K=4096 gs=128 rw4r4u1k4x: 18.15 | 14.07 | 12.96 | 12.86 µs
-  N=4096 K=14336 gs=32  rw4r4u1k8x: 18.20 | 13.70 | 13.44 | 14.58 µs
-  N=4096 K=14336 gs=128 rw4r4u1k8x: 17.71 | 13.62 | 13.42 | 12.79 µs
-With x staged through shared memory the weight stream and x together cost ~1 µs over a plain
-read; the remaining 4-4.7 µs is the arithmetic. Exact fp32 results take three instructions
-per weight (one LOP3 builds the float, one FADD removes its offset, one FFMA), ~5.5 µs of
-SM issue slots at 1980 MHz for these shapes, which the warps cannot fully hide behind the
-loads. Cutting it needs fewer instructions per weight (e.g. tensor-core MMA on dequantized
-fp16 weights with x split into exact fp16 halves), not a different workgroup shape.
+  N=14336 K=4096 gs=32  rw4r4u1k4x: 18.65 | 13.68 | 13.00 | 14.57 µs
+  N=14336 K=4096 gs=128 rw4r4u1k4x: 18.02 | 13.78 | 13.06 | 12.83 µs
+  N=4096 K=14336 gs=32  rw4r4u1k8x: 18.18 | 13.64 | 13.56 | 14.56 µs
+  N=4096 K=14336 gs=128 rw4r4u1k8x: 17.56 | 13.58 | 13.57 | 12.80 µs
+  N=4096 K=4096 gs=32   rw4r2u1k4x:  8.08 |  6.66 |  6.04 |  6.32 µs
+  N=4096 K=4096 gs=128  rw4r2u1k4x:  8.01 |  6.73 |  6.02 |  5.87 µs
+  N=1024 K=4096 gs=32   rw2r2u1k4x:  4.98 |  4.22 |  3.84 |  3.73 µs
+  N=1024 K=4096 gs=128  rw2r2u1k4x:  4.69 |  4.21 |  3.82 |  3.58 µs
+On the large shapes the weight stream and the staged x cost about as much as a plain read;
+the remaining 4-5 µs is the arithmetic. Exact fp32 results take three instructions per
+weight (one LOP3 builds the float, one FADD removes its offset, one FFMA), ~5.5 µs of SM
+issue slots at 1980 MHz for these shapes, which the warps cannot fully hide behind the
+loads. On the small shapes the arithmetic costs 0.5-1.4 µs and x staging 0.4-0.7 µs.
+Measured and not better (tune sweeps on the H100): more words in flight per lane (U = 2, 4)
+or more warps splitting K (KS = 16) than GEMV_CONFIGS uses: at best within 0.1 µs of the
+routed shape, up to 70 % slower; prefetching symmetric scales a step ahead: between 0.1 µs
+faster and 0.45 µs slower by shape; a tensor-core GEMV (VK_NV_cooperative_matrix, the
+weights as exact fp16 MMA operands, x split into scaled fp16 hi/lo pieces): 5-73 % slower
+at every shape, as each warp has to convert its own slice of x every step (branch
+experiment/mma-gemv has it, with its numbers).
 """
 from __future__ import annotations
 
