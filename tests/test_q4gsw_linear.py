@@ -51,7 +51,7 @@ def check(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray
 def gemv_name(w: vkq.QuantizedWeight, device) -> str:
     n, k = w.shape
     sub = device.caps.subgroup_shuffle
-    cfg = op.pick_gemv_config(n, k, device.caps.max_shared_memory) if sub else op.GEMV_FALLBACK
+    cfg = op.pick_gemv_config(n, k, device.caps.max_shared_memory, sub)
     return op.gemv_variant(not w.symmetric, w.group_size, cfg, sub)
 
 
@@ -377,4 +377,5 @@ def test_gemv_routing_respects_shared_memory():
         assert cfg.xs and cfg.shared_bytes <= 32768  # fits every device we test on
         assert op.pick_gemv_config(n, k, cfg.shared_bytes) == cfg
         assert op.pick_gemv_config(n, k, cfg.shared_bytes - 1) == op.GEMV_FALLBACK
+        assert op.pick_gemv_config(n, k, subgroup=False) == op.GEMV_FALLBACK
     assert op.GEMV_FALLBACK.shared_bytes <= 16384  # Vulkan's minimum maxComputeSharedMemorySize

@@ -242,9 +242,12 @@ def gemv_group_mode(group_size: int) -> str:
     return "word" if group_size % 32 == 0 else "comp"
 
 
-def pick_gemv_config(n: int, k: int, max_shared_memory: int = 1 << 62) -> GemvConfig:
-    """The routed GEMV shape for (N, K); GEMV_FALLBACK where it needs more shared memory
-    than the device has."""
+def pick_gemv_config(n: int, k: int, max_shared_memory: int = 1 << 62,
+                     subgroup: bool = True) -> GemvConfig:
+    """The routed GEMV shape for (N, K); GEMV_FALLBACK without subgroup shuffles, or where
+    the routed shape needs more shared memory than the device has."""
+    if not subgroup:
+        return GEMV_FALLBACK
     cfg = next(c for max_n, max_k, c in GEMV_CONFIGS if n <= max_n and k <= max_k)
     return cfg if cfg.shared_bytes <= max_shared_memory else GEMV_FALLBACK
 
@@ -295,8 +298,7 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
         bufs["t_zeros"] = w.zeros
     if path == "gemv":
         sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
-        cfg = gemv_config or (pick_gemv_config(n, k, dev.caps.max_shared_memory) if sub
-                              else GEMV_FALLBACK)
+        cfg = gemv_config or pick_gemv_config(n, k, dev.caps.max_shared_memory, sub)
         if cfg.shared_bytes > dev.caps.max_shared_memory:
             raise ValueError(f"GEMV shape {cfg.tag} needs {cfg.shared_bytes} bytes of shared "
                              f"memory, this device has {dev.caps.max_shared_memory}")
@@ -450,11 +452,12 @@ def _run(device: Device, pw: Q4gswWeight, x: Buffer, y: Buffer, m: int, bias: np
 
 def describe_variants(caps: Any) -> dict[str, str]:
     sub = bool(getattr(caps, "subgroup_shuffle", True))
+    smem = int(getattr(caps, "max_shared_memory", 1 << 62))
     out = {}
     for n, k in ((1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336)):
-        cfg = pick_gemv_config(n, k) if sub else GEMV_FALLBACK
+        cfg = pick_gemv_config(n, k, smem, sub)
         out[f"q4gsw GEMV (M=1, N={n}, K={k})"] = gemv_variant(False, 32, cfg, sub)
-    cfg = pick_gemv_config(4096, 4096) if sub else GEMV_FALLBACK
+    cfg = pick_gemv_config(4096, 4096, smem, sub)
     out["q4gsw GEMV (gs % 32 != 0)"] = gemv_variant(False, 16, cfg, sub)
     for m in (2, 32, 33):
         out[f"q4gsw GEMM (M={m})"] = gemm_variant(False, m)
