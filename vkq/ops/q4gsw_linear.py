@@ -297,6 +297,8 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
     if w.has_zeros:
         bufs["t_zeros"] = w.zeros
     if path == "gemv":
+        if k >= 1 << 31:  # the shader builds its nibble-to-float exponent from pc.k >> 31
+            raise ValueError(f"the q4gsw GEMV supports K < 2^31, got K = {k}")
         sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
         cfg = gemv_config or pick_gemv_config(n, k, dev.caps.max_shared_memory, sub)
         if cfg.shared_bytes > dev.caps.max_shared_memory:
