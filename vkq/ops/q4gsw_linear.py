@@ -12,29 +12,38 @@ needs K % 8 == 0 and group_size % 8 == 0, which every valid int4 weight satisfie
 `kernel="gemv" | "gemm"` forces one (GEMV only for M == 1). Small M splits K over extra
 GEMM workgroups (split-K) and sums the slices in a second pass.
 
-What bounds the GEMV (H100, chained timing at the maximum SM clock; diagnostic variants of
-the routed shape measured in one run, real | math and scale loads replaced by one xor per
-word | that and no x either | one streaming read of the real kernel's bytes):
-  N=14336 K=4096 gs=32  rw4r4u1k4x: 18.65 | 13.68 | 13.00 | 14.57 µs
-  N=14336 K=4096 gs=128 rw4r4u1k4x: 18.02 | 13.78 | 13.06 | 12.83 µs
-  N=4096 K=14336 gs=32  rw4r4u1k8x: 18.18 | 13.64 | 13.56 | 14.56 µs
-  N=4096 K=14336 gs=128 rw4r4u1k8x: 17.56 | 13.58 | 13.57 | 12.80 µs
-  N=4096 K=4096 gs=32   rw4r2u1k4x:  8.08 |  6.66 |  6.04 |  6.32 µs
-  N=4096 K=4096 gs=128  rw4r2u1k4x:  8.01 |  6.73 |  6.02 |  5.87 µs
-  N=1024 K=4096 gs=32   rw2r2u1k4x:  4.98 |  4.22 |  3.84 |  3.73 µs
-  N=1024 K=4096 gs=128  rw2r2u1k4x:  4.69 |  4.21 |  3.82 |  3.58 µs
-On the large shapes the weight stream and the staged x cost about as much as a plain read;
-the remaining 4-5 µs is the arithmetic. Exact fp32 results take three instructions per
-weight (one LOP3 builds the float, one FADD removes its offset, one FFMA), ~5.5 µs of SM
-issue slots at 1980 MHz for these shapes, which the warps cannot fully hide behind the
-loads. On the small shapes the arithmetic costs 0.5-1.4 µs and x staging 0.4-0.7 µs.
-Measured and not better (tune sweeps on the H100): more words in flight per lane (U = 2, 4)
-or more warps splitting K (KS = 16) than GEMV_CONFIGS uses: at best within 0.1 µs of the
-routed shape, up to 70 % slower; prefetching symmetric scales a step ahead: between 0.1 µs
-faster and 0.45 µs slower by shape; a tensor-core GEMV (VK_NV_cooperative_matrix, the
-weights as exact fp16 MMA operands, x split into scaled fp16 hi/lo pieces): 5-73 % slower
-at every shape, as each warp has to convert its own slice of x every step (branch
-experiment/mma-gemv has it, with its numbers).
+What bounds the GEMV (H100, chained µs at the maximum SM clock; diagnostic variants of the
+routed shape, one scratch run at a24eda0: real | math and scale loads replaced by one xor
+per word | math only, every workgroup reading the same 16 channels so that loads hit L1 |
+one streaming read of the real kernel's bytes, from the run at 36fe98e):
+  N=14336 K=4096 gs=32  rw4r4u1k4x: 18.49 | 13.78 | 13.53 | 14.57
+  N=14336 K=4096 gs=128 rw4r4u1k4x: 17.41 | 13.74 | 13.49 | 12.83
+  N=4096 K=14336 gs=32  rw4r4u1k8x: 17.54 | 13.64 | 13.41 | 14.56
+  N=4096 K=14336 gs=128 rw4r4u1k8x: 16.15 | 13.66 | 13.32 | 12.80
+  N=4096 K=4096 gs=32   rw4r2u1k4x:  7.87 |  6.74 |  6.39 |  6.32
+  N=4096 K=4096 gs=128  rw4r2u1k4x:  7.43 |  6.67 |  6.39 |  5.87
+  N=1024 K=4096 gs=32   rw2r2u1k4x:  4.93 |  4.24 |  3.95 |  3.73
+  N=1024 K=4096 gs=128  rw2r2u1k4x:  4.70 |  4.21 |  3.98 |  3.58
+The arithmetic alone takes as long as the weight stream alone, and the two overlap only in
+part. Exact fp32 results take three instructions per weight: a LOP3 builds the float, an
+FADD removes its offset, and an FFMA accumulates. A register-only microbenchmark of that
+pattern runs 8.5 T weights/s on the H100, about 0.84 instructions per clock and scheduler,
+which is 6.9 µs for the large shapes. The loop adds ~45 % more instructions per weight (560
+per 128 weights at rw4r4u1k4x: x from shared memory, addresses, scale loads, the driver's
+bounds checks, register moves), and stalls add the rest. The SASS comes from
+`scripts/nvidia_sass.py`.
+Measured and not better (H100): more words in flight per lane (U = 2, 4), more warps
+splitting K (KS = 16), or 8 channels per lane (R = 8, 167 registers) than GEMV_CONFIGS uses:
+up to 70 % slower. No shape won at both group sizes; the closest, rw4r4u1k2x at
+14336x4096, was 0.3 µs faster at gs=32 and 0.03-0.2 µs slower at gs=128. Prefetching
+symmetric scales a step ahead: -0.2..+0.2 µs by shape. Loading x per 8-nibble component: no change, since the compiler
+schedules the same way. Unrolling two steps, which removes the loop's register moves: 2-11 %
+slower. A tensor-core GEMV (VK_NV_cooperative_matrix, the weights as exact fp16 MMA
+operands, x split into scaled fp16 hi/lo pieces): 5-73 % slower at every shape, because
+each warp has to convert its own slice of x on every step (branch experiment/mma-gemv has it,
+with its numbers). Disabling the driver's bounds checks (VK_EXT_pipeline_robustness): 0.02-0.45 µs
+faster. It is not used: an out-of-range bug would then corrupt memory instead of reading
+zeros.
 """
 from __future__ import annotations
 
