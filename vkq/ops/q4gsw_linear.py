@@ -230,6 +230,12 @@ GEMV_FALLBACK = GemvConfig(1, 4, 1, 2)
 #:   N=4096  K=4096:  rw4r2u1k4x  8.13|8.05  rw8r2u1k8x  8.33|8.05  rw1r8u1k2 10.57|10.11
 #:   N=14336 K=4096:  rw4r4u1k4x 18.52|18.06  rw8r2u1k8x 19.07|18.76  rw1r8u1k2 20.75|20.07
 #:   N=4096  K=14336: rw4r4u1k8x 18.25|17.65  rw8r2u1k16x 17.96|17.76  rw1r4u1k2 23.25|22.85
+#: Swept again after the one-LOP3 fix (a24eda0; 20 shapes, best of 2 rounds), the routed
+#: shapes stayed first or within 0.3 µs of it, and no other shape led at both group sizes:
+#:   N=1024  K=4096:  rw2r2u1k4x  4.89|4.69  rw4r2u1k8x  4.96|4.70
+#:   N=4096  K=4096:  rw4r2u1k4x  7.84|7.45  rw8r1u1k8x  8.14|8.01  rw4r4u1k8x 8.15|7.83
+#:   N=14336 K=4096:  rw4r4u1k4x 18.37|17.38  rw4r4u1k2x 18.09|17.41
+#:   N=4096  K=14336: rw4r4u1k8x 17.43|16.16  rw8r2u1k16x 17.58|15.97
 #: Staging x through shared memory (x) is what wins: without it the same shapes are 7-25 %
 #: slower, the gap growing with K (x loads, not weight loads, saturated the L1). With x
 #: staged, row slots (RW > 1) share each x value and more warps split K.
