@@ -13,10 +13,10 @@ How: the variant is built alone in a fresh device, whose pipeline cache is then 
 NVIDIA's cache entry holds a zstd frame; the machine code inside it is the driver's "Binary
 Size" statistic worth of bytes ending after the NOP padding that closes the code, and
 `nvdisasm -b SM90` disassembles those raw bytes. None of this is documented, so any driver
-can break it (checked with NVIDIA 580.159.04 on the H100, where it showed the
-compiler splitting the GEMV's nibble mask-and-exponent into two LOP3s). Needs the Python `zstandard`
-module or the `zstd` program, and `nvdisasm` (CUDA toolkit, or Triton's bundled copy) on
-PATH or in $NVDISASM.
+can break it (checked with NVIDIA 580.159.04 on the H100, where it showed the compiler
+splitting the GEMV's nibble mask-and-exponent into two LOP3s). Needs the Python `zstandard`
+module or the `zstd` program, and `nvdisasm` (CUDA toolkit, or Triton's bundled copy) on PATH
+or in $NVDISASM.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vkq.runtime import Device  # noqa: E402
 from vkq.runtime.vk import check, ffi, lib  # noqa: E402
+from vkq.shaderlib import parse_spec_constants  # noqa: E402
 
 ZSTD_MAGIC = bytes.fromhex("28b52ffd")
 SASS_NOP = bytes.fromhex("1879000000000000")  # low half of the sm_90 NOP encoding
@@ -40,11 +41,10 @@ SASS_NOP = bytes.fromhex("1879000000000000")  # low half of the sm_90 NOP encodi
 
 def parse_variant(arg: str) -> tuple[str, dict[str, int | float]]:
     name, _, spec = arg.partition(":")
-    values: dict[str, int | float] = {}
-    for item in filter(None, spec.split(",")):
-        key, _, v = item.partition("=")
-        values[key] = float(v) if "." in v else int(v, 0)
-    return name, values
+    try:
+        return name, parse_spec_constants(filter(None, spec.split(",")))
+    except ValueError as e:
+        raise SystemExit(f"{arg}: {e}") from None
 
 
 def pipeline_cache_blob(name: str, spec: dict[str, int | float]) -> tuple[bytes, dict]:
@@ -63,15 +63,24 @@ def pipeline_cache_blob(name: str, spec: dict[str, int | float]) -> tuple[bytes,
         return ffi.buffer(data, size[0])[:], stats
 
 
-def zstd_decompress(frame: bytes) -> bytes:
+def zstd_tool() -> str | None:
+    """"module" (Python zstandard), "program" (the zstd CLI) or None."""
     try:
+        import zstandard  # noqa: F401
+        return "module"
+    except ImportError:
+        return "program" if shutil.which("zstd") else None
+
+
+def zstd_decompress(frame: bytes) -> bytes:
+    tool = zstd_tool()
+    if tool == "module":
         import zstandard
         return zstandard.ZstdDecompressor().decompressobj().decompress(frame)
-    except ImportError:
-        if shutil.which("zstd") is None:
-            raise SystemExit("needs the Python 'zstandard' module or the 'zstd' program")
+    if tool == "program":
         return subprocess.run(["zstd", "-d", "-c"], input=frame, capture_output=True,
                               check=True).stdout
+    raise SystemExit("needs the Python 'zstandard' module or the 'zstd' program")
 
 
 def machine_code(blob: bytes, binary_size: int) -> bytes:
@@ -105,12 +114,7 @@ def opcode_counts(sass: str) -> collections.Counter[str]:
 
 
 def missing_tools() -> list[str]:
-    missing = []
-    try:
-        import zstandard  # noqa: F401
-    except ImportError:
-        if shutil.which("zstd") is None:
-            missing.append("zstd (or the Python 'zstandard' module)")
+    missing = [] if zstd_tool() else ["zstd (or the Python 'zstandard' module)"]
     try:
         find_nvdisasm()
     except SystemExit:

@@ -205,6 +205,16 @@ def test_bad_inputs(device):
         op.linear(x, np.ones((8, 64)), device=device)
 
 
+def test_gemv_refuses_k_of_2_to_the_31(device):
+    # The GEMV derives its nibble exponent from pc.k >> 31 (q4gsw_linear_gemv.comp.j2), so
+    # K >= 2^31 must never reach it. Only the shape is looked at: the buffers stay tiny.
+    k = 1 << 31
+    with device.buffer(64) as buf:
+        w = op.Q4gswWeight(device, (8, k), 64, buf, buf, None)
+        with device.batch() as b, pytest.raises(ValueError, match="K < 2\\^31"):
+            op.record_linear(b, w, buf, buf, 1, kernel="gemv")
+
+
 @pytest.mark.parametrize("gs", [0, 4, 12, 20, 96])
 def test_unsupported_group_sizes_are_refused(gs):
     # 4, 12, 20: not multiples of 8 (a group would split a 32-bit word); 96 does not divide 64.

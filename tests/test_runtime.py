@@ -127,6 +127,14 @@ def test_kernel_statistics_or_clear_error(device):
     assert ("rms_norm_vec4: " if device.caps.pipeline_statistics else "does not report") in r.stdout
 
 
+def test_parse_spec_constants():
+    from vkq.shaderlib import parse_spec_constants
+    assert parse_spec_constants(["A=16", "B=0x10", "C=0.5", "D=-3"]) == {"A": 16, "B": 16, "C": 0.5, "D": -3}
+    for bad in ("A", "=3", "A=x"):
+        with pytest.raises(ValueError, match=repr(bad).replace("(", r"\(")):
+            parse_spec_constants([bad])
+
+
 def test_device_close_destroys_children():
     with Device() as dev:
         buf = dev.buffer(64)

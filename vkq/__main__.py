@@ -6,7 +6,7 @@ import os
 import sys
 
 from vkq.runtime import Device, Instance, UnsupportedDevice, choose_device
-from vkq.shaderlib import ShaderError
+from vkq.shaderlib import ShaderError, parse_spec_constants
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -45,20 +45,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec_value(text: str) -> int | float:
-    try:
-        return int(text, 0)
-    except ValueError:
-        return float(text)
-
-
 def cmd_stats(args: argparse.Namespace) -> int:
-    spec = {}
-    for item in args.spec:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--spec {item!r}: expected NAME=VALUE")
-        spec[name] = _spec_value(value)
+    try:
+        spec = parse_spec_constants(args.spec)
+    except ValueError as e:
+        raise SystemExit(f"vkq stats: --spec {e}") from None
     with Device(args.device) as dev:
         try:  # built first, so a wrong name or constant fails on every device alike
             kernels = [dev.kernel(v, **spec) for v in args.variants]

@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import jinja2
 
@@ -54,6 +54,24 @@ _SCALAR_TYPES = {"uint": "I", "int": "i", "float": "f"}
 
 class ShaderError(RuntimeError):
     """A variant is unknown, fails to compile, or its compiled output is missing."""
+
+
+def parse_spec_constants(items: Iterable[str]) -> dict[str, int | float]:
+    """`["NAME=VALUE", ...]` (as typed on a command line) -> specialization constants: VALUE is
+    an int in any base Python reads (`16`, `0x10`), else a float. ValueError names a bad item."""
+    out: dict[str, int | float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{item!r}: expected NAME=VALUE")
+        try:
+            out[name] = int(text, 0)
+        except ValueError:
+            try:
+                out[name] = float(text)
+            except ValueError:
+                raise ValueError(f"{item!r}: VALUE must be a number") from None
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

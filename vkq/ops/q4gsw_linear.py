@@ -34,14 +34,15 @@ bounds checks, register moves), and stalls add the rest. The SASS comes from
 `scripts/nvidia_sass.py`.
 Measured and not better (H100): more words in flight per lane (U = 2, 4), more or fewer
 warps splitting K (KS = 16; KS = 1, where each warp walks all of K: up to 4x slower), or 8
-channels per lane (R = 8, 167 registers) than GEMV_CONFIGS uses: up to 70 % slower. No shape won at both group sizes; the closest, rw4r4u1k2x at
-14336x4096, was 0.3 µs faster at gs=32 and 0.03-0.2 µs slower at gs=128. Prefetching
-symmetric scales a step ahead: -0.2..+0.2 µs by shape. Loading x per 8-nibble component: no change, since the compiler
-schedules the same way. Unrolling two steps, which removes the loop's register moves: 2-11 %
-slower. A tensor-core GEMV (VK_NV_cooperative_matrix, the weights as exact fp16 MMA
-operands, x split into scaled fp16 hi/lo pieces): 5-73 % slower at every shape, because
-each warp has to convert its own slice of x on every step (branch experiment/mma-gemv has it,
-with its numbers). Disabling the driver's bounds checks (VK_EXT_pipeline_robustness): 0.02-0.45 µs
+channels per lane (R = 8, 167 registers) than GEMV_CONFIGS uses: up to 70 % slower. No shape
+won at both group sizes; the closest, rw4r4u1k2x at 14336x4096, was 0.3 µs faster at gs=32
+and 0.03-0.2 µs slower at gs=128. Prefetching symmetric scales a step ahead: -0.2..+0.2 µs
+by shape. Loading x per 8-nibble component: no change, since the compiler schedules the same
+way. Unrolling two steps, which removes the loop's register moves: 2-11 % slower. A
+tensor-core GEMV (VK_NV_cooperative_matrix, the weights as exact fp16 MMA operands, x split
+into scaled fp16 hi/lo pieces): 5-73 % slower at every shape, because each warp has to
+convert its own slice of x on every step (branch experiment/mma-gemv has it, with its
+numbers). Disabling the driver's bounds checks (VK_EXT_pipeline_robustness): 0.02-0.45 µs
 faster. It is not used: an out-of-range bug would then corrupt memory instead of reading
 zeros.
 """
