@@ -134,9 +134,11 @@ def test_routing(device):
         vkq.linear(x1[0], w, device=device)                 # 1-D x is one row too
         vkq.linear(np.ones((2, 64), np.float32), w, device=device)
         vkq.linear(np.ones((40, 64), np.float32), w, device=device)
+        vkq.linear(np.ones((129, 64), np.float32), w, device=device)
         vkq.linear(x1, w, kernel="gemm", device=device)
     gemv = gemv_name(w, device)
     assert t.kernels == [gemv, gemv, "q4gsw_gemm_sym_32x64", "q4gsw_gemm_sym_64x64",
+                         "q4gsw_gemm_sym_128x64",
                          "q4gsw_gemm_sym_32x64"]  # K = 64: too short to split
     with pytest.raises(ValueError, match="M == 1"):
         vkq.linear(np.ones((2, 64), np.float32), w, kernel="gemv", device=device)
@@ -205,14 +207,15 @@ def test_bad_inputs(device):
         op.linear(x, np.ones((8, 64)), device=device)
 
 
-def test_gemv_refuses_k_of_2_to_the_31(device):
-    # The GEMV derives its nibble exponent from pc.k >> 31 (q4gsw_linear_gemv.comp.j2), so
-    # K >= 2^31 must never reach it. Only the shape is looked at: the buffers stay tiny.
+@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
+def test_kernels_refuse_k_of_2_to_the_31(device, kernel):
+    # Both shaders derive their nibble exponent from pc.k >> 31, so K >= 2^31 must never
+    # reach them. Only the shape is looked at: the buffers stay tiny.
     k = 1 << 31
     with device.buffer(64) as buf:
         w = op.Q4gswWeight(device, (8, k), 64, buf, buf, None)
         with device.batch() as b, pytest.raises(ValueError, match="K < 2\\^31"):
-            op.record_linear(b, w, buf, buf, 1, kernel="gemv")
+            op.record_linear(b, w, buf, buf, 1, kernel=kernel)
 
 
 @pytest.mark.parametrize("gs", [0, 4, 12, 20, 96])
@@ -342,6 +345,18 @@ GUARD_CASES = (
     + [(dict(kernel="gemm", gemm_tile="16x64", gemm_splits=2), 1280, 64, True)]
     + [(dict(kernel="gemm", gemm_tile="64x128"), 1280, 64, True)]
 )
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gemm_128_row_tile(device, symmetric):
+    # M = 133: one whole 128-row tile and a ragged one (8 rows per thread); N = 67 and
+    # K = 1320 as in the guard cases below, split-K on.
+    w = make_weight(67, 1320, 8, symmetric, seed=5)
+    x = np.random.default_rng(6).standard_normal((133, 1320)).astype(np.float32)
+    bias = np.random.default_rng(7).standard_normal(67).astype(np.float32)
+    for splits in (1, 3):
+        y = run_guarded(device, w, x, bias, kernel="gemm", gemm_tile="128x64", gemm_splits=splits)
+        check(y, x, w, bias)
 
 
 @pytest.mark.parametrize("choice,k,gs,symmetric", GUARD_CASES, ids=[

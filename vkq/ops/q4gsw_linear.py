@@ -247,10 +247,15 @@ GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     (1 << 62, 8191, GemvConfig(4, 4, 1, 4, xs=True)),
     (1 << 62, 1 << 62, GemvConfig(4, 4, 1, 8, xs=True)),
 )
-#: GEMM tiles by M (tune_gemm on the H100, N=4096 and 14336, K=4096, before split-K): 32x64
-#: for M <= 32 (16x64 was 3 % faster at N=4096 but 5 % slower at N=14336), 64x64 from
-#: M = 128 up; 64x128 and tiles 128 wide were slower at every M.
-GEMM_TILES: tuple[tuple[int, str], ...] = ((32, "32x64"), (1 << 62, "64x64"))
+#: GEMM tiles by M. First tuned on the H100 before split-K (N=4096 and 14336, K=4096): 32x64
+#: for M <= 32 (16x64 was 3 % faster at N=4096 but 5 % slower at N=14336), 64x64 above;
+#: 64x128 and tiles 128 wide were slower at every M. Since the dequantisation builds floats
+#: with the exponent trick instead of int->float conversions, 128x64 (8 rows per thread)
+#: leads from M = 128 (one scratch run, split-K on, K=4096, µs, 128x64 | 64x64):
+#:   M=128: N=4096 158 | 176, N=14336 546 | 587;  M=512: N=4096 542 | 666, N=14336 1831 | 2260
+#: and at M=32 it was 2.2x slower than 32x64 (rows wasted). M=33..64 keeps 64x64, which
+#: wastes no rows there.
+GEMM_TILES: tuple[tuple[int, str], ...] = ((32, "32x64"), (64, "64x64"), (1 << 62, "128x64"))
 
 
 def gemv_group_mode(group_size: int) -> str:
@@ -312,9 +317,9 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
     bufs = {"t_out": y, "t_x": x, "t_weight": w.weight, "t_scales": w.scales, "t_bias": bias_buf}
     if w.has_zeros:
         bufs["t_zeros"] = w.zeros
+    if k >= 1 << 31:  # both shaders build their nibble-to-float exponent from pc.k >> 31
+        raise ValueError(f"the q4gsw kernels support K < 2^31, got K = {k}")
     if path == "gemv":
-        if k >= 1 << 31:  # the shader builds its nibble-to-float exponent from pc.k >> 31
-            raise ValueError(f"the q4gsw GEMV supports K < 2^31, got K = {k}")
         sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
         cfg = gemv_config or pick_gemv_config(n, k, dev.caps.max_shared_memory, sub)
         if cfg.shared_bytes > dev.caps.max_shared_memory:
@@ -477,7 +482,7 @@ def describe_variants(caps: Any) -> dict[str, str]:
         out[f"q4gsw GEMV (M=1, N={n}, K={k})"] = gemv_variant(False, 32, cfg, sub)
     cfg = pick_gemv_config(4096, 4096, smem, sub)
     out["q4gsw GEMV (gs % 32 != 0)"] = gemv_variant(False, 16, cfg, sub)
-    for m in (2, 32, 33):
+    for m in (2, 32, 33, 129):
         out[f"q4gsw GEMM (M={m})"] = gemm_variant(False, m)
     return out
 
