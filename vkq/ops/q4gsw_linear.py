@@ -45,6 +45,14 @@ convert its own slice of x on every step (branch experiment/mma-gemv has it, wit
 numbers). Disabling the driver's bounds checks (VK_EXT_pipeline_robustness): 0.02-0.45 µs
 faster. It is not used: an out-of-range bug would then corrupt memory instead of reading
 zeros.
+Also measured and not better (H100, routed shapes, one scratch run each, the GEMV of fe1321a):
+weight loads (and scales) two steps ahead instead of one, +7 registers: 0-17 % slower, e.g.
+14336x4096 gs=32 18.56 -> 21.16 µs, 4096x4096 gs=32 7.81 -> 8.56, 1024x4096 unchanged;
+x given as bf16 or fp16 (half the x bytes, converted exactly while staged): -0.2..+0.3 µs
+against fp32 x (one fp16 outlier, 4.9 -> 9.1 µs), so x traffic does not bound the small
+shapes; issuing each next-step weight load right after its channel's math instead of before
+the step: within 0.1 µs (the compiler schedules both alike). All of this fits the
+instruction-count bound above better than a memory-latency one.
 """
 from __future__ import annotations
 
