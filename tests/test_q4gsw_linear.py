@@ -392,7 +392,7 @@ def test_gemv_shared_bytes_match_the_shader():
         if not name.startswith("q4gsw_gemv_"):
             continue
         decl = re.findall(r"^shared (\w+) \w+\[(\d+)\];", variant_info(name).source, re.M)
-        cfg = op.GemvConfig(p["RW"], p["R"], p["U"], p["KS"], p.get("XS", False))
+        cfg = op.GemvConfig.from_params(p)
         assert sum(sizes[t] * int(n) for t, n in decl) == cfg.shared_bytes, name
 
 

@@ -212,6 +212,11 @@ class GemvConfig:
     ks: int
     xs: bool = False
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "GemvConfig":
+        """The shape of a declared GEMV variant, from its template parameters."""
+        return cls(params["RW"], params["R"], params["U"], params["KS"], params.get("XS", False))
+
     @property
     def rows(self) -> int:
         return self.rw * self.r
@@ -738,7 +743,7 @@ def sweep_gemv_configs() -> list[GemvConfig]:
     out = []
     for name, (_, p) in sorted(declared_variants().items()):
         if name.startswith("q4gsw_gemv_sym_word_") and p["SUBGROUP"]:
-            out.append(GemvConfig(p["RW"], p["R"], p["U"], p["KS"], p.get("XS", False)))
+            out.append(GemvConfig.from_params(p))
     return out
 
 
