@@ -347,12 +347,13 @@ GUARD_CASES = (
 )
 
 
+@pytest.mark.parametrize("m", [5, 133])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_gemm_128_row_tile(device, symmetric):
-    # M = 133: one whole 128-row tile and a ragged one (8 rows per thread); N = 67 and
-    # K = 1320 as in the guard cases below, split-K on.
+def test_gemm_128_row_tile(device, symmetric, m):
+    # M = 133: one whole 128-row tile and a ragged one (8 rows per thread); M = 5: a tile
+    # almost all rows of which lie past M. N = 67 and K = 1320 as in the guard cases below.
     w = make_weight(67, 1320, 8, symmetric, seed=5)
-    x = np.random.default_rng(6).standard_normal((133, 1320)).astype(np.float32)
+    x = np.random.default_rng(6).standard_normal((m, 1320)).astype(np.float32)
     bias = np.random.default_rng(7).standard_normal(67).astype(np.float32)
     for splits in (1, 3):
         y = run_guarded(device, w, x, bias, kernel="gemm", gemm_tile="128x64", gemm_splits=splits)
