@@ -513,3 +513,24 @@ def test_int8_weight_rejects_k_whose_wsum_could_overflow():
     k = (2**31 - 1) // 127 + 1
     with pytest.raises(ValueError, match="fit int32"):
         L.pack_int8_weight(np.zeros((1, k), np.int8))
+
+
+# ------------------------------------------------------------------ fp16 group parameters
+def test_fits_half_means_exact_normal_or_zero():
+    assert L.fits_half(np.array([1.0, -0.5, 0.0, 65504.0, 2.0 ** -14, 1.0 + 2.0 ** -10], np.float32))
+    for bad in (1.0 + 2.0 ** -11,   # needs 12 significant bits
+                2.0 ** -15,         # exact, but an fp16 subnormal (GPUs may flush those)
+                65520.0,            # rounds to inf in fp16
+                np.inf, np.nan):
+        assert not L.fits_half(np.array([1.0, bad], np.float32)), bad
+
+
+def test_half_words_order_and_padding():
+    a = np.array([[1.0, -2.0, 0.5]], np.float32)  # fp16 0x3C00, 0xC000, 0x3800
+    words = L.half_words(a)
+    assert words.dtype == np.uint32
+    assert [hex(int(v)) for v in words] == ["0xc0003c00", "0x3800"]  # odd count: zero half
+    back = words.view("<f2")[: a.size].astype(np.float32).reshape(a.shape)
+    np.testing.assert_array_equal(back, a)
+    with pytest.raises(ValueError, match="float32"):
+        L.half_words(np.array([0.1], np.float32))

@@ -35,9 +35,20 @@ def tolerance(x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) ->
     return (k + 16) * U * mag + extra + 1e-30
 
 
-def make_weight(n: int, k: int, gs: int, symmetric: bool, seed: int) -> vkq.QuantizedWeight:
+def make_weight(n: int, k: int, gs: int, symmetric: bool, seed: int,
+                param_dtype: str = "auto") -> vkq.QuantizedWeight:
+    """quantize_weight's default gives fp16 scales/zeros (the kernels' "_p16" variants);
+    param_dtype="float32" gives values fp16 cannot hold (the float32-parameter variants)."""
     rng = np.random.default_rng(seed)
-    return vkq.quantize_weight(rng.standard_normal((n, k)), bits=4, group_size=gs, symmetric=symmetric)
+    w = vkq.quantize_weight(rng.standard_normal((n, k)), bits=4, group_size=gs,
+                            symmetric=symmetric, param_dtype=param_dtype)
+    assert half_params(w) == (param_dtype != "float32")
+    return w
+
+
+def half_params(w: vkq.QuantizedWeight) -> bool:
+    """Whether vkq.linear stores w's scales/zeros as fp16 on the device."""
+    return op.stored_param_dtype(w.scales, w.zeros) == "float16"
 
 
 def check(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) -> None:
@@ -52,7 +63,12 @@ def gemv_name(w: vkq.QuantizedWeight, device) -> str:
     n, k = w.shape
     sub = device.caps.subgroup_shuffle
     cfg = op.pick_gemv_config(n, k, device.caps.max_shared_memory, sub)
-    return op.gemv_variant(not w.symmetric, w.group_size, cfg, sub)
+    return op.gemv_variant(not w.symmetric, w.group_size, cfg, sub, half_params(w))
+
+
+def gemm_kernels(w: vkq.QuantizedWeight, m: int) -> list[str]:
+    n, k = w.shape
+    return op.plan_gemm(m, n, k, not w.symmetric, half_params=half_params(w)).kernels
 
 
 # ------------------------------------------------------------------ accuracy over shapes
@@ -62,19 +78,19 @@ def gemv_name(w: vkq.QuantizedWeight, device) -> str:
 CASES = [(512, gs) for gs in (32, 64, 128, 256, 512)] + [(528, gs) for gs in (8, 16, 24, 48, 528)]
 
 
+@pytest.mark.parametrize("params", ["auto", "float32"], ids=["p16", "p32"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("k,gs", CASES, ids=[f"K{k}-gs{gs}" for k, gs in CASES])
-def test_matches_reference(device, k, gs, symmetric):
+def test_matches_reference(device, k, gs, symmetric, params):
     n = 37  # not a multiple of 4 (GEMV rows per workgroup) nor of 8
-    w = make_weight(n, k, gs, symmetric, seed=k + gs)
+    w = make_weight(n, k, gs, symmetric, seed=k + gs, param_dtype=params)
     rng = np.random.default_rng(gs)
     for m in MS:
         x = rng.standard_normal((m, k)).astype(np.float32)
         bias = rng.standard_normal(n).astype(np.float32) if m % 2 else None
         with vkq.trace() as t:
             y = vkq.linear(x, w, bias, device=device)
-        assert t.kernels == ([gemv_name(w, device)] if m == 1 else
-                             op.plan_gemm(m, n, k, not symmetric).kernels)
+        assert t.kernels == ([gemv_name(w, device)] if m == 1 else gemm_kernels(w, m))
         check(y, x, w, bias)
 
 
@@ -98,19 +114,27 @@ def exact_weight(n: int, k: int, gs: int, symmetric: bool, seed: int) -> vkq.Qua
     return vkq.QuantizedWeight(q, s, z, bits=4, group_size=gs)
 
 
+@pytest.mark.parametrize("params", ["float16", "float32"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("k,gs", [(512, 32), (512, 128), (264, 8), (264, 24)])
-def test_exact_arithmetic_is_bit_exact(device, k, gs, symmetric):
+def test_exact_arithmetic_is_bit_exact(device, k, gs, symmetric, params):
     # A single wrong nibble, scale or group index changes the result by >= 2^-9: the
-    # accuracy bound above could hide it at large K, this cannot.
+    # accuracy bound above could hide it at large K, this cannot. The parameters are fp16
+    # numbers, stored either way: the fp16 variants must decode every one exactly.
     w = exact_weight(19, k, gs, symmetric, seed=gs)
+    pw = op.prepack_q4gsw(layouts.pack_int4_weight(w.q),
+                          layouts.pack_group_params(w.scales, w.zeros, gs, k), device, params)
+    assert pw.param_dtype == params
     rng = np.random.default_rng(k)
-    for m, kernel in ((1, "gemv"), (1, "gemm"), (5, "gemm")):
-        x = rng.integers(-4, 5, size=(m, k)).astype(np.float32)
-        bias = rng.integers(-8, 9, size=19).astype(np.float32)
-        y = vkq.linear(x, w, bias, kernel=kernel, device=device)
-        ref = q4gsw_linear_reference(x, w.q, w.scales, w.zeros, gs, bias)
-        np.testing.assert_array_equal(y, ref.astype(np.float32))
+    try:
+        for m, kernel in ((1, "gemv"), (1, "gemm"), (5, "gemm")):
+            x = rng.integers(-4, 5, size=(m, k)).astype(np.float32)
+            bias = rng.integers(-8, 9, size=19).astype(np.float32)
+            y = vkq.linear(x, pw, bias, kernel=kernel)
+            ref = q4gsw_linear_reference(x, w.q, w.scales, w.zeros, gs, bias)
+            np.testing.assert_array_equal(y, ref.astype(np.float32))
+    finally:
+        pw.close()
 
 
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
@@ -120,7 +144,7 @@ def test_gemv_and_gemm_agree(device, symmetric):
     with vkq.trace() as t:
         y_gemv = vkq.linear(x, w, kernel="gemv", device=device)
         y_gemm = vkq.linear(x, w, kernel="gemm", device=device)
-    assert t.kernels == [gemv_name(w, device)] + op.plan_gemm(1, 45, 1024, not symmetric).kernels
+    assert t.kernels == [gemv_name(w, device)] + gemm_kernels(w, 1)
     check(y_gemv, x, w, None)
     check(y_gemm, x, w, None)
     assert np.all(np.abs(y_gemv - y_gemm) <= 2 * tolerance(x, w, None))
@@ -137,9 +161,10 @@ def test_routing(device):
         vkq.linear(np.ones((129, 64), np.float32), w, device=device)
         vkq.linear(x1, w, kernel="gemm", device=device)
     gemv = gemv_name(w, device)
-    assert t.kernels == [gemv, gemv, "q4gsw_gemm_sym_32x64", "q4gsw_gemm_sym_64x64",
-                         "q4gsw_gemm_sym_128x64",
-                         "q4gsw_gemm_sym_32x64"]  # K = 64: too short to split
+    assert gemv.endswith("_p16")  # quantize_weight's fp16 parameters
+    assert t.kernels == [gemv, gemv, "q4gsw_gemm_sym_32x64_p16", "q4gsw_gemm_sym_64x64_p16",
+                         "q4gsw_gemm_sym_128x64_p16",
+                         "q4gsw_gemm_sym_32x64_p16"]  # K = 64: too short to split
     with pytest.raises(ValueError, match="M == 1"):
         vkq.linear(np.ones((2, 64), np.float32), w, kernel="gemv", device=device)
 
@@ -250,7 +275,7 @@ def test_gn_layout_scales_are_refused_with_repack_hint(device, symmetric):
         op.prepack_q4gsw(gn, gn, device)
     pw = op.prepack_q4gsw(wp, layouts.repack_group_params_ng(gn), device)
     try:
-        assert (pw.format, pw.version, pw.shape, pw.group_size) == ("q4gsw_weight", 1, (n, k), gs)
+        assert (pw.format, pw.version, pw.shape, pw.group_size) == ("q4gsw_weight", 2, (n, k), gs)
         assert pw.layouts == {"weight": ("int4_uvec4", 1), "params": ("group_params_ng", 1)}
         x = np.random.default_rng(0).standard_normal((3, k)).astype(np.float32)
         for m in (1, 3):
@@ -259,6 +284,59 @@ def test_gn_layout_scales_are_refused_with_repack_hint(device, symmetric):
         pw.close()
     with pytest.raises(ValueError, match="closed"):
         op.linear(x, pw)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_parameter_storage_follows_fp16_exactness(device, symmetric):
+    n, k, gs = 8, 64, 32
+    q = np.zeros((n, k), np.int8)
+    wp = layouts.pack_int4_weight(q)
+    half_s = np.full((n, 2), 0.375, np.float32)
+    half_z = None if symmetric else np.full((n, 2), -1.5, np.float32)
+
+    def stored(s, z, param_dtype="auto"):
+        pw = op.prepack_q4gsw(wp, layouts.pack_group_params(s, z, gs, k), device, param_dtype)
+        with_zeros = 1 if symmetric else 2
+        assert pw.nbytes == n * 2 * 16 + with_zeros * n * 2 * (2 if pw.half_params else 4)
+        pw.close()
+        return pw.param_dtype
+
+    assert stored(half_s, half_z) == "float16"
+    assert stored(half_s, half_z, "float16") == "float16"
+    assert stored(half_s, half_z, "float32") == "float32"
+    for bad in (0.1, 2.0 ** -20, 1e5):  # inexact; exact but subnormal in fp16; too large
+        s = half_s.copy()
+        s[3, 1] = bad
+        assert stored(s, half_z) == "float32"
+        with pytest.raises(ValueError, match="param_dtype='float16'"):
+            stored(s, half_z, "float16")
+        if not symmetric:
+            z = half_z.copy()
+            z[5, 0] = bad
+            assert stored(half_s, z) == "float32"
+    with pytest.raises(ValueError, match="param_dtype must be"):
+        stored(half_s, half_z, "bfloat16")
+
+
+def test_quantize_weight_parameter_dtypes():
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((16, 128))
+    for symmetric in (True, False):
+        w16 = vkq.quantize_weight(W, bits=4, group_size=32, symmetric=symmetric)
+        w32 = vkq.quantize_weight(W, bits=4, group_size=32, symmetric=symmetric, param_dtype="float32")
+        assert half_params(w16) and not half_params(w32)
+        # both are quantizations of W: every weight within half a step of its group's scale
+        for w in (w16, w32):
+            err = np.abs(w.dequantize() - W)
+            step = np.repeat(w.scales, 32, axis=1)
+            assert np.all(err <= 0.5 * step * (1 + 1e-3) + 1e-7)
+    # scales below fp16's normal range: "auto" keeps float32, "float16" refuses
+    tiny = W * 1e-6
+    assert not half_params(vkq.quantize_weight(tiny, bits=4, group_size=32))
+    with pytest.raises(ValueError, match="normal range"):
+        vkq.quantize_weight(tiny, bits=4, group_size=32, param_dtype="float16")
+    with pytest.raises(ValueError, match="param_dtype must be"):
+        vkq.quantize_weight(W, bits=4, group_size=32, param_dtype="half")
 
 
 def test_prepack_rejects_mismatched_shapes(device):
@@ -360,12 +438,15 @@ def test_gemm_128_row_tile(device, symmetric, m):
         check(y, x, w, bias)
 
 
+@pytest.mark.parametrize("params", ["auto", "float32"], ids=["p16", "p32"])
 @pytest.mark.parametrize("choice,k,gs,symmetric", GUARD_CASES, ids=[
     "-".join(str(getattr(v, "tag", v)) for v in c.values()) + f"-K{k}-gs{gs}"
     for c, k, gs, _ in GUARD_CASES])
-def test_no_out_of_bounds_access(device, choice, k, gs, symmetric):
+def test_no_out_of_bounds_access(device, choice, k, gs, symmetric, params):
+    # fp16 parameters: 67 channels x an odd number of groups (K = 1320, gs = 8 or 24) leave
+    # the last parameter word half padding.
     m = 1 if choice["kernel"] == "gemv" else 7
-    w = make_weight(67, k, gs, symmetric, seed=k)
+    w = make_weight(67, k, gs, symmetric, seed=k, param_dtype=params)
     x = np.random.default_rng(k).standard_normal((m, k)).astype(np.float32)
     bias = np.random.default_rng(1).standard_normal(67).astype(np.float32)
     check(run_guarded(device, w, x, bias, **choice), x, w, bias)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vkq.layouts import check_group_size
+from vkq.layouts import HALF_MIN_NORMAL, check_group_size
 
 #: K below which an int8 x int8 sum cannot overflow int32: 2^31 / 128^2 (SPEC §1).
 INT8_MAX_K = 131072
@@ -132,15 +132,26 @@ class QuantizedWeight:
         return f"QuantizedWeight(bits={self.bits}, shape={self.shape}{extra})"
 
 
+PARAM_DTYPES = ("auto", "float16", "float32")
+
+
 def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
-                    symmetric: bool = True) -> QuantizedWeight:
+                    symmetric: bool = True, param_dtype: str = "auto") -> QuantizedWeight:
     """Quantize float weights `[N, K]` (SPEC §2), rounding half to even.
 
     bits=8: per output channel, symmetric, q in [-127, 127], scale = max|w| / 127.
     bits=4: per group of `group_size` along K; symmetric: q in [-8, 7], scale = max|w| / 7;
     asymmetric: scale = (max - min) / 15, zero = min + 8 * scale, so u = q + 8 spans [min, max].
     All-zero rows/groups get scale 1 (scales must stay > 0).
+
+    param_dtype (bits=4): "float16" rounds every scale and zero to an fp16 number before the
+    weights are quantized against it (the form int4 checkpoints use; the kernels then stream
+    half the parameter bytes); it raises if one falls outside fp16's normal range. "auto"
+    (default) does that where every one fits, and keeps float32 otherwise. "float32" keeps
+    the float32 values.
     """
+    if param_dtype not in PARAM_DTYPES:
+        raise ValueError(f"param_dtype must be one of {PARAM_DTYPES}, got {param_dtype!r}")
     w = np.asarray(w)
     if w.dtype.kind != "f":
         raise TypeError(f"weights must be float, got dtype {w.dtype}")
@@ -165,12 +176,36 @@ def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
     g = w.reshape(n, n_groups, group_size)
     if symmetric:
         amax = np.abs(g).max(axis=2)
-        s = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
+        s = _group_params(np.where(amax > 0, amax / 7.0, 1.0), None, param_dtype)[0]
         q = np.clip(np.rint(g / s[..., None]), -8, 7).astype(np.int8)
         return QuantizedWeight(q.reshape(n, k), s, bits=4, group_size=group_size)
     lo, hi = g.min(axis=2), g.max(axis=2)
-    s = np.where(hi > lo, (hi - lo) / 15.0, 1.0).astype(np.float32)
-    z = (lo + 8.0 * s).astype(np.float32)
-    u = np.clip(np.rint((g - lo[..., None]) / s[..., None]), 0, 15)
+    s64 = np.where(hi > lo, (hi - lo) / 15.0, 1.0)
+    s, z = _group_params(s64, lo + 8.0 * s64, param_dtype)
+    # u from the stored (rounded) scale and zero, so that (u - 8) * s + z is nearest to w
+    u = np.clip(np.rint((g - z[..., None]) / s[..., None]) + 8, 0, 15)
     q = (u - 8).astype(np.int8)
     return QuantizedWeight(q.reshape(n, k), s, z, bits=4, group_size=group_size)
+
+
+def _group_params(s: np.ndarray, z: np.ndarray | None,
+                  param_dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 scales (and zeros) as quantize_weight stores them: rounded to fp16 numbers
+    where `param_dtype` asks for it and they fit (zeros below fp16's normal range become 0)."""
+    s32 = s.astype(np.float32)
+    z32 = None if z is None else z.astype(np.float32)
+    if param_dtype == "float32":
+        return s32, z32
+    with np.errstate(over="ignore"):
+        sh = s32.astype(np.float16).astype(np.float32)
+        zh = None if z32 is None else z32.astype(np.float16).astype(np.float32)
+    if zh is not None:
+        zh[np.abs(zh) < HALF_MIN_NORMAL] = 0.0
+    fits = bool(np.all(np.isfinite(sh)) and np.all(sh >= HALF_MIN_NORMAL)
+                and (zh is None or np.all(np.isfinite(zh))))
+    if fits:
+        return sh, zh
+    if param_dtype == "float16":
+        raise ValueError("param_dtype='float16': a scale or zero falls outside fp16's normal "
+                         "range (2^-14 .. 65504); use param_dtype='auto' or 'float32'")
+    return s32, z32

@@ -9,7 +9,10 @@ Each packer validates its input and returns a self-describing
 from .group_params import (
     GROUP_PARAMS_GN,
     GROUP_PARAMS_NG,
+    HALF_MIN_NORMAL,
     check_group_size,
+    fits_half,
+    half_words,
     pack_group_params,
     pack_group_params_gn,
     repack_group_params_ng,
@@ -44,6 +47,9 @@ __all__ = [
     "unpack_group_params",
     "repack_group_params_ng",
     "check_group_size",
+    "fits_half",
+    "half_words",
+    "HALF_MIN_NORMAL",
 ]
 
 #: format name -> unpacker, for code that holds packed data of any format (vkq.DeviceTensor).

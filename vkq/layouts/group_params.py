@@ -19,6 +19,11 @@ Rules: ``gs`` is a positive multiple of 8 dividing K (a group never splits a
 32-bit word of 8 nibbles); scales are finite and > 0 after the cast to float32;
 zeros are finite. Dequantization (SPEC §2): ``w = (u - 8) * scale + zero``.
 There is no padding: ``n_groups * gs == K`` exactly.
+
+Device storage. The parameters are logically float32. Where fp16 holds every one of them
+exactly (:func:`fits_half`, as it does for checkpoints that store fp16 scales, and for
+``vkq.quantize_weight``'s default), a kernel may read them as fp16 from
+:func:`half_words` -- the same numbers in half the bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ __all__ = [
     "pack_group_params_gn",
     "unpack_group_params",
     "repack_group_params_ng",
+    "fits_half",
+    "half_words",
 ]
 
 GROUP_PARAMS_NG = "group_params_ng"
@@ -154,3 +161,29 @@ def repack_group_params_ng(p: PackedTensor) -> PackedTensor:
     if zeros is not None:
         arrays["zeros"] = np.ascontiguousarray(zeros.T)
     return PackedTensor(GROUP_PARAMS_NG, VERSION, p.shape, arrays, dict(p.params))
+
+
+#: Smallest normal fp16 number. Stored halves are kept normal: GPUs may flush fp16 subnormals.
+HALF_MIN_NORMAL = 2.0 ** -14
+
+
+def fits_half(a: np.ndarray) -> bool:
+    """Whether fp16 holds every value of ``a`` exactly, each as a normal number or zero."""
+    a32 = np.asarray(a, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        h = a32.astype(np.float16)
+    mag = np.abs(a32)
+    return bool(np.all(np.isfinite(h)) and np.array_equal(h.astype(np.float32), a32)
+                and np.all((mag == 0) | (mag >= HALF_MIN_NORMAL)))
+
+
+def half_words(a: np.ndarray) -> np.ndarray:
+    """fp16 copies of a parameter array (row-major), two per uint32 word: element i in bits
+    16 * (i % 2) .. 16 * (i % 2) + 15 of word i // 2, an odd count padded with a zero half.
+    Only for arrays that :func:`fits_half`."""
+    if not fits_half(a):
+        raise ValueError("these group parameters are not all exact fp16 normals; keep them float32")
+    h = np.ascontiguousarray(a, dtype=np.float32).astype(np.float16).reshape(-1)
+    if h.size % 2:
+        h = np.concatenate([h, np.zeros(1, np.float16)])
+    return h.view("<u4").copy()

@@ -12,6 +12,14 @@ needs K % 8 == 0 and group_size % 8 == 0, which every valid int4 weight satisfie
 `kernel="gemv" | "gemm"` forces one (GEMV only for M == 1). Small M splits K over extra
 GEMM workgroups (split-K) and sums the slices in a second pass.
 
+Parameter storage: scales and zeros are float32 numbers, but where fp16 holds every one of
+them exactly (int4 checkpoints store fp16 scales; so does quantize_weight by default) the
+device copy keeps them as fp16 and the kernels' "_p16" variants read those: the same
+arithmetic on 2 bytes per parameter instead of 4 (at gs=32, 10 % of a symmetric weight's
+bytes, 17 % of an asymmetric one's). Measured on the H100 (one scratch run at 2644b29, µs,
+float32 | fp16 parameters, gs=32 symmetric): 4096x4096 7.85 | 7.53, 1024x4096 4.88 | 4.78,
+14336x4096 18.45 | 17.92, 4096x14336 17.49 | 16.65; asymmetric 14336x4096 22.71 | 21.32.
+
 What bounds the GEMV (H100, chained µs at the maximum SM clock; diagnostic variants of the
 routed shape, one scratch run at a24eda0: real | math and scale loads replaced by one xor
 per word | math only, every workgroup reading the same 16 channels so that loads hit L1 |
@@ -73,12 +81,13 @@ from vkq.tensor import DENSE, DeviceTensor
 
 #: Format of the prepacked device weight (Q4gswWeight); bump VERSION when its arrays change.
 FORMAT = "q4gsw_weight"
-VERSION = 1
+VERSION = 2  # v2: group parameters may be stored as fp16 (param_dtype)
 #: Source layouts a Q4gswWeight is built from (name, version).
 WEIGHT_LAYOUT = (INT4_UVEC4, 1)
 PARAMS_LAYOUT = (GROUP_PARAMS_NG, 1)
 
 KERNELS = ("auto", "gemv", "gemm")
+PARAM_DTYPES = ("auto", "float16", "float32")
 
 
 # ----------------------------------------------------------------------------- packed weight
@@ -87,20 +96,26 @@ class Q4gswWeight:
 
     Self-describing: `format`/`version` name this packed type, `layouts` the layouts of its
     arrays ("int4_uvec4" words, "group_params_ng" scales/zeros), `shape` is the logical
-    (N, K). Build it with :func:`prepack_q4gsw` (from PackedTensors) or let `linear` build
-    one from a QuantizedWeight. Owns its buffers: `close()` frees them.
+    (N, K), `param_dtype` how the scales/zeros are stored ("float32", or "float16" pairs from
+    vkq.layouts.half_words where fp16 holds them exactly). Build it with
+    :func:`prepack_q4gsw` (from PackedTensors) or let `linear` build one from a
+    QuantizedWeight. Owns its buffers: `close()` frees them.
     """
 
     format = FORMAT
     version = VERSION
 
     def __init__(self, device: Device, shape: tuple[int, int], group_size: int,
-                 weight: Buffer, scales: Buffer, zeros: Buffer | None):
+                 weight: Buffer, scales: Buffer, zeros: Buffer | None,
+                 param_dtype: str = "float32"):
+        if param_dtype not in ("float16", "float32"):
+            raise ValueError(f"param_dtype must be 'float16' or 'float32', got {param_dtype!r}")
         self.device = device
         self.shape = (int(shape[0]), int(shape[1]))
         self.group_size = int(group_size)
         self.n_groups = self.shape[1] // self.group_size
         self.weight, self.scales, self.zeros = weight, scales, zeros
+        self.param_dtype = param_dtype
         self.layouts = {"weight": WEIGHT_LAYOUT, "params": PARAMS_LAYOUT}
 
     @property
@@ -108,10 +123,15 @@ class Q4gswWeight:
         return self.zeros is not None
 
     @property
+    def half_params(self) -> bool:
+        return self.param_dtype == "float16"
+
+    @property
     def nbytes(self) -> int:
         """Bytes a kernel streams per pass over the weight (words + scales + zeros)."""
         n, k = self.shape
-        return n * ceil_div(k, 32) * 16 + (2 if self.has_zeros else 1) * n * self.n_groups * 4
+        per_param = 2 if self.half_params else 4
+        return n * ceil_div(k, 32) * 16 + (2 if self.has_zeros else 1) * n * self.n_groups * per_param
 
     @property
     def closed(self) -> bool:
@@ -127,11 +147,11 @@ class Q4gswWeight:
     def __repr__(self) -> str:
         kind = "asymmetric" if self.has_zeros else "symmetric"
         return (f"<vkq Q4gswWeight {self.format} v{self.version} shape={self.shape} "
-                f"group_size={self.group_size} {kind}>")
+                f"group_size={self.group_size} {kind} {self.param_dtype} params>")
 
 
-def prepack_q4gsw(weight: PackedTensor, params: PackedTensor,
-                  device: Device | None = None) -> Q4gswWeight:
+def prepack_q4gsw(weight: PackedTensor, params: PackedTensor, device: Device | None = None,
+                  param_dtype: str = "auto") -> Q4gswWeight:
     """Upload packed int4 weights and their group parameters as a :class:`Q4gswWeight`.
 
     Args:
@@ -139,7 +159,13 @@ def prepack_q4gsw(weight: PackedTensor, params: PackedTensor,
         params: "group_params_ng" tensor, scales (and zeros) [N, n_groups]
             (vkq.layouts.pack_group_params). Parameters in any other layout, such as the
             transposed "group_params_gn", raise LayoutError saying how to repack them.
+        param_dtype: how the device stores scales/zeros. "auto" (default): fp16 where fp16
+            holds every one of them exactly (vkq.layouts.fits_half; the kernels then stream
+            half the parameter bytes and compute with the same numbers), float32 otherwise.
+            "float16" insists (ValueError if not exact); "float32" never converts.
     """
+    if param_dtype not in PARAM_DTYPES:  # checked before any work
+        raise ValueError(f"param_dtype must be one of {PARAM_DTYPES}, got {param_dtype!r}")
     for what, p in (("weight", weight), ("params", params)):
         if not isinstance(p, PackedTensor):
             raise TypeError(f"{what} must be a vkq.layouts.PackedTensor, got {type(p).__name__}")
@@ -160,16 +186,34 @@ def prepack_q4gsw(weight: PackedTensor, params: PackedTensor,
     words = weight.array("data", (n, ceil_div(k, 32), 4), np.uint32)
     scales = params.array("scales", (n, n_groups), np.float32)
     zeros = params.array("zeros", (n, n_groups), np.float32) if params.param("has_zeros") else None
+    arrays = [a for a in (scales, zeros) if a is not None]
+    half = stored_param_dtype(scales, zeros, param_dtype) == "float16"
     device = device or default_device()
-    bufs = [device.upload(words), device.upload(scales)]
+    bufs = [device.upload(words)]
     try:
-        if zeros is not None:
-            bufs.append(device.upload(zeros))
+        for a in arrays:
+            bufs.append(device.upload(layouts.half_words(a) if half else a))
     except BaseException:
         for b in bufs:
             b.close()
         raise
-    return Q4gswWeight(device, (n, k), gs, bufs[0], bufs[1], bufs[2] if zeros is not None else None)
+    return Q4gswWeight(device, (n, k), gs, bufs[0], bufs[1], bufs[2] if zeros is not None else None,
+                       param_dtype="float16" if half else "float32")
+
+
+def stored_param_dtype(scales: np.ndarray, zeros: np.ndarray | None,
+                       param_dtype: str = "auto") -> str:
+    """How prepack_q4gsw stores these float32 scales/zeros under `param_dtype` (see there)."""
+    if param_dtype not in PARAM_DTYPES:
+        raise ValueError(f"param_dtype must be one of {PARAM_DTYPES}, got {param_dtype!r}")
+    if param_dtype == "float32":
+        return "float32"
+    if all(layouts.fits_half(a) for a in (scales, zeros) if a is not None):
+        return "float16"
+    if param_dtype == "float16":
+        raise ValueError("param_dtype='float16': fp16 does not hold every scale/zero exactly "
+                         "(or one is below fp16's normal range); use 'auto' or 'float32'")
+    return "float32"
 
 
 def prepack_quantized(w: QuantizedWeight, device: Device) -> Q4gswWeight:
@@ -286,14 +330,16 @@ def pick_gemv_config(n: int, k: int, max_shared_memory: int = 1 << 62,
     return cfg if cfg.shared_bytes <= max_shared_memory else GEMV_FALLBACK
 
 
-def gemv_variant(asym: bool, group_size: int, cfg: GemvConfig, subgroup: bool = True) -> str:
+def gemv_variant(asym: bool, group_size: int, cfg: GemvConfig, subgroup: bool = True,
+                 half_params: bool = False) -> str:
     sym = "asym" if asym else "sym"
-    return f"q4gsw_gemv_{sym}_{gemv_group_mode(group_size)}_{cfg.tag}" + ("" if subgroup else "_smem")
+    return (f"q4gsw_gemv_{sym}_{gemv_group_mode(group_size)}_{cfg.tag}"
+            + ("" if subgroup else "_smem") + ("_p16" if half_params else ""))
 
 
-def gemm_variant(asym: bool, m: int, tile: str | None = None) -> str:
+def gemm_variant(asym: bool, m: int, tile: str | None = None, half_params: bool = False) -> str:
     tile = tile or next(t for max_m, t in GEMM_TILES if m <= max_m)
-    return f"q4gsw_gemm_{'asym' if asym else 'sym'}_{tile}"
+    return f"q4gsw_gemm_{'asym' if asym else 'sym'}_{tile}" + ("_p16" if half_params else "")
 
 
 def route(m: int, kernel: str) -> str:
@@ -338,14 +384,14 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
         if cfg.shared_bytes > dev.caps.max_shared_memory:
             raise ValueError(f"GEMV shape {cfg.tag} needs {cfg.shared_bytes} bytes of shared "
                              f"memory, this device has {dev.caps.max_shared_memory}")
-        name = gemv_variant(w.has_zeros, w.group_size, cfg, subgroup=sub)
+        name = gemv_variant(w.has_zeros, w.group_size, cfg, subgroup=sub, half_params=w.half_params)
         units = w.group_size // (32 if gemv_group_mode(w.group_size) == "word" else 8)
         kern = dev.kernel(name, GROUP_UNITS=units)
         b.dispatch(kern, grid_2d(ceil_div(n, cfg.rows), dev.caps.max_workgroup_count[0]),
                    buffers=bufs, push={"n": n, "k": k, "n_groups": w.n_groups,
                                        "has_bias": int(bias is not None)})
         return []
-    plan = plan_gemm(m, n, k, w.has_zeros, gemm_tile, gemm_splits)
+    plan = plan_gemm(m, n, k, w.has_zeros, gemm_tile, gemm_splits, w.half_params)
     kern = dev.kernel(plan.variant, GROUP_COMPS=w.group_size // 8)
     max_x, max_y = dev.caps.max_workgroup_count[:2]
     gx = ceil_div(n, plan.bn)
@@ -399,10 +445,11 @@ class GemmPlan:
 
 
 def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
-              splits: int | None = None) -> GemmPlan:
+              splits: int | None = None, half_params: bool = False) -> GemmPlan:
     """Tile and split-K for an M x N x K GEMM."""
-    variant = gemm_variant(asym, m, tile)
-    bm, bn = (int(v) for v in variant.rsplit("_", 1)[1].split("x"))
+    variant = gemm_variant(asym, m, tile, half_params)
+    tile = tile or next(t for max_m, t in GEMM_TILES if m <= max_m)
+    bm, bn = (int(v) for v in tile.split("x"))
     kb = ceil_div(k, 32)
     if splits is None:
         tiles = ceil_div(m, bm) * ceil_div(n, bn)
@@ -490,13 +537,14 @@ def describe_variants(caps: Any) -> dict[str, str]:
     sub = bool(getattr(caps, "subgroup_shuffle", True))
     smem = int(getattr(caps, "max_shared_memory", 1 << 62))
     out = {}
+    # fp16 parameters, as quantize_weight makes them; "_p16" dropped with float32 parameters
     for n, k in ((1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336)):
         cfg = pick_gemv_config(n, k, smem, sub)
-        out[f"q4gsw GEMV (M=1, N={n}, K={k})"] = gemv_variant(False, 32, cfg, sub)
+        out[f"q4gsw GEMV (M=1, N={n}, K={k})"] = gemv_variant(False, 32, cfg, sub, True)
     cfg = pick_gemv_config(4096, 4096, smem, sub)
-    out["q4gsw GEMV (gs % 32 != 0)"] = gemv_variant(False, 16, cfg, sub)
+    out["q4gsw GEMV (gs % 32 != 0)"] = gemv_variant(False, 16, cfg, sub, True)
     for m in (2, 32, 33, 129):
-        out[f"q4gsw GEMM (M={m})"] = gemm_variant(False, m)
+        out[f"q4gsw GEMM (M={m})"] = gemm_variant(False, m, half_params=True)
     return out
 
 
@@ -508,13 +556,21 @@ GEMM_MS = (32, 128, 512)
 GEMM_SHAPES = ((4096, 4096), (14336, 4096))
 
 
-def random_weight(n: int, k: int, group_size: int, asym: bool, seed: int = 0) -> QuantizedWeight:
-    """A random valid int4 weight (no float quantization pass: fast at LLM sizes)."""
+def random_weight(n: int, k: int, group_size: int, asym: bool, seed: int = 0,
+                  half_params: bool = True) -> QuantizedWeight:
+    """A random valid int4 weight (no float quantization pass: fast at LLM sizes). Its
+    scales/zeros are fp16 numbers, as checkpoints and quantize_weight give, unless
+    `half_params` is False (then almost none is an fp16 number)."""
     rng = np.random.default_rng(seed)
     q = rng.integers(-8, 8, size=(n, k), dtype=np.int8)
     g = k // group_size
     scales = rng.uniform(0.5, 1.5, size=(n, g)).astype(np.float32) / 64
     zeros = rng.uniform(-0.1, 0.1, size=(n, g)).astype(np.float32) if asym else None
+    if half_params:
+        scales = scales.astype(np.float16).astype(np.float32)
+        if zeros is not None:
+            zeros = zeros.astype(np.float16).astype(np.float32)
+            zeros[np.abs(zeros) < layouts.HALF_MIN_NORMAL] = 0.0
     return QuantizedWeight(q, scales, zeros, bits=4, group_size=group_size)
 
 
@@ -529,18 +585,20 @@ def _copies(dev: Device, pw: Q4gswWeight, count: int) -> list[Q4gswWeight]:
             for src, dst in zip((pw.weight, pw.scales, pw.zeros), bufs):
                 if src is not None:
                     b.copy(src, dst)
-        out.append(Q4gswWeight(dev, pw.shape, pw.group_size, *bufs))
+        out.append(Q4gswWeight(dev, pw.shape, pw.group_size, *bufs, param_dtype=pw.param_dtype))
     return out
 
 
 class _Problem:
     """Device buffers for timing one (M, N, K, group size) problem, L2-cold."""
 
-    def __init__(self, ctx: BenchContext, m: int, n: int, k: int, gs: int, asym: bool = False):
+    def __init__(self, ctx: BenchContext, m: int, n: int, k: int, gs: int, asym: bool = False,
+                 half_params: bool = True):
         dev = ctx.device
         self.m, self.n, self.k, self.gs = m, n, k, gs
-        self.qw = random_weight(n, k, gs, asym)
+        self.qw = random_weight(n, k, gs, asym, half_params=half_params)
         base = prepack_quantized(self.qw, dev)
+        self.param_dtype = base.param_dtype
         self.weights = _copies(dev, base, copies_for_l2_cold(base.nbytes, ctx.l2_bytes))
         self.x = np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)
         self.bx = dev.upload(self.x)
@@ -570,7 +628,8 @@ class _Problem:
         if route(self.m, choice.get("kernel", "auto")) == "gemv":
             return None
         plan = plan_gemm(self.m, self.n, self.k, self.qw.zeros is not None,
-                         choice.get("gemm_tile"), choice.get("gemm_splits"))
+                         choice.get("gemm_tile"), choice.get("gemm_splits"),
+                         self.param_dtype == "float16")
         need = 4 * plan.splits * self.m * self.n
         if plan.splits > 1 and (self.scratch is None or self.scratch.nbytes < need):
             if self.scratch is not None:
@@ -610,16 +669,23 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
     peer = _TorchPeer(ctx) if "torch" in ctx.compare else None
     for gs in GEMV_GROUP_SIZES:
         for n, k in gemv_shapes:
-            for asym in (False, True) if gs == 32 else (False,):
-                p = _Problem(ctx, 1, n, k, gs, asym)
+            # fp16 parameters (what checkpoints and quantize_weight give) unless noted; at the
+            # first group size, symmetric float32 parameters too, for comparison.
+            first = gs == GEMV_GROUP_SIZES[0]
+            kinds = ((False, True), (True, True), (False, False)) if first else ((False, True),)
+            floor_bytes = 0
+            for asym, half in kinds:
+                p = _Problem(ctx, 1, n, k, gs, asym, half_params=half)
                 try:
                     name = p.variant(ctx)
+                    note = ("asymmetric " if asym else "") + ("" if half else "float32 params ")
                     yield Row.timed("q4gsw_linear", _shape(1, n, k, gs), name, p.time(ctx),
-                                    bytes=p.bytes, note=("asymmetric " if asym else "") + "L2-cold")
+                                    bytes=p.bytes, note=note + "L2-cold")
+                    floor_bytes = floor_bytes or p.bytes
                 finally:
                     p.close()
-            if gs == GEMV_GROUP_SIZES[0]:
-                yield _read_floor_row(ctx, 1, n, k, gs)
+            if first:
+                yield _read_floor_row(ctx, 1, n, k, gs, floor_bytes)
             if peer is not None:
                 yield from peer.rows(1, n, k, gs, fp16=(gs == GEMV_GROUP_SIZES[0]))
     for n, k in gemm_shapes:
@@ -636,12 +702,12 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
                 yield from peer.rows(m, n, k, 32, fp16=True)
 
 
-def _read_floor_row(ctx: BenchContext, m: int, n: int, k: int, gs: int) -> Row:
-    """The read_bandwidth kernel streaming exactly the GEMV's byte count, one dispatch per
-    L2-cold copy, timed like the GEMV: what any single kernel moving those bytes can reach
-    (launch and drain included), next to the 1 GiB roofline."""
+def _read_floor_row(ctx: BenchContext, m: int, n: int, k: int, gs: int, nbytes: int) -> Row:
+    """The read_bandwidth kernel streaming the GEMV's byte count (`nbytes`, rounded down to
+    16), one dispatch per L2-cold copy, timed like the GEMV: what any single kernel moving
+    those bytes can reach (launch and drain included), next to the 1 GiB roofline."""
     dev = ctx.device
-    nbytes = (n * ceil_div(k, 32) * 16 + n * (k // gs) * 4 + 4 * m * k + 4 * m * n) // 16 * 16
+    nbytes = nbytes // 16 * 16
     copies = copies_for_l2_cold(nbytes, ctx.l2_bytes)
     kern = dev.kernel("read_bandwidth")
     n_words = nbytes // 16
@@ -742,7 +808,7 @@ def sweep_gemv_configs() -> list[GemvConfig]:
     from vkq.shaderlib import declared_variants
     out = []
     for name, (_, p) in sorted(declared_variants().items()):
-        if name.startswith("q4gsw_gemv_sym_word_") and p["SUBGROUP"]:
+        if name.startswith("q4gsw_gemv_sym_word_") and p["SUBGROUP"] and not p.get("P16"):
             out.append(GemvConfig.from_params(p))
     return out
 
