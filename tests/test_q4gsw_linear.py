@@ -159,11 +159,13 @@ def test_routing(device):
         vkq.linear(np.ones((2, 64), np.float32), w, device=device)
         vkq.linear(np.ones((40, 64), np.float32), w, device=device)
         vkq.linear(np.ones((129, 64), np.float32), w, device=device)
+        vkq.linear(np.ones((129, 64), np.float32), w, device=device)
         vkq.linear(x1, w, kernel="gemm", device=device)
     gemv = gemv_name(w, device)
     assert gemv.endswith("_p16")  # quantize_weight's fp16 parameters
+    # the 128x64 tile reads float32 parameters: widened once, at its first use
     assert t.kernels == [gemv, gemv, "q4gsw_gemm_sym_32x64_p16", "q4gsw_gemm_sym_64x64_p16",
-                         "q4gsw_gemm_sym_128x64_p16",
+                         "q4gsw_params_widen", "q4gsw_gemm_sym_128x64", "q4gsw_gemm_sym_128x64",
                          "q4gsw_gemm_sym_32x64_p16"]  # K = 64: too short to split
     with pytest.raises(ValueError, match="M == 1"):
         vkq.linear(np.ones((2, 64), np.float32), w, kernel="gemv", device=device)
@@ -316,6 +318,29 @@ def test_parameter_storage_follows_fp16_exactness(device, symmetric):
             assert stored(half_s, z) == "float32"
     with pytest.raises(ValueError, match="param_dtype must be"):
         stored(half_s, half_z, "bfloat16")
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_float32_params_widen_fp16_exactly_once(device, symmetric):
+    n, k, gs = 13, 264, 24  # 13 x 11 parameters: the last word is half padding
+    w = make_weight(n, k, gs, symmetric, seed=4)
+    pw = op.prepack_quantized(w, device)
+    assert pw.half_params
+    scales, zeros = pw.float32_params()
+    assert pw.float32_params() == (scales, zeros)  # made once, then kept
+    with device.batch() as b:
+        got = [b.download(buf) for buf in (scales, zeros) if buf is not None]
+    np.testing.assert_array_equal(got[0].result().view(np.float32), w.scales.reshape(-1))
+    if symmetric:
+        assert zeros is None
+    else:
+        np.testing.assert_array_equal(got[1].result().view(np.float32), w.zeros.reshape(-1))
+    pw.close()  # frees the float32 copies too
+    assert all(buf.closed for buf in (scales, zeros) if buf is not None)
+    p32 = op.prepack_quantized(vkq.quantize_weight(np.ones((4, 64)), bits=4, group_size=32,
+                                                   param_dtype="float32"), device)
+    assert p32.float32_params() == (p32.scales, p32.zeros)  # nothing to widen
+    p32.close()
 
 
 def test_quantize_weight_parameter_dtypes():

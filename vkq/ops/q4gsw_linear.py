@@ -16,7 +16,8 @@ Parameter storage: scales and zeros are float32 numbers, but where fp16 holds ev
 them exactly (int4 checkpoints store fp16 scales; so does quantize_weight by default) the
 device copy keeps them as fp16 and the kernels' "_p16" variants read those: the same
 arithmetic on 2 bytes per parameter instead of 4 (at gs=32, 10 % of a symmetric weight's
-bytes, 17 % of an asymmetric one's). Measured on the H100 (one scratch run at 2644b29, µs,
+bytes, 17 % of an asymmetric one's). The GEMM's 128x64 tile is the exception: it reads a
+float32 copy that the weight makes once (GEMM_WIDEN_TILES says why). Measured on the H100 (one scratch run at 2644b29, µs,
 float32 | fp16 parameters, gs=32 symmetric): 4096x4096 7.85 | 7.53, 1024x4096 4.88 | 4.78,
 14336x4096 18.45 | 17.92, 4096x14336 17.49 | 16.65; asymmetric 14336x4096 22.71 | 21.32.
 
@@ -116,6 +117,7 @@ class Q4gswWeight:
         self.n_groups = self.shape[1] // self.group_size
         self.weight, self.scales, self.zeros = weight, scales, zeros
         self.param_dtype = param_dtype
+        self._wide: list[Buffer] | None = None  # float32 copies of fp16 params (float32_params)
         self.layouts = {"weight": WEIGHT_LAYOUT, "params": PARAMS_LAYOUT}
 
     @property
@@ -140,8 +142,31 @@ class Q4gswWeight:
     def _buffers(self) -> list[Buffer]:
         return [b for b in (self.weight, self.scales, self.zeros) if b is not None]
 
+    def float32_params(self) -> tuple[Buffer, Buffer | None]:
+        """(scales, zeros) as float32 buffers, for kernels that read float32 parameters: the
+        stored ones, or for fp16 parameters a copy widened on the GPU at first use, kept and
+        freed with the weight (4 bytes per parameter more; see GEMM_WIDEN_TILES)."""
+        if not self.half_params:
+            return self.scales, self.zeros
+        if self._wide is None:
+            count = self.shape[0] * self.n_groups
+            srcs = [b for b in (self.scales, self.zeros) if b is not None]
+            wide = [self.device.buffer(4 * count) for _ in srcs]
+            try:
+                kern = self.device.kernel("q4gsw_params_widen")
+                with self.device.batch() as b:
+                    for src, dst in zip(srcs, wide):
+                        b.dispatch(kern, grid_2d(ceil_div(count, 256), self.device.caps.max_workgroup_count[0]),
+                                   buffers={"t_out": dst, "t_in": src}, push={"count": count})
+            except BaseException:
+                for buf in wide:
+                    buf.close()
+                raise
+            self._wide = wide
+        return self._wide[0], self._wide[1] if self.has_zeros else None
+
     def close(self) -> None:
-        for b in self._buffers():
+        for b in self._buffers() + (self._wide or []):
             b.close()
 
     def __repr__(self) -> str:
@@ -313,6 +338,14 @@ GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
 #: and at M=32 it was 2.2x slower than 32x64 (rows wasted). M=33..64 keeps 64x64, which
 #: wastes no rows there.
 GEMM_TILES: tuple[tuple[int, str], ...] = ((32, "32x64"), (64, "64x64"), (1 << 62, "128x64"))
+#: Tiles that read float32 parameters even for an fp16-parameter weight (from a float32 copy
+#: the weight makes on first use, Q4gswWeight.float32_params). With fp16 parameters decoded
+#: in the kernel, NVIDIA's compiler made the 128x64 tile 4-20 % slower at M = 128..512 (the
+#: decode is 2 instructions per 1024 FMAs; its hot loop came out the same apart from
+#: registers; decoding at the load, at the use, or by select all measured slower, H100
+#: scratch runs at b225a06), while the 32x64 and 64x64 tiles ran within 1 %. For prefill
+#: shapes the copy costs memory once instead of time per call. 64x128 (not routed) follows.
+GEMM_WIDEN_TILES = ("128x64", "64x128")
 
 
 def gemv_group_mode(group_size: int) -> str:
@@ -392,6 +425,10 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
                                        "has_bias": int(bias is not None)})
         return []
     plan = plan_gemm(m, n, k, w.has_zeros, gemm_tile, gemm_splits, w.half_params)
+    if plan.float32_params:
+        bufs["t_scales"], zeros = w.float32_params()
+        if zeros is not None:
+            bufs["t_zeros"] = zeros
     kern = dev.kernel(plan.variant, GROUP_COMPS=w.group_size // 8)
     max_x, max_y = dev.caps.max_workgroup_count[:2]
     gx = ceil_div(n, plan.bn)
@@ -437,6 +474,7 @@ class GemmPlan:
     bn: int
     splits: int
     split_chunks: int
+    float32_params: bool = False  # fp16 parameters read through Q4gswWeight.float32_params
 
     @property
     def kernels(self) -> list[str]:
@@ -447,8 +485,9 @@ class GemmPlan:
 def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
               splits: int | None = None, half_params: bool = False) -> GemmPlan:
     """Tile and split-K for an M x N x K GEMM."""
-    variant = gemm_variant(asym, m, tile, half_params)
     tile = tile or next(t for max_m, t in GEMM_TILES if m <= max_m)
+    widen = half_params and tile in GEMM_WIDEN_TILES
+    variant = gemm_variant(asym, m, tile, half_params and not widen)
     bm, bn = (int(v) for v in tile.split("x"))
     kb = ceil_div(k, 32)
     if splits is None:
@@ -456,7 +495,7 @@ def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
         splits = max(1, min(ceil_div(SPLIT_TARGET_WORKGROUPS, tiles), kb // SPLIT_MIN_CHUNKS))
     splits = max(1, min(int(splits), kb))
     chunks = ceil_div(kb, splits)
-    return GemmPlan(variant, bm, bn, ceil_div(kb, chunks), chunks)
+    return GemmPlan(variant, bm, bn, ceil_div(kb, chunks), chunks, widen)
 
 
 _DUMMIES: "weakref.WeakKeyDictionary[Device, Buffer]" = weakref.WeakKeyDictionary()
