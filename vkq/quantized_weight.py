@@ -132,6 +132,7 @@ class QuantizedWeight:
         return f"QuantizedWeight(bits={self.bits}, shape={self.shape}{extra})"
 
 
+#: How int4 scales/zeros may be kept (quantize_weight, and the q4gsw device copy).
 PARAM_DTYPES = ("auto", "float16", "float32")
 
 

@@ -2,7 +2,7 @@
 // row-major ("group_params_ng"), read as PARAM(t_scales, i) / PARAM(t_zeros, i).
 //
 // P16: the weight stores them as fp16, two per 32-bit word (element i in bits 16*(i%2)..),
-// which the host does only when fp16 holds every value exactly (vkq.layouts.half_params), so
+// which the host does only when fp16 holds every value exactly (vkq.layouts.fits_half), so
 // the kernels compute with the same fp32 numbers either way while streaming half the bytes.
 // Read through uint words rather than a float16_t buffer: no 16-bit storage feature needed.
 {% set P16 = P16 | default(false) %}

@@ -17,9 +17,10 @@ them exactly (int4 checkpoints store fp16 scales; so does quantize_weight by def
 device copy keeps them as fp16 and the kernels' "_p16" variants read those: the same
 arithmetic on 2 bytes per parameter instead of 4 (at gs=32, 10 % of a symmetric weight's
 bytes, 17 % of an asymmetric one's). The GEMM's 128x64 tile is the exception: it reads a
-float32 copy that the weight makes once (GEMM_WIDEN_TILES says why). Measured on the H100 (one scratch run at 2644b29, µs,
-float32 | fp16 parameters, gs=32 symmetric): 4096x4096 7.85 | 7.53, 1024x4096 4.88 | 4.78,
-14336x4096 18.45 | 17.92, 4096x14336 17.49 | 16.65; asymmetric 14336x4096 22.71 | 21.32.
+float32 copy that the weight makes once (GEMM_WIDEN_TILES says why). GEMV on the H100 (one
+scratch run at 2644b29, µs, float32 | fp16 parameters, gs=32 symmetric): 4096x4096 7.85 |
+7.53, 1024x4096 4.88 | 4.78, 14336x4096 18.45 | 17.92, 4096x14336 17.49 | 16.65; asymmetric
+14336x4096 22.71 | 21.32.
 
 What bounds the GEMV (H100, chained µs at the maximum SM clock; diagnostic variants of the
 routed shape, one scratch run at a24eda0: real | math and scale loads replaced by one xor
@@ -76,7 +77,7 @@ from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import Timing, copies_for_l2_cold, time_call
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
 from vkq.ops.common import bias_vector, ceil_div, float_input, grid_2d
-from vkq.quantized_weight import QuantizedWeight
+from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
 from vkq.tensor import DENSE, DeviceTensor
 
@@ -88,7 +89,6 @@ WEIGHT_LAYOUT = (INT4_UVEC4, 1)
 PARAMS_LAYOUT = (GROUP_PARAMS_NG, 1)
 
 KERNELS = ("auto", "gemv", "gemm")
-PARAM_DTYPES = ("auto", "float16", "float32")
 
 
 # ----------------------------------------------------------------------------- packed weight
@@ -189,8 +189,6 @@ def prepack_q4gsw(weight: PackedTensor, params: PackedTensor, device: Device | N
             half the parameter bytes and compute with the same numbers), float32 otherwise.
             "float16" insists (ValueError if not exact); "float32" never converts.
     """
-    if param_dtype not in PARAM_DTYPES:  # checked before any work
-        raise ValueError(f"param_dtype must be one of {PARAM_DTYPES}, got {param_dtype!r}")
     for what, p in (("weight", weight), ("params", params)):
         if not isinstance(p, PackedTensor):
             raise TypeError(f"{what} must be a vkq.layouts.PackedTensor, got {type(p).__name__}")
