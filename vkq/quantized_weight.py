@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vkq.layouts import HALF_MIN_NORMAL, check_group_size
+from vkq.layouts import HALF_MIN_NORMAL, check_group_size, fits_half
 
 #: K below which an int8 x int8 sum cannot overflow int32: 2^31 / 128^2 (SPEC §1).
 INT8_MAX_K = 131072
@@ -189,23 +189,32 @@ def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
     return QuantizedWeight(q.reshape(n, k), s, z, bits=4, group_size=group_size)
 
 
+def half_group_params(scales: np.ndarray, zeros: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """int4 scales (and zeros) rounded to fp16 numbers, kept as float32 arrays, zeros below
+    fp16's normal range flushed to 0; None where a scale does not round to a positive normal
+    fp16 or a value overflows it (vkq.layouts.fits_half)."""
+    with np.errstate(over="ignore"):
+        s = np.asarray(scales, np.float32).astype(np.float16).astype(np.float32)
+        z = None if zeros is None else np.asarray(zeros, np.float32).astype(np.float16).astype(np.float32)
+    if z is not None:
+        z[np.abs(z) < HALF_MIN_NORMAL] = 0.0
+    if not (np.all(s > 0) and fits_half(s) and (z is None or fits_half(z))):
+        return None
+    return s, z
+
+
 def _group_params(s: np.ndarray, z: np.ndarray | None,
                   param_dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
     """float32 scales (and zeros) as quantize_weight stores them: rounded to fp16 numbers
-    where `param_dtype` asks for it and they fit (zeros below fp16's normal range become 0)."""
+    where `param_dtype` asks for it and they fit (half_group_params)."""
     s32 = s.astype(np.float32)
     z32 = None if z is None else z.astype(np.float32)
     if param_dtype == "float32":
         return s32, z32
-    with np.errstate(over="ignore"):
-        sh = s32.astype(np.float16).astype(np.float32)
-        zh = None if z32 is None else z32.astype(np.float16).astype(np.float32)
-    if zh is not None:
-        zh[np.abs(zh) < HALF_MIN_NORMAL] = 0.0
-    fits = bool(np.all(np.isfinite(sh)) and np.all(sh >= HALF_MIN_NORMAL)
-                and (zh is None or np.all(np.isfinite(zh))))
-    if fits:
-        return sh, zh
+    half = half_group_params(s32, z32)
+    if half is not None:
+        return half
     if param_dtype == "float16":
         raise ValueError("param_dtype='float16': a scale or zero falls outside fp16's normal "
                          "range (2^-14 .. 65504); use param_dtype='auto' or 'float32'")

@@ -77,7 +77,7 @@ from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import Timing, copies_for_l2_cold, time_call
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
 from vkq.ops.common import bias_vector, ceil_div, float_input, grid_2d
-from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
+from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight, half_group_params
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
 from vkq.tensor import DENSE, DeviceTensor
 
@@ -603,11 +603,8 @@ def random_weight(n: int, k: int, group_size: int, asym: bool, seed: int = 0,
     g = k // group_size
     scales = rng.uniform(0.5, 1.5, size=(n, g)).astype(np.float32) / 64
     zeros = rng.uniform(-0.1, 0.1, size=(n, g)).astype(np.float32) if asym else None
-    if half_params:
-        scales = scales.astype(np.float16).astype(np.float32)
-        if zeros is not None:
-            zeros = zeros.astype(np.float16).astype(np.float32)
-            zeros[np.abs(zeros) < layouts.HALF_MIN_NORMAL] = 0.0
+    if half_params:  # these ranges always fit fp16
+        scales, zeros = half_group_params(scales, zeros)
     return QuantizedWeight(q, scales, zeros, bits=4, group_size=group_size)
 
 
@@ -635,7 +632,6 @@ class _Problem:
         self.m, self.n, self.k, self.gs = m, n, k, gs
         self.qw = random_weight(n, k, gs, asym, half_params=half_params)
         base = prepack_quantized(self.qw, dev)
-        self.param_dtype = base.param_dtype
         self.weights = _copies(dev, base, copies_for_l2_cold(base.nbytes, ctx.l2_bytes))
         self.x = np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)
         self.bx = dev.upload(self.x)
@@ -666,7 +662,7 @@ class _Problem:
             return None
         plan = plan_gemm(self.m, self.n, self.k, self.qw.zeros is not None,
                          choice.get("gemm_tile"), choice.get("gemm_splits"),
-                         self.param_dtype == "float16")
+                         self.weights[0].half_params)
         need = 4 * plan.splits * self.m * self.n
         if plan.splits > 1 and (self.scratch is None or self.scratch.nbytes < need):
             if self.scratch is not None:
