@@ -38,10 +38,12 @@ The arithmetic alone takes as long as the weight stream alone, and the two overl
 part. Exact fp32 results take three instructions per weight: a LOP3 builds the float, an
 FADD removes its offset, and an FFMA accumulates. A register-only microbenchmark of that
 pattern runs 8.5 T weights/s on the H100, about 0.84 instructions per clock and scheduler,
-which is 6.9 µs for the large shapes. The loop adds ~45 % more instructions per weight (560
-per 128 weights at rw4r4u1k4x: x from shared memory, addresses, scale loads, the driver's
-bounds checks, register moves), and stalls add the rest. The SASS comes from
-`scripts/nvidia_sass.py`.
+which is 6.9 µs for the large shapes. The loop adds ~40 % more instructions per weight (542
+per 128 weights at rw4r4u1k4x_p16: x from shared memory, addresses, scale loads and their
+fp16 decode, the driver's bounds checks, 32 register moves of the double buffer), and stalls
+add the rest. The SASS comes from `scripts/nvidia_sass.py`. Writing the shared x addresses
+as base + literal took 33 instructions out of that loop (575 -> 542) and measured
+0.05-0.6 µs faster at every routed shape (one scratch run at 82e7de5, interleaved rounds).
 Measured and not better (H100): more words in flight per lane (U = 2, 4), more or fewer
 warps splitting K (KS = 16; KS = 1, where each warp walks all of K: up to 4x slower), or 8
 channels per lane (R = 8, 167 registers) than GEMV_CONFIGS uses: up to 70 % slower. No shape
