@@ -59,11 +59,22 @@ def check(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray
     assert np.all(err <= tol), f"max err {err.max():.3g}, worst err/tol {np.max(err / tol):.3g}"
 
 
-def gemv_name(w: vkq.QuantizedWeight, device) -> str:
+def gemv_name(w: vkq.QuantizedWeight, device, m: int = 1) -> str:
     n, k = w.shape
     sub = device.caps.subgroup_shuffle
-    cfg = op.pick_gemv_config(n, k, device.caps.max_shared_memory, sub)
+    cfg = op.pick_gemv_config(n, k, device.caps.max_shared_memory, sub, m)
     return op.gemv_variant(not w.symmetric, w.group_size, cfg, sub, half_params(w))
+
+
+def routed_kernels(w: vkq.QuantizedWeight, device, m: int) -> list[str]:
+    """What kernel="auto" must run for M rows: the GEMV up to GEMV_MAX_ROWS rows (where the
+    device has a shape for them), else the GEMM."""
+    n, k = w.shape
+    caps = device.caps
+    if m <= op.GEMV_MAX_ROWS and op.pick_gemv_config(n, k, caps.max_shared_memory,
+                                                      caps.subgroup_shuffle, m) is not None:
+        return [gemv_name(w, device, m)]
+    return gemm_kernels(w, m)
 
 
 def gemm_kernels(w: vkq.QuantizedWeight, m: int) -> list[str]:
@@ -90,7 +101,7 @@ def test_matches_reference(device, k, gs, symmetric, params):
         bias = rng.standard_normal(n).astype(np.float32) if m % 2 else None
         with vkq.trace() as t:
             y = vkq.linear(x, w, bias, device=device)
-        assert t.kernels == ([gemv_name(w, device)] if m == 1 else gemm_kernels(w, m))
+        assert t.kernels == routed_kernels(w, device, m)
         check(y, x, w, bias)
 
 
@@ -127,7 +138,7 @@ def test_exact_arithmetic_is_bit_exact(device, k, gs, symmetric, params):
     assert pw.param_dtype == params
     rng = np.random.default_rng(k)
     try:
-        for m, kernel in ((1, "gemv"), (1, "gemm"), (5, "gemm")):
+        for m, kernel in ((1, "gemv"), (1, "gemm"), (5, "gemm"), (2, "gemv"), (5, "gemv")):
             x = rng.integers(-4, 5, size=(m, k)).astype(np.float32)
             bias = rng.integers(-8, 9, size=19).astype(np.float32)
             y = vkq.linear(x, pw, bias, kernel=kernel)
@@ -137,14 +148,15 @@ def test_exact_arithmetic_is_bit_exact(device, k, gs, symmetric, params):
         pw.close()
 
 
+@pytest.mark.parametrize("m", [1, 2, 5])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
-def test_gemv_and_gemm_agree(device, symmetric):
+def test_gemv_and_gemm_agree(device, symmetric, m):
     w = make_weight(45, 1024, 64, symmetric, seed=7)
-    x = np.random.default_rng(8).standard_normal((1, 1024)).astype(np.float32)
+    x = np.random.default_rng(8).standard_normal((m, 1024)).astype(np.float32)
     with vkq.trace() as t:
         y_gemv = vkq.linear(x, w, kernel="gemv", device=device)
         y_gemm = vkq.linear(x, w, kernel="gemm", device=device)
-    assert t.kernels == [gemv_name(w, device)] + gemm_kernels(w, 1)
+    assert t.kernels == [gemv_name(w, device, m)] + gemm_kernels(w, m)
     check(y_gemv, x, w, None)
     check(y_gemm, x, w, None)
     assert np.all(np.abs(y_gemv - y_gemm) <= 2 * tolerance(x, w, None))
@@ -153,10 +165,14 @@ def test_gemv_and_gemm_agree(device, symmetric):
 def test_routing(device):
     w = make_weight(16, 64, 32, True, seed=1)
     x1 = np.ones((1, 64), np.float32)
+    lim = op.GEMV_MAX_ROWS
     with vkq.trace() as t:
         vkq.linear(x1, w, device=device)                    # M == 1 -> GEMV
         vkq.linear(x1[0], w, device=device)                 # 1-D x is one row too
-        vkq.linear(np.ones((2, 64), np.float32), w, device=device)
+        vkq.linear(np.ones((2, 64), np.float32), w, device=device)    # small batches: GEMV
+        vkq.linear(np.ones((lim, 64), np.float32), w, device=device)  # with rows of x
+        vkq.linear(np.ones((lim + 1, 64), np.float32), w, device=device)
+        vkq.linear(np.ones((40, 64), np.float32), w, kernel="gemv", device=device)
         vkq.linear(np.ones((40, 64), np.float32), w, device=device)
         vkq.linear(np.ones((129, 64), np.float32), w, device=device)
         vkq.linear(np.ones((129, 64), np.float32), w, device=device)
@@ -164,11 +180,27 @@ def test_routing(device):
     gemv = gemv_name(w, device)
     assert gemv.endswith("_p16")  # quantize_weight's fp16 parameters
     # the 128x64 tile reads float32 parameters: widened once, at its first use
-    assert t.kernels == [gemv, gemv, "q4gsw_gemm_sym_32x64_p16", "q4gsw_gemm_sym_64x64_p16",
+    assert t.kernels == [gemv, gemv, gemv_name(w, device, 2), gemv_name(w, device, lim),
+                         "q4gsw_gemm_sym_32x64_p16", gemv_name(w, device, 40),
+                         "q4gsw_gemm_sym_64x64_p16",
                          "q4gsw_params_widen", "q4gsw_gemm_sym_128x64", "q4gsw_gemm_sym_128x64",
                          "q4gsw_gemm_sym_32x64_p16"]  # K = 64: too short to split
-    with pytest.raises(ValueError, match="M == 1"):
-        vkq.linear(np.ones((2, 64), np.float32), w, kernel="gemv", device=device)
+    assert "xm2_" in gemv_name(w, device, 2) and "xm4_" in gemv_name(w, device, lim)
+    pw = op.prepack_quantized(w, device)
+    x2 = device.upload(np.ones((2, 64), np.float32))
+    y2 = device.buffer(4 * 2 * 16)
+    try:
+        with device.batch() as b:
+            with pytest.raises(ValueError, match="one row of x"):
+                op.record_linear(b, pw, x2, y2, 2, kernel="gemv", gemv_config=op.GEMV_FALLBACK)
+            with pytest.raises(ValueError, match="subgroup shuffles"):
+                op.record_linear(b, pw, x2, y2, 2, kernel="gemv", gemv_subgroup=False)
+            # no GEMV shape for M > 1 without shuffles: "auto" runs the GEMM
+            op.record_linear(b, pw, x2, y2, 2, gemv_subgroup=False)
+        assert b.kernel_names == ["q4gsw_gemm_sym_32x64_p16"]
+    finally:
+        for buf in (pw, x2, y2):
+            buf.close()
 
 
 def test_batch_dims_float16_and_empty(device):
@@ -212,6 +244,17 @@ def test_nan_inf_propagate_like_reference(device, symmetric, kernel):
         finite = np.isfinite(ref)
         np.testing.assert_array_equal(y[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])
         assert np.all(np.abs(y[finite] - ref[finite]) <= tolerance(x, w, None)[finite])
+    # All rows in one call (the GEMV takes them in one workgroup): each row's NaN and Inf
+    # stay in its own outputs.
+    x = np.full((len(rows), 64), 0.5, np.float32)
+    for i, (j, v) in enumerate(rows):
+        x[i, j] = v
+    y = vkq.linear(x, w, kernel=kernel, device=device)
+    ref = q4gsw_linear_reference(x, w.q, w.scales, w.zeros, w.group_size)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_array_equal(y[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])
+    assert np.all(np.abs(y[finite] - ref[finite]) <= tolerance(x, w, None)[finite])
 
 
 # ------------------------------------------------------------------ bad inputs
@@ -429,6 +472,7 @@ def run_guarded(device, w: vkq.QuantizedWeight, x: np.ndarray, bias, **choice) -
 # Every shape routing picks (each in symmetric word and asymmetric component mode), plus the
 # tree fallback; the slow test runs every tuning shape.
 TUNING = tuple(dict.fromkeys(cfg for _, _, cfg in op.GEMV_CONFIGS))
+BATCH = tuple(dict.fromkeys(cfg for _, _, cfg in op.GEMV_BATCH_CONFIGS))
 # (choice, K, group size, symmetric); N = 67 leaves a ragged last GEMV workgroup and GEMM
 # tile, K = 1320 ends inside a word. Tuning shapes exist for symmetric word groups only.
 GUARD_CASES = (
@@ -442,6 +486,9 @@ GUARD_CASES = (
     # K = 1320: the tail step alone.
     + [(dict(kernel="gemv", gemv_config=c), k, gs, sym) for c in TUNING
        for k, gs, sym in ((6400, 64, True), (6400, 64, False), (6408, 8, False), (1320, 24, True))]
+    # Shapes with rows of x (M = 7: the last block of 2 or 4 rows is ragged)
+    + [(dict(kernel="gemv", gemv_config=c), k, gs, sym) for c in BATCH
+       for k, gs, sym in ((6400, 64, True), (6408, 8, False), (1320, 24, True), (1320, 8, False))]
     + [(dict(kernel="gemm", gemm_tile=t, gemm_splits=1), 1320, 8, False) for t in ("32x64", "64x64")]
     + [(dict(kernel="gemm", gemm_tile=t, gemm_splits=s), 1320, 8, False)
        for t, s in (("32x64", 3), ("64x64", 42))]
@@ -470,7 +517,8 @@ def test_gemm_128_row_tile(device, symmetric, m):
 def test_no_out_of_bounds_access(device, choice, k, gs, symmetric, params):
     # fp16 parameters: 67 channels x an odd number of groups (K = 1320, gs = 8 or 24) leave
     # the last parameter word half padding.
-    m = 1 if choice["kernel"] == "gemv" else 7
+    gemv_rows = getattr(choice.get("gemv_config"), "mr", 1)
+    m = 1 if choice["kernel"] == "gemv" and gemv_rows == 1 else 7
     w = make_weight(67, k, gs, symmetric, seed=k, param_dtype=params)
     x = np.random.default_rng(k).standard_normal((m, k)).astype(np.float32)
     bias = np.random.default_rng(1).standard_normal(67).astype(np.float32)
@@ -510,4 +558,10 @@ def test_gemv_routing_respects_shared_memory():
         assert op.pick_gemv_config(n, k, cfg.shared_bytes) == cfg
         assert op.pick_gemv_config(n, k, cfg.shared_bytes - 1) == op.GEMV_FALLBACK
         assert op.pick_gemv_config(n, k, subgroup=False) == op.GEMV_FALLBACK
+        for m in (2, 3, op.GEMV_MAX_ROWS):
+            cfg = op.pick_gemv_config(n, k, m=m)
+            assert cfg.xs and cfg.mr > 1 and cfg.shared_bytes <= 32768
+            assert op.pick_gemv_config(n, k, cfg.shared_bytes, m=m) == cfg
+            assert op.pick_gemv_config(n, k, cfg.shared_bytes - 1, m=m) is None
+            assert op.pick_gemv_config(n, k, subgroup=False, m=m) is None
     assert op.GEMV_FALLBACK.shared_bytes <= 16384  # Vulkan's minimum maxComputeSharedMemorySize

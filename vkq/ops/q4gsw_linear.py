@@ -7,10 +7,12 @@
 
 Routing (SPEC §5): M == 1 -> the cooperative GEMV (`q4gsw_linear_gemv.comp.j2`), whose
 workgroup shape is picked by (N, K) from measurements (`GEMV_CONFIGS`); M > 1 -> the
-register-tiled GEMM (`q4gsw_linear.comp.j2`), which handles every valid shape. The GEMV
-needs K % 8 == 0 and group_size % 8 == 0, which every valid int4 weight satisfies.
-`kernel="gemv" | "gemm"` forces one (GEMV only for M == 1). Small M splits K over extra
-GEMM workgroups (split-K) and sums the slices in a second pass.
+register-tiled GEMM (`q4gsw_linear.comp.j2`), which handles every valid shape, except that
+small batches (M <= GEMV_MAX_ROWS) run the GEMV too, with 2 or 4 rows of x per workgroup
+(`GEMV_BATCH_CONFIGS`): the GEMM's 32-row tiles made M = 2 cost as much as M = 32 (8-10x
+the GEMV's time on the H100). The GEMV needs K % 8 == 0 and group_size % 8 == 0, which
+every valid int4 weight satisfies. `kernel="gemv" | "gemm"` forces one, for any M. Small M
+in the GEMM splits K over extra workgroups (split-K) and sums the slices in a second pass.
 
 Parameter storage: scales and zeros are float32 numbers, but where fp16 holds every one of
 them exactly (int4 checkpoints store fp16 scales; so does quantize_weight by default) the
@@ -273,18 +275,21 @@ class GemvConfig:
     """Workgroup shape of the GEMV (see q4gsw_linear_gemv.comp.j2): KS warps split K; in a
     warp, RW row slots of 32/RW lanes each split K too; every lane carries R channels and
     reads U words of each per step. A workgroup owns RW*R channels. `xs`: x is staged
-    through shared memory with coalesced loads instead of read per lane from global memory."""
+    through shared memory with coalesced loads instead of read per lane from global memory.
+    `mr`: rows of x per workgroup (small batches; needs `xs`), each weight read once for all."""
 
     rw: int
     r: int
     u: int
     ks: int
     xs: bool = False
+    mr: int = 1
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "GemvConfig":
         """The shape of a declared GEMV variant, from its template parameters."""
-        return cls(params["RW"], params["R"], params["U"], params["KS"], params.get("XS", False))
+        return cls(params["RW"], params["R"], params["U"], params["KS"], params.get("XS", False),
+                   params.get("MR", 1))
 
     @property
     def rows(self) -> int:
@@ -292,15 +297,16 @@ class GemvConfig:
 
     @property
     def tag(self) -> str:
-        return f"rw{self.rw}r{self.r}u{self.u}k{self.ks}" + ("x" if self.xs else "")
+        return (f"rw{self.rw}r{self.r}u{self.u}k{self.ks}" + ("x" if self.xs else "")
+                + (f"m{self.mr}" if self.mr > 1 else ""))
 
     @property
     def shared_bytes(self) -> int:
         """Shared memory of the variant: the reduction array, plus the x double buffers."""
         jw = 32 // self.rw
-        red = 4 * self.rows * self.ks * jw
-        xv = 8 * jw * self.u  # vec4s of x per warp and step, padded by 1 per 8 below
-        return red + (16 * self.ks * 2 * (xv + xv // 8) if self.xs else 0)
+        red = 4 * self.rows * self.mr * self.ks * jw
+        xv = 8 * jw * self.u  # vec4s of x per warp, step and row, padded by 1 per 8 below
+        return red + (16 * self.ks * 2 * self.mr * (xv + xv // 8) if self.xs else 0)
 
 
 #: The shape used where the device lacks subgroup shuffles (shared-memory reduction only),
@@ -337,6 +343,26 @@ GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
 #:   M=128: N=4096 158 | 176, N=14336 546 | 587;  M=512: N=4096 542 | 666, N=14336 1831 | 2260
 #: and at M=32 it was 2.2x slower than 32x64 (rows wasted). M=33..64 keeps 64x64, which
 #: wastes no rows there.
+#: Batches of up to GEMV_MAX_ROWS rows run the GEMV too, with MR rows of x per workgroup
+#: (gl_WorkGroupID.z picks the block): each weight is read and turned into floats once per
+#: block, where the GEMM's 32-row tiles compute padding rows. Shape by (max N, max M) from
+#: one H100 scratch run (K=4096 unless said, gs=32, chained µs, best | GEMM):
+#:   M=2:  4096² rw4r4u1k4xm2 8.9 | 63.7, 14336 rw4r4u1k2xm2 22.4 (rw4r4u1k4xm2 23.9) | 217.8,
+#:         K=14336 rw4r4u1k4xm2 20.5 | 218.6, N=1024 rw4r2u1k4xm2 5.9 | 22.1
+#:   M=4:  rw8r2u1k4xm4 11.7 | 66.5, 36.1 (rw8r2u1k2xm4 33.5) | 218.8, 30.5 | 219.4,
+#:         N=1024 rw4r2u1k4xm2 6.0 (rw8r2u1k4xm4 9.1) | 22.7
+#:   M=16: rw8r2u1k2xm4 31.6 (rw8r2u1k4xm4 34.1) | 66.3, 103.6 (112.4) | 219.8,
+#:         100.6 (103.1) | 220.9, N=1024 rw8r2u1k4xm4 10.6 | 22.7
+#: rw8r2u1k2xm4 was up to 48 % slower elsewhere (K=14336, M=4); KS=2 shapes of 4 rows and
+#: rw4r2/rw4r4 with MR=4 trailed at every shape. All routed batch shapes need <= 22.5 KiB
+#: of shared memory. Up to M = 16 the GEMV measured 2x faster than the GEMM or more.
+GEMV_MAX_ROWS = 16
+GEMV_BATCH_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
+    # (max N, max M, config)
+    (2048, 8, GemvConfig(4, 2, 1, 4, xs=True, mr=2)),
+    (1 << 62, 2, GemvConfig(4, 4, 1, 4, xs=True, mr=2)),
+    (1 << 62, 1 << 62, GemvConfig(8, 2, 1, 4, xs=True, mr=4)),
+)
 GEMM_TILES: tuple[tuple[int, str], ...] = ((32, "32x64"), (64, "64x64"), (1 << 62, "128x64"))
 #: Tiles that read float32 parameters even for an fp16-parameter weight (from a float32 copy
 #: the weight makes on first use, Q4gswWeight.float32_params). With fp16 parameters decoded
@@ -354,9 +380,13 @@ def gemv_group_mode(group_size: int) -> str:
 
 
 def pick_gemv_config(n: int, k: int, max_shared_memory: int = 1 << 62,
-                     subgroup: bool = True) -> GemvConfig:
-    """The routed GEMV shape for (N, K); GEMV_FALLBACK without subgroup shuffles, or where
-    the routed shape needs more shared memory than the device has."""
+                     subgroup: bool = True, m: int = 1) -> GemvConfig | None:
+    """The routed GEMV shape for M rows of (N, K). M == 1: GEMV_FALLBACK without subgroup
+    shuffles, or where the routed shape needs more shared memory than the device has.
+    M > 1 (GEMV_BATCH_CONFIGS): None there, and the GEMM runs instead."""
+    if m > 1:
+        cfg = next(c for max_n, max_m, c in GEMV_BATCH_CONFIGS if n <= max_n and m <= max_m)
+        return cfg if subgroup and cfg.shared_bytes <= max_shared_memory else None
     if not subgroup:
         return GEMV_FALLBACK
     cfg = next(c for max_n, max_k, c in GEMV_CONFIGS if n <= max_n and k <= max_k)
@@ -376,15 +406,38 @@ def gemm_variant(asym: bool, m: int, tile: str | None = None, half_params: bool 
 
 
 def route(m: int, kernel: str) -> str:
-    """"gemv" or "gemm" for M rows under the user's `kernel` choice."""
+    """"gemv" or "gemm" for M rows under the user's `kernel` choice (before the device has
+    its say: record_linear runs the GEMM where no GEMV shape serves M > 1 on the device)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel == "gemv" and m != 1:
-        raise ValueError(f"kernel='gemv' needs exactly one row (M == 1), got M = {m}; "
-                         f"use kernel='gemm' or 'auto'")
     if kernel == "auto":
-        return "gemv" if m == 1 else "gemm"
+        return "gemv" if m <= GEMV_MAX_ROWS else "gemm"
     return kernel
+
+
+def gemv_shape(dev: Device, n: int, k: int, m: int, kernel: str = "auto",
+               gemv_config: GemvConfig | None = None,
+               gemv_subgroup: bool | None = None) -> GemvConfig | None:
+    """The GEMV workgroup shape that runs M rows of (N, K) on `dev`, or None where the GEMM
+    runs instead (route() says "gemm", or M > 1 and the device has no GEMV shape for it)."""
+    if route(m, kernel) != "gemv":
+        return None
+    sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
+    cfg = gemv_config or pick_gemv_config(n, k, dev.caps.max_shared_memory, sub, m)
+    if cfg is None and kernel == "gemv":
+        raise ValueError(f"kernel='gemv' with M = {m} > 1 needs subgroup shuffles and "
+                         f"{pick_gemv_config(n, k, m=m).shared_bytes} bytes of shared memory; "
+                         f"this device has {dev.caps.max_shared_memory}")
+    if cfg is not None:
+        if cfg.mr > 1 and not sub:
+            raise ValueError(f"GEMV shape {cfg.tag} (rows of x) needs subgroup shuffles")
+        if m > 1 and cfg.mr == 1:
+            raise ValueError(f"GEMV shape {cfg.tag} takes one row of x; M = {m} needs a shape "
+                             f"with rows (mr > 1)")
+        if cfg.shared_bytes > dev.caps.max_shared_memory:
+            raise ValueError(f"GEMV shape {cfg.tag} needs {cfg.shared_bytes} bytes of shared "
+                             f"memory, this device has {dev.caps.max_shared_memory}")
+    return cfg
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -404,25 +457,27 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
     """
     dev = b.device
     n, k = w.shape
-    path = route(m, kernel)
+    cfg = gemv_shape(dev, n, k, m, kernel, gemv_config, gemv_subgroup)
     bias_buf = bias if bias is not None else _dummy(dev)
     bufs = {"t_out": y, "t_x": x, "t_weight": w.weight, "t_scales": w.scales, "t_bias": bias_buf}
     if w.has_zeros:
         bufs["t_zeros"] = w.zeros
     if k >= 1 << 31:  # both shaders build their nibble-to-float exponent from pc.k >> 31
         raise ValueError(f"the q4gsw kernels support K < 2^31, got K = {k}")
-    if path == "gemv":
+    if cfg is not None:
         sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
-        cfg = gemv_config or pick_gemv_config(n, k, dev.caps.max_shared_memory, sub)
-        if cfg.shared_bytes > dev.caps.max_shared_memory:
-            raise ValueError(f"GEMV shape {cfg.tag} needs {cfg.shared_bytes} bytes of shared "
-                             f"memory, this device has {dev.caps.max_shared_memory}")
         name = gemv_variant(w.has_zeros, w.group_size, cfg, subgroup=sub, half_params=w.half_params)
         units = w.group_size // (32 if gemv_group_mode(w.group_size) == "word" else 8)
         kern = dev.kernel(name, GROUP_UNITS=units)
-        b.dispatch(kern, grid_2d(ceil_div(n, cfg.rows), dev.caps.max_workgroup_count[0]),
-                   buffers=bufs, push={"n": n, "k": k, "n_groups": w.n_groups,
-                                       "has_bias": int(bias is not None)})
+        gx, gy, _ = grid_2d(ceil_div(n, cfg.rows), dev.caps.max_workgroup_count[0])
+        blocks = ceil_div(m, cfg.mr)  # gl_WorkGroupID.z: a block of mr rows of x
+        if blocks > dev.caps.max_workgroup_count[2]:
+            raise ValueError(f"M = {m} needs {blocks} GEMV row blocks, over this device's "
+                             f"{dev.caps.max_workgroup_count[2]}; use kernel='gemm' or 'auto'")
+        push = {"n": n, "k": k, "n_groups": w.n_groups, "has_bias": int(bias is not None)}
+        if cfg.mr > 1:
+            push["m"] = m
+        b.dispatch(kern, (gx, gy, blocks), buffers=bufs, push=push)
         return []
     plan = plan_gemm(m, n, k, w.has_zeros, gemm_tile, gemm_splits, w.half_params)
     if plan.float32_params:
@@ -582,8 +637,12 @@ def describe_variants(caps: Any) -> dict[str, str]:
         out[f"q4gsw GEMV (M=1, N={n}, K={k})"] = gemv_variant(False, 32, cfg, sub, True)
     cfg = pick_gemv_config(4096, 4096, smem, sub)
     out["q4gsw GEMV (gs % 32 != 0)"] = gemv_variant(False, 16, cfg, sub, True)
-    for m in (2, 32, 33, 129):
-        out[f"q4gsw GEMM (M={m})"] = gemm_variant(False, m, half_params=True)
+    for m in (2, 4):
+        cfg = pick_gemv_config(4096, 4096, smem, sub, m)
+        if cfg is not None:
+            out[f"q4gsw GEMV (M={m}, N=4096, K=4096)"] = gemv_variant(False, 32, cfg, sub, True)
+    for m in (GEMV_MAX_ROWS + 1, 32, 33, 129):
+        out[f"q4gsw GEMM (M={m})"] = plan_gemm(m, 4096, 4096, False, half_params=True).variant
     return out
 
 
@@ -592,6 +651,9 @@ def describe_variants(caps: Any) -> dict[str, str]:
 GEMV_SHAPES = ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336))
 GEMV_GROUP_SIZES = (32, 128)
 GEMM_MS = (32, 128, 512)
+#: Small batches (the GEMV with rows of x), timed on every GEMV shape at gs=32; at M = 2 and
+#: the last one the GEMM is timed too (kernel="gemm"), which these batches ran before.
+BATCH_MS = (2, 4, 8, 16)
 GEMM_SHAPES = ((4096, 4096), (14336, 4096))
 
 
@@ -660,7 +722,8 @@ class _Problem:
 
     def _scratch(self, ctx: BenchContext, choice: dict[str, Any]) -> Buffer | None:
         """Split-K scratch for this problem, made once (outside the timed batch)."""
-        if route(self.m, choice.get("kernel", "auto")) == "gemv":
+        if gemv_shape(ctx.device, self.n, self.k, self.m, choice.get("kernel", "auto"),
+                      choice.get("gemv_config"), choice.get("gemv_subgroup")) is not None:
             return None
         plan = plan_gemm(self.m, self.n, self.k, self.qw.zeros is not None,
                          choice.get("gemm_tile"), choice.get("gemm_splits"),
@@ -723,6 +786,20 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
                 yield _read_floor_row(ctx, 1, n, k, gs, floor_bytes)
             if peer is not None:
                 yield from peer.rows(1, n, k, gs, fp16=(gs == GEMV_GROUP_SIZES[0]))
+    for n, k in gemv_shapes:
+        for m in ((2, 5) if quick else BATCH_MS):
+            p = _Problem(ctx, m, n, k, 32)
+            try:
+                for kernel in ("auto", "gemm") if m in (2, 5, BATCH_MS[-1]) else ("auto",):
+                    name = p.variant(ctx, kernel=kernel)
+                    note = "L2-cold" + (", GEMM forced" if kernel == "gemm" else "")
+                    yield Row.timed("q4gsw_linear", _shape(m, n, k, 32), name,
+                                    p.time(ctx, kernel=kernel), bytes=p.bytes,
+                                    ops=2.0 * m * n * k, note=note)
+            finally:
+                p.close()
+            if peer is not None:
+                yield from peer.rows(m, n, k, 32, fp16=False)
     for n, k in gemm_shapes:
         for m in gemm_ms:
             p = _Problem(ctx, m, n, k, 32)
@@ -839,11 +916,12 @@ class _TorchPeer:
 
 # ----------------------------------------------------------------------------- tuning
 def sweep_gemv_configs() -> list[GemvConfig]:
-    """Every GEMV workgroup shape declared for symmetric word-group weights."""
+    """Every one-row (M == 1) GEMV workgroup shape declared for symmetric word-group weights."""
     from vkq.shaderlib import declared_variants
     out = []
     for name, (_, p) in sorted(declared_variants().items()):
-        if name.startswith("q4gsw_gemv_sym_word_") and p["SUBGROUP"] and not p.get("P16"):
+        if (name.startswith("q4gsw_gemv_sym_word_") and p["SUBGROUP"] and not p.get("P16")
+                and p.get("MR", 1) == 1):
             out.append(GemvConfig.from_params(p))
     return out
 
