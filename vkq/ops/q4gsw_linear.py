@@ -8,7 +8,7 @@
 Routing (SPEC §5): M == 1 -> the cooperative GEMV (`q4gsw_linear_gemv.comp.j2`), whose
 workgroup shape is picked by (N, K) from measurements (`GEMV_CONFIGS`); M > 1 -> the
 register-tiled GEMM (`q4gsw_linear.comp.j2`), which handles every valid shape, except that
-small batches (M <= GEMV_MAX_ROWS) run the GEMV too, with 2 or 4 rows of x per workgroup
+small batches (M <= GEMV_MAX_ROWS = 24) run the GEMV too, with 2 or 4 rows of x per workgroup
 (`GEMV_BATCH_CONFIGS`): the GEMM's 32-row tiles made M = 2 cost as much as M = 32 (8-10x
 the GEMV's time on the H100). The GEMV needs K % 8 == 0 and group_size % 8 == 0, which
 every valid int4 weight satisfies. `kernel="gemv" | "gemm"` forces one, for any M. Small M
@@ -355,8 +355,12 @@ GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
 #:         100.6 (103.1) | 220.9, N=1024 rw8r2u1k4xm4 10.6 | 22.7
 #: rw8r2u1k2xm4 was up to 48 % slower elsewhere (K=14336, M=4); KS=2 shapes of 4 rows and
 #: rw4r2/rw4r4 with MR=4 trailed at every shape. All routed batch shapes need <= 22.5 KiB
-#: of shared memory. Up to M = 16 the GEMV measured 2x faster than the GEMM or more.
-GEMV_MAX_ROWS = 16
+#: of shared memory. The routed shapes against the GEMM (another scratch run, µs, GEMV |
+#: GEMM at 4096², 14336x4096, 4096x14336, 1024x4096):
+#:   M=16: 34.2|65.9, 112.0|220.0, 128.3|222.6, 10.6|22.9
+#:   M=24: 49.1|66.3, 164.3|222.2, 150.8|223.0, 17.9|23.2
+#:   M=32: 63.9|66.8, 214.7|223.1, 308.1|224.2, 18.1|23.8
+GEMV_MAX_ROWS = 24
 GEMV_BATCH_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     # (max N, max M, config)
     (2048, 8, GemvConfig(4, 2, 1, 4, xs=True, mr=2)),
@@ -653,7 +657,7 @@ GEMV_GROUP_SIZES = (32, 128)
 GEMM_MS = (32, 128, 512)
 #: Small batches (the GEMV with rows of x), timed on every GEMV shape at gs=32; at M = 2 and
 #: the last one the GEMM is timed too (kernel="gemm"), which these batches ran before.
-BATCH_MS = (2, 4, 8, 16)
+BATCH_MS = (2, 4, 8, 16, 24)
 GEMM_SHAPES = ((4096, 4096), (14336, 4096))
 
 
