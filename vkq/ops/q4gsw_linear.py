@@ -354,9 +354,11 @@ GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
 #:   M=16: rw8r2u1k2xm4 31.6 (rw8r2u1k4xm4 34.1) | 66.3, 103.6 (112.4) | 219.8,
 #:         100.6 (103.1) | 220.9, N=1024 rw8r2u1k4xm4 10.6 | 22.7
 #: rw8r2u1k2xm4 was up to 48 % slower elsewhere (K=14336, M=4); KS=2 shapes of 4 rows and
-#: rw4r2/rw4r4 with MR=4 trailed at every shape. All routed batch shapes need <= 22.5 KiB
-#: of shared memory. The routed shapes against the GEMM (another scratch run, µs, GEMV |
-#: GEMM at 4096², 14336x4096, 4096x14336, 1024x4096):
+#: rw4r2/rw4r4 with MR=4 trailed at every shape; so did, in a later run, 8 warps
+#: (rw8r2u1k8xm4, +7-23 %) and one channel per lane (rw8r1u1k4xm4, up to 1.7x slower). The
+#: 4-row shapes compile to ~236 registers (x of four rows held per word) and still lead.
+#: All routed batch shapes need <= 22.5 KiB of shared memory. The routed shapes against the
+#: GEMM (another scratch run, µs, GEMV | GEMM at 4096², 14336x4096, 4096x14336, 1024x4096):
 #:   M=16: 34.2|65.9, 112.0|220.0, 128.3|222.6, 10.6|22.9
 #:   M=24: 49.1|66.3, 164.3|222.2, 150.8|223.0, 17.9|23.2
 #:   M=32: 63.9|66.8, 214.7|223.1, 308.1|224.2, 18.1|23.8
