@@ -230,6 +230,17 @@ def special_weight(symmetric: bool) -> vkq.QuantizedWeight:
     return vkq.QuantizedWeight(q, s, z, bits=4, group_size=gs)
 
 
+def assert_like_reference(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight) -> None:
+    """NaN exactly where the reference has NaN, the same infinities, finite values within
+    the bound."""
+    ref = q4gsw_linear_reference(x, w.q, w.scales, w.zeros, w.group_size)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    finite = np.isfinite(ref)
+    inf = ~finite & ~np.isnan(ref)
+    np.testing.assert_array_equal(y[inf], ref[inf])
+    assert np.all(np.abs(y[finite] - ref[finite]) <= tolerance(x, w, None)[finite])
+
+
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("kernel", ["gemv", "gemm"])
 def test_nan_inf_propagate_like_reference(device, symmetric, kernel):
@@ -238,23 +249,13 @@ def test_nan_inf_propagate_like_reference(device, symmetric, kernel):
     for j, v in rows:
         x = np.full((1, 64), 0.5, np.float32)
         x[0, j] = v
-        y = vkq.linear(x, w, kernel=kernel, device=device)
-        ref = q4gsw_linear_reference(x, w.q, w.scales, w.zeros, w.group_size)
-        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
-        finite = np.isfinite(ref)
-        np.testing.assert_array_equal(y[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])
-        assert np.all(np.abs(y[finite] - ref[finite]) <= tolerance(x, w, None)[finite])
+        assert_like_reference(vkq.linear(x, w, kernel=kernel, device=device), x, w)
     # All rows in one call (the GEMV takes them in one workgroup): each row's NaN and Inf
     # stay in its own outputs.
     x = np.full((len(rows), 64), 0.5, np.float32)
     for i, (j, v) in enumerate(rows):
         x[i, j] = v
-    y = vkq.linear(x, w, kernel=kernel, device=device)
-    ref = q4gsw_linear_reference(x, w.q, w.scales, w.zeros, w.group_size)
-    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
-    finite = np.isfinite(ref)
-    np.testing.assert_array_equal(y[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])
-    assert np.all(np.abs(y[finite] - ref[finite]) <= tolerance(x, w, None)[finite])
+    assert_like_reference(vkq.linear(x, w, kernel=kernel, device=device), x, w)
 
 
 # ------------------------------------------------------------------ bad inputs
