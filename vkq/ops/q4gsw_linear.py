@@ -71,6 +71,7 @@ instruction-count bound above better than a memory-latency one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import weakref
 from typing import Any, Iterator
 
@@ -524,7 +525,14 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
 #: M=32 N=4096 148 -> 67 µs (9 splits), M=128 N=4096 198 -> 177 µs (5), M=128 N=14336
 #: 676 -> 591 µs (2), M=512 unchanged within 1 %.
 SPLIT_TARGET_WORKGROUPS = 528
-#: ... while every split keeps at least this many 32-wide chunks of K.
+#: ... while every split keeps at least this many 32-wide chunks of K. The count is then
+#: rounded to a power of two (nearest on a log scale), which splits the usual K into equal
+#: slices: 9 splits of K = 4096 give eight slices of 15 chunks and one of 8, 3 give 672
+#: workgroups where 4 give 896. H100 scratch run (K=4096, µs, old count -> power of two):
+#:   N=4096:  M=32 s9 66.8 -> s8 60.4, M=64 s9 99.1 -> s8 95.1, M=128 s9 157.4 -> s8 152.6
+#:            (s4 141.8), M=512 s3 540.8 -> s4 549.3 (s1 522.7)
+#:   N=14336: M=32 s3 222.9 -> s4 194.3, M=64 s3 339.2 -> s4 304.0, M=128 s3 545.4 -> s4
+#:            523.1 (s6 509.8), M=512 s1 1831.2 unchanged
 SPLIT_MIN_CHUNKS = 8
 
 
@@ -553,7 +561,8 @@ def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
     kb = ceil_div(k, 32)
     if splits is None:
         tiles = ceil_div(m, bm) * ceil_div(n, bn)
-        splits = max(1, min(ceil_div(SPLIT_TARGET_WORKGROUPS, tiles), kb // SPLIT_MIN_CHUNKS))
+        want = ceil_div(SPLIT_TARGET_WORKGROUPS, tiles)
+        splits = max(1, min(1 << round(math.log2(want)), kb // SPLIT_MIN_CHUNKS))
     splits = max(1, min(int(splits), kb))
     chunks = ceil_div(kb, splits)
     return GemmPlan(variant, bm, bn, ceil_div(kb, chunks), chunks, widen)
