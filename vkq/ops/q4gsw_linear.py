@@ -336,14 +336,6 @@ GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     (1 << 62, 8191, GemvConfig(4, 4, 1, 4, xs=True)),
     (1 << 62, 1 << 62, GemvConfig(4, 4, 1, 8, xs=True)),
 )
-#: GEMM tiles by M. First tuned on the H100 before split-K (N=4096 and 14336, K=4096): 32x64
-#: for M <= 32 (16x64 was 3 % faster at N=4096 but 5 % slower at N=14336), 64x64 above;
-#: 64x128 and tiles 128 wide were slower at every M. Since the dequantisation builds floats
-#: with the exponent trick instead of int->float conversions, 128x64 (8 rows per thread)
-#: leads from M = 128 (one scratch run, split-K on, K=4096, µs, 128x64 | 64x64):
-#:   M=128: N=4096 158 | 176, N=14336 546 | 587;  M=512: N=4096 542 | 666, N=14336 1831 | 2260
-#: and at M=32 it was 2.2x slower than 32x64 (rows wasted). M=33..64 keeps 64x64, which
-#: wastes no rows there.
 #: Batches of up to GEMV_MAX_ROWS rows run the GEMV too, with MR rows of x per workgroup
 #: (gl_WorkGroupID.z picks the block): each weight is read and turned into floats once per
 #: block, where the GEMM's 32-row tiles compute padding rows. Shape by (max N, max M) from
@@ -370,6 +362,14 @@ GEMV_BATCH_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     (1 << 62, 2, GemvConfig(4, 4, 1, 4, xs=True, mr=2)),
     (1 << 62, 1 << 62, GemvConfig(8, 2, 1, 4, xs=True, mr=4)),
 )
+#: GEMM tiles by M. First tuned on the H100 before split-K (N=4096 and 14336, K=4096): 32x64
+#: for M <= 32 (16x64 was 3 % faster at N=4096 but 5 % slower at N=14336), 64x64 above;
+#: 64x128 and tiles 128 wide were slower at every M. Since the dequantisation builds floats
+#: with the exponent trick instead of int->float conversions, 128x64 (8 rows per thread)
+#: leads from M = 128 (one scratch run, split-K on, K=4096, µs, 128x64 | 64x64):
+#:   M=128: N=4096 158 | 176, N=14336 546 | 587;  M=512: N=4096 542 | 666, N=14336 1831 | 2260
+#: and at M=32 it was 2.2x slower than 32x64 (rows wasted). M=33..64 keeps 64x64, which
+#: wastes no rows there.
 GEMM_TILES: tuple[tuple[int, str], ...] = ((32, "32x64"), (64, "64x64"), (1 << 62, "128x64"))
 #: Tiles that read float32 parameters even for an fp16-parameter weight (from a float32 copy
 #: the weight makes on first use, Q4gswWeight.float32_params). With fp16 parameters decoded
