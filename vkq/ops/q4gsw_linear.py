@@ -67,6 +67,12 @@ against fp32 x (one fp16 outlier, 4.9 -> 9.1 µs), so x traffic does not bound t
 shapes; issuing each next-step weight load right after its channel's math instead of before
 the step: within 0.1 µs (the compiler schedules both alike). All of this fits the
 instruction-count bound above better than a memory-latency one.
+Measured again after the x-address change (scratch runs at cbdf221..dbc499c): no prefetch
+at all (each step loads its own words): 0.1-1.6 µs slower at every symmetric shape; weights
+two steps ahead: 0.15-3.1 µs slower at M = 1, 1-3 % slower for batches. Nibbles decoded two
+at a time as fp16 (one LOP3 for two, then an fp16 -> fp32 convert and an FADD each): NVIDIA's
+compiler does not fuse the convert with the subtract, so a register-only microbenchmark ran
+11 % slower than the fp32 trick.
 """
 from __future__ import annotations
 
