@@ -289,6 +289,20 @@ def test_kernels_refuse_k_of_2_to_the_31(device, kernel):
             op.record_linear(b, w, buf, buf, 1, kernel=kernel)
 
 
+def test_gemv_refuses_more_row_blocks_than_the_device_dispatches(device):
+    # kernel="gemv" takes any M in blocks of mr rows along gl_WorkGroupID.z; past the device's
+    # z limit it must say so rather than drop rows. Only the shape is looked at.
+    w = make_weight(16, 64, 32, True, seed=2)
+    pw = op.prepack_quantized(w, device)
+    m = 4 * device.caps.max_workgroup_count[2] + 1
+    try:
+        with device.buffer(64) as buf, device.batch() as b:
+            with pytest.raises(ValueError, match="row blocks"):
+                op.record_linear(b, pw, buf, buf, m, kernel="gemv")
+    finally:
+        pw.close()
+
+
 @pytest.mark.parametrize("gs", [0, 4, 12, 20, 96])
 def test_unsupported_group_sizes_are_refused(gs):
     # 4, 12, 20: not multiples of 8 (a group would split a 32-bit word); 96 does not divide 64.

@@ -470,7 +470,8 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
     """
     dev = b.device
     n, k = w.shape
-    cfg = gemv_shape(dev, n, k, m, kernel, gemv_config, gemv_subgroup)
+    sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
+    cfg = gemv_shape(dev, n, k, m, kernel, gemv_config, sub)
     bias_buf = bias if bias is not None else _dummy(dev)
     bufs = {"t_out": y, "t_x": x, "t_weight": w.weight, "t_scales": w.scales, "t_bias": bias_buf}
     if w.has_zeros:
@@ -478,7 +479,6 @@ def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
     if k >= 1 << 31:  # both shaders build their nibble-to-float exponent from pc.k >> 31
         raise ValueError(f"the q4gsw kernels support K < 2^31, got K = {k}")
     if cfg is not None:
-        sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
         name = gemv_variant(w.has_zeros, w.group_size, cfg, subgroup=sub, half_params=w.half_params)
         units = w.group_size // (32 if gemv_group_mode(w.group_size) == "word" else 8)
         kern = dev.kernel(name, GROUP_UNITS=units)
@@ -807,11 +807,12 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
                 yield _read_floor_row(ctx, 1, n, k, gs, floor_bytes)
             if peer is not None:
                 yield from peer.rows(1, n, k, gs, fp16=(gs == GEMV_GROUP_SIZES[0]))
+    batch_ms = (2, 5) if quick else BATCH_MS
     for n, k in gemv_shapes:
-        for m in ((2, 5) if quick else BATCH_MS):
+        for m in batch_ms:
             p = _Problem(ctx, m, n, k, 32)
             try:
-                for kernel in ("auto", "gemm") if m in (2, 5, BATCH_MS[-1]) else ("auto",):
+                for kernel in ("auto", "gemm") if m in (batch_ms[0], batch_ms[-1]) else ("auto",):
                     name = p.variant(ctx, kernel=kernel)
                     note = "L2-cold" + (", GEMM forced" if kernel == "gemm" else "")
                     yield Row.timed("q4gsw_linear", _shape(m, n, k, 32), name,
