@@ -1,4 +1,8 @@
-"""GPU buffers: device-local (uploads/downloads through staging) or host-visible on unified memory."""
+"""GPU buffers: device-local (uploads/downloads through staging) or host-visible on unified memory.
+
+A `Buffer` is a range of a VkBuffer: small ones share pooled blocks (vkq.runtime.memory),
+large ones own a block. Kernels and copies address it by (handle, offset, nbytes).
+"""
 from __future__ import annotations
 
 import weakref
@@ -6,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vkq.runtime.vk import check, ffi, lib, new
+from vkq.runtime.memory import SUBALLOC_MAX, Block, MemoryPool
+from vkq.runtime.vk import ffi
 
 if TYPE_CHECKING:
     from vkq.runtime.device import Device
@@ -16,18 +21,25 @@ if TYPE_CHECKING:
 BUFFER_ALIGN = 16
 
 
-def _free(device_handle: Any, buffer: Any, memory: Any, mapped: bool) -> None:
-    if mapped:
-        lib.vkUnmapMemory(device_handle, memory)
-    lib.vkDestroyBuffer(device_handle, buffer, ffi.NULL)
-    lib.vkFreeMemory(device_handle, memory, ffi.NULL)
+def _release(device_ref: "weakref.ref[Device]", pool: MemoryPool | None, block: Block,
+             offset: int, size: int) -> None:
+    """Give a range back (or free an own block) once no submitted work can still use it."""
+    device = device_ref()
+    if device is None or device.handle is None:
+        return  # the device freed every block when it closed
+    if pool is None:
+        device.retire(block.free)
+    else:
+        device.retire(lambda: pool.release(block, offset, size))
 
 
 class Buffer:
-    """One VkBuffer with its own VkDeviceMemory, owned by this object.
+    """`nbytes` of GPU memory owned by this object: a range of a pooled block, or a block of
+    its own for large sizes.
 
-    `close()` (or dropping the last reference, or closing the Device) frees it. Host-visible
-    buffers are mapped for their whole life and expose a zero-copy numpy view (`view`).
+    `close()` (or dropping the last reference, or closing the Device) frees it; the memory is
+    reused only after the work submitted before the close has finished. Host-visible buffers
+    expose a zero-copy numpy view (`view`).
     """
 
     def __init__(self, device: "Device", nbytes: int, *, host_visible: bool | None = None,
@@ -47,41 +59,18 @@ class Buffer:
         self.device = device
         self.nbytes = nbytes
         self.size = size
-        self.host_visible = caps.unified_memory if host_visible is None else host_visible
-        usage_bits = (lib.VK_BUFFER_USAGE_TRANSFER_SRC_BIT | lib.VK_BUFFER_USAGE_TRANSFER_DST_BIT)
-        if usage == "storage":
-            usage_bits |= lib.VK_BUFFER_USAGE_STORAGE_BUFFER_BIT
-        keep: list[Any] = []
-        info = new("VkBufferCreateInfo", keep, sType=lib.VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
-                   size=size, usage=usage_bits, sharingMode=lib.VK_SHARING_MODE_EXCLUSIVE)
-        dev = device.handle
-        out = ffi.new("VkBuffer*")
-        check(lib.vkCreateBuffer(dev, info, ffi.NULL, out), "vkCreateBuffer")
-        self.handle = out[0]
-        req = new("VkMemoryRequirements", keep)
-        lib.vkGetBufferMemoryRequirements(dev, self.handle, req)
-        flags = ((lib.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | lib.VK_MEMORY_PROPERTY_HOST_COHERENT_BIT)
-                 if self.host_visible else lib.VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT)
-        try:
-            type_index = device.memory_type(req.memoryTypeBits, flags)
-            alloc = new("VkMemoryAllocateInfo", keep, sType=lib.VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
-                        allocationSize=req.size, memoryTypeIndex=type_index)
-            mem = ffi.new("VkDeviceMemory*")
-            code = lib.vkAllocateMemory(dev, alloc, ffi.NULL, mem)
-            if code in (lib.VK_ERROR_OUT_OF_DEVICE_MEMORY, lib.VK_ERROR_OUT_OF_HOST_MEMORY):
-                raise MemoryError(f"out of device memory allocating {nbytes} bytes on {device.caps.name}")
-            check(code, "vkAllocateMemory")
-        except BaseException:
-            lib.vkDestroyBuffer(dev, self.handle, ffi.NULL)
-            raise
-        self.memory = mem[0]
-        check(lib.vkBindBufferMemory(dev, self.handle, self.memory, 0), "vkBindBufferMemory")
-        self._ptr = None
-        if self.host_visible:
-            p = ffi.new("void**")
-            check(lib.vkMapMemory(dev, self.memory, 0, size, 0, p), "vkMapMemory")
-            self._ptr = p[0]
-        self._finalizer = weakref.finalize(self, _free, dev, self.handle, self.memory, self.host_visible)
+        self.host_visible = caps.unified_memory if host_visible is None else bool(host_visible)
+        pool = device._pool(self.host_visible) if size <= SUBALLOC_MAX else None
+        if pool is not None:
+            block, self.offset, reserved = pool.allocate(size)
+        else:
+            block, self.offset, reserved = Block(device, size, self.host_visible, usage), 0, size
+        self._block = block
+        self.handle = block.handle
+        #: (block identity, first byte, end): what hazard tracking compares
+        self.key = block.key
+        self._finalizer = weakref.finalize(self, _release, weakref.ref(device), pool, block,
+                                           self.offset, reserved)
         device._adopt(self)
 
     @property
@@ -89,36 +78,45 @@ class Buffer:
         return not self._finalizer.alive
 
     def close(self) -> None:
-        """Free the buffer now. The caller must not have a dispatch using it in flight."""
-        self._ptr = None
+        """Free the buffer. Work already submitted that uses it finishes first."""
         self._finalizer()
 
+    def _check_usable(self) -> None:
+        if self.closed:
+            raise ValueError("this buffer is closed")
+
     def view(self, dtype: Any = np.uint8) -> np.ndarray:
-        """Zero-copy numpy view of a host-visible buffer (valid until close())."""
-        if not self.host_visible or self._ptr is None:
+        """Zero-copy numpy view of a host-visible buffer (valid until close()). The caller
+        synchronizes with GPU work (`Device.synchronize`); `read`/`write` do it themselves."""
+        if not self.host_visible or self.closed or self._block.ptr is None:
             raise ValueError("only host-visible, open buffers have a zero-copy view")
-        raw = np.frombuffer(ffi.buffer(self._ptr, self.size), dtype=np.uint8)
+        ptr = ffi.cast("char *", self._block.ptr) + self.offset
+        raw = np.frombuffer(ffi.buffer(ptr, self.size), dtype=np.uint8)
         return raw[: self.nbytes - self.nbytes % np.dtype(dtype).itemsize].view(dtype)
 
     def write(self, array: np.ndarray, offset: int = 0) -> None:
         """Copy bytes in: directly if host-visible, else through a one-shot staging copy."""
+        self._check_usable()
         data = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
         if offset < 0 or offset + data.size > self.nbytes:
             raise ValueError(f"writing {data.size} bytes at offset {offset} overruns a "
                              f"{self.nbytes}-byte buffer")
         if self.host_visible:
+            self.device.synchronize()  # earlier submitted work may still read these bytes
             self.view()[offset: offset + data.size] = data
             return
         with self.device.batch() as b:
             b.upload(self, data, offset)
 
     def read(self, dtype: Any = np.uint8, count: int | None = None) -> np.ndarray:
-        """Copy the buffer's contents out into a new numpy array."""
+        """Copy the buffer's contents out into a new numpy array (after submitted work)."""
+        self._check_usable()
         itemsize = np.dtype(dtype).itemsize
         count = self.nbytes // itemsize if count is None else count
         if count * itemsize > self.nbytes:
             raise ValueError(f"reading {count} x {dtype} overruns a {self.nbytes}-byte buffer")
         if self.host_visible:
+            self.device.synchronize()
             return self.view(dtype)[:count].copy()
         with self.device.batch() as b:
             handle = b.download(self, count * itemsize)
@@ -133,3 +131,43 @@ class Buffer:
     def __repr__(self) -> str:
         kind = "host-visible" if self.host_visible else "device-local"
         return f"<vkq Buffer {self.nbytes} bytes {kind}{' closed' if self.closed else ''}>"
+
+
+class BufferSlice:
+    """`nbytes` at byte `offset` of a Buffer, addressed like a Buffer by commands (graph arena
+    values, the per-projection parts of a fused output). Owns nothing: valid while its base is.
+    Bound as a storage buffer, `offset` must be a multiple of the device's
+    minStorageBufferOffsetAlignment (vkq.runtime.memory.RANGE_ALIGN always is)."""
+
+    def __init__(self, base: "Buffer", offset: int, nbytes: int):
+        if offset < 0 or nbytes < 0 or offset + nbytes > base.size:
+            raise ValueError(f"slice [{offset}, {offset + nbytes}) is outside a {base.size}-byte buffer")
+        self.base = base
+        self.device = base.device
+        self.handle = base.handle
+        self.key = base.key
+        self.offset = base.offset + offset
+        self.rel_offset = offset
+        self.nbytes = nbytes
+        self.size = min(max(BUFFER_ALIGN, -(-nbytes // BUFFER_ALIGN) * BUFFER_ALIGN), base.size - offset)
+        self.host_visible = base.host_visible
+
+    @property
+    def closed(self) -> bool:
+        return self.base.closed
+
+    def view(self, dtype: Any = np.uint8) -> np.ndarray:
+        raw = self.base.view()[self.rel_offset: self.rel_offset + self.nbytes]
+        return raw[: self.nbytes - self.nbytes % np.dtype(dtype).itemsize].view(dtype)
+
+    def read(self, dtype: Any = np.uint8, count: int | None = None) -> np.ndarray:
+        itemsize = np.dtype(dtype).itemsize
+        count = self.nbytes // itemsize if count is None else count
+        if count * itemsize > self.nbytes:
+            raise ValueError(f"reading {count} x {dtype} overruns a {self.nbytes}-byte slice")
+        with self.device.batch() as b:
+            d = b.download(self, count * itemsize)
+        return d.result().view(dtype)
+
+    def __repr__(self) -> str:
+        return f"<vkq BufferSlice {self.nbytes} bytes at {self.rel_offset} of {self.base!r}>"

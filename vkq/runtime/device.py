@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -15,7 +16,21 @@ from vkq.runtime.capabilities import (PIPELINE_STATISTICS_EXTENSION, Capabilitie
                                       compute_queue_family, timestamp_valid_bits)
 from vkq.runtime.instance import Instance, choose_device
 from vkq.runtime.kernel import Kernel
+from vkq.runtime.memory import MemoryPool
+from vkq.runtime.submission import Submission
 from vkq.runtime.vk import VulkanError, check, cstrings, ffi, lib, new
+
+#: Finished submissions kept for reuse (more are destroyed).
+KEEP_SUBMISSIONS = 8
+
+
+class _InFlight:
+    """Work submitted to the queue: its fence, and what to do once it has finished."""
+
+    __slots__ = ("serial", "fence_ptr", "on_done")
+
+    def __init__(self, serial: int, fence_ptr: Any, on_done: Callable[[], None] | None):
+        self.serial, self.fence_ptr, self.on_done = serial, fence_ptr, on_done
 
 
 class UnsupportedDevice(RuntimeError):
@@ -40,6 +55,12 @@ class Device:
         self.instance = instance or Instance(validation=validation)
         self._children: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._kernels: dict[tuple[str, tuple[tuple[str, Any], ...]], Kernel] = {}
+        self._pools: dict[bool, MemoryPool] = {}
+        self._idle_submissions: list[Submission] = []
+        self._in_flight: collections.deque[_InFlight] = collections.deque()
+        self._retired: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
+        self._serial = 0       # last submitted
+        self._completed = 0    # every submission up to this serial has finished
         self.handle = None
         try:
             self.index, self.physical, self.caps = choose_device(self.instance.devices(), selector)
@@ -155,38 +176,73 @@ class Device:
             k = self._kernels[key] = Kernel(self, info, spirv, spec)
         return k
 
-    def batch(self, timestamps: bool = False) -> CommandBatch:
+    def batch(self, timestamps: bool | str = False, wait: bool = True) -> CommandBatch:
+        """Collect commands, submitted together at the end of the with-block (see CommandBatch)."""
         self._check_open()
-        return CommandBatch(self, timestamps=timestamps)
+        return CommandBatch(self, timestamps=timestamps, wait=wait)
 
-    # -- submission helpers used by CommandBatch ------------------------------------------
-    def _allocate_command_buffer(self) -> Any:
-        keep: list[Any] = []
-        info = new("VkCommandBufferAllocateInfo", keep,
-                   sType=lib.VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
-                   commandPool=self.command_pool, level=lib.VK_COMMAND_BUFFER_LEVEL_PRIMARY,
-                   commandBufferCount=1)
-        out = ffi.new("VkCommandBuffer[]", 1)
-        check(lib.vkAllocateCommandBuffers(self.handle, info, out), "vkAllocateCommandBuffers")
-        return out[0]
+    # -- submissions ------------------------------------------------------------------------
+    def _pool(self, host_visible: bool) -> MemoryPool:
+        pool = self._pools.get(host_visible)
+        if pool is None:
+            pool = self._pools[host_visible] = MemoryPool(self, host_visible)
+        return pool
 
-    def _free_command_buffer(self, cmd: Any) -> None:
-        arr = ffi.new("VkCommandBuffer[]", [cmd])
-        lib.vkFreeCommandBuffers(self.handle, self.command_pool, 1, arr)
+    def _acquire_submission(self, n_sets: int, n_descriptors: int) -> Submission:
+        """A finished (or new) submission with room for this many descriptor sets."""
+        self._check_open()
+        self.poll()
+        sub = self._idle_submissions.pop() if self._idle_submissions else Submission(self)
+        sub.prepare(n_sets, n_descriptors)
+        return sub
 
-    def _submit_and_wait(self, cmd: Any) -> None:
-        keep: list[Any] = []
-        fence_info = new("VkFenceCreateInfo", keep, sType=lib.VK_STRUCTURE_TYPE_FENCE_CREATE_INFO)
-        fence = ffi.new("VkFence*")
-        check(lib.vkCreateFence(self.handle, fence_info, ffi.NULL, fence), "vkCreateFence")
-        try:
-            cmds = ffi.new("VkCommandBuffer[]", [cmd])
-            submit = new("VkSubmitInfo", keep, sType=lib.VK_STRUCTURE_TYPE_SUBMIT_INFO,
-                         commandBufferCount=1, pCommandBuffers=cmds)
-            keep.append(cmds)
-            check(lib.vkQueueSubmit(self.queue, 1, submit, fence[0]), "vkQueueSubmit")
+    def _recycle(self, sub: Submission) -> None:
+        sub.keep.clear()
+        if len(self._idle_submissions) < KEEP_SUBMISSIONS:
+            self._idle_submissions.append(sub)
+        else:
+            sub.destroy()
+
+    def _submit(self, sub: Submission) -> int:
+        """Submit a recorded one-shot submission; it is recycled once it has finished."""
+        return self.submit_commands(sub.cmd, sub.fence_ptr, lambda: self._recycle(sub))
+
+    def submit_commands(self, cmd: Any, fence_ptr: Any, on_done: Callable[[], None] | None = None) -> int:
+        """Submit a recorded command buffer with an unsignaled fence (`VkFence*`); returns
+        its serial for `wait`. `on_done` runs once the GPU has finished it."""
+        self._check_open()
+        cmds = ffi.new("VkCommandBuffer[]", [cmd])
+        submit = new("VkSubmitInfo", None, sType=lib.VK_STRUCTURE_TYPE_SUBMIT_INFO,
+                     commandBufferCount=1, pCommandBuffers=cmds)
+        check(lib.vkQueueSubmit(self.queue, 1, submit, fence_ptr[0]), "vkQueueSubmit")
+        self._serial += 1
+        self._in_flight.append(_InFlight(self._serial, fence_ptr, on_done))
+        return self._serial
+
+    def _finish(self, item: _InFlight) -> None:
+        lib.vkResetFences(self.handle, 1, item.fence_ptr)
+        self._completed = item.serial
+        if item.on_done is not None:
+            item.on_done()
+        while self._retired and self._retired[0][0] <= self._completed:
+            self._retired.popleft()[1]()
+
+    def poll(self) -> None:
+        """Note finished submissions without waiting (recycles them, frees retired memory)."""
+        while self._in_flight:
+            item = self._in_flight[0]
+            if lib.vkGetFenceStatus(self.handle, item.fence_ptr[0]) != lib.VK_SUCCESS:
+                return
+            self._in_flight.popleft()
+            self._finish(item)
+
+    def wait(self, serial: int | None = None) -> None:
+        """Wait until the submission `serial` (default: everything submitted) has finished."""
+        target = self._serial if serial is None else serial
+        while self._in_flight and self._in_flight[0].serial <= target:
+            item = self._in_flight[0]
             try:
-                code = lib.vkWaitForFences(self.handle, 1, fence, 1, _timeout_ns())
+                code = lib.vkWaitForFences(self.handle, 1, item.fence_ptr, 1, _timeout_ns())
             except BaseException:
                 # Never free a command buffer or its buffers while the GPU may still use them
                 # (KeyboardInterrupt included): that is a crash, not an error message.
@@ -197,16 +253,24 @@ class Device:
                 raise TimeoutError(f"GPU work did not finish within VKQ_TIMEOUT_S "
                                    f"({_timeout_ns() / 1e9:.0f} s)")
             check(code, "vkWaitForFences")
-        finally:
-            lib.vkDestroyFence(self.handle, fence[0], ffi.NULL)
+            self._in_flight.popleft()
+            self._finish(item)
 
-    def _query_pool(self, count: int) -> Any:
-        keep: list[Any] = []
-        info = new("VkQueryPoolCreateInfo", keep, sType=lib.VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
-                   queryType=lib.VK_QUERY_TYPE_TIMESTAMP, queryCount=count)
-        out = ffi.new("VkQueryPool*")
-        check(lib.vkCreateQueryPool(self.handle, info, ffi.NULL, out), "vkCreateQueryPool")
-        return out[0]
+    def synchronize(self) -> None:
+        """Wait for all submitted work."""
+        if self.handle is not None:
+            self.wait()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def retire(self, free: Callable[[], None]) -> None:
+        """Run `free` (releasing memory or objects) once the work submitted so far has finished."""
+        if self._in_flight:
+            self._retired.append((self._serial, free))
+        else:
+            free()
 
     def _read_timestamps(self, pool: Any, n_dispatches: int) -> list[tuple[float, float]]:
         """(start, end) of each dispatch in ns, relative to the first start."""
@@ -222,16 +286,32 @@ class Device:
 
     # -- lifetime -------------------------------------------------------------------------------
     def live_objects(self) -> int:
-        """How many buffers/kernels created on this device are still alive (for leak tests)."""
+        """How many buffers/kernels/programs created on this device are still alive (leak tests)."""
+        self.poll()
         return len(self._children)
+
+    def memory_stats(self) -> dict[str, int]:
+        """Bytes reserved by the pooled blocks (device-local and host-visible)."""
+        return {("host_visible" if hv else "device_local"): p.reserved_bytes
+                for hv, p in self._pools.items()}
 
     def close(self) -> None:
         if self.handle is None:
             return
         lib.vkDeviceWaitIdle(self.handle)
+        while self._in_flight:
+            self._finish(self._in_flight.popleft())
         for child in list(self._children):
             child.close()
+        while self._retired:
+            self._retired.popleft()[1]()
         self._kernels.clear()
+        for sub in self._idle_submissions:
+            sub.destroy()
+        self._idle_submissions.clear()
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
         lib.vkDestroyPipelineCache(self.handle, self.pipeline_cache, ffi.NULL)
         lib.vkDestroyCommandPool(self.handle, self.command_pool, ffi.NULL)
         lib.vkDestroyDevice(self.handle, ffi.NULL)

@@ -53,6 +53,7 @@ class Kernel:
         self.device = device
         self.info = info
         self.name = info.name
+        self.binding_names = tuple(b["name"] for b in info.bindings)
         self.spec = dict(spec or {})
         dev = device.handle
         keep: list[Any] = []
