@@ -12,10 +12,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from vkq import layouts
+from vkq.ops.contract import DENSE, TensorSpec
 from vkq.runtime import Buffer, Device, default_device
-
-#: Plain row-major tensors (float activations) use this format name.
-DENSE = "dense"
 
 
 class DeviceTensor:
@@ -42,10 +40,26 @@ class DeviceTensor:
         bufs = {k: device.buffer(int(np.prod(s)) * np.dtype(d).itemsize) for k, (s, d) in array_specs.items()}
         return cls(device, format, shape, dtype, bufs, array_specs, params)
 
+    @classmethod
+    def from_spec(cls, device: Device, spec: TensorSpec, buffer: Any) -> "DeviceTensor":
+        """A tensor over `buffer` (a Buffer it then owns, or a slice of one) as `spec` says."""
+        return cls(device, spec.layout, spec.shape, spec.dtype, {"data": buffer},
+                   {"data": (spec.stored_shape, spec.stored_dtype)}, dict(spec.params))
+
+    @property
+    def spec(self) -> TensorSpec:
+        shape, dtype = self.array_specs["data"]
+        return TensorSpec(self.shape, self.dtype, self.format, shape, dtype,
+                          tuple(sorted(self.params.items())))
+
     @property
     def buffer(self) -> Buffer:
         """The main payload ("data")."""
         return self.buffers["data"]
+
+    @property
+    def closed(self) -> bool:
+        return any(b.closed for b in self.buffers.values())
 
     def expect(self, format: str) -> "DeviceTensor":
         if self.format != format:
@@ -55,7 +69,9 @@ class DeviceTensor:
         return self
 
     def numpy(self) -> np.ndarray:
-        """Download and unpack to the logical array."""
+        """Download and unpack to the logical array (waits for the work that computes it)."""
+        if self.closed:
+            raise ValueError("this DeviceTensor has been closed")
         arrays = {k: self.buffers[k].read(d, int(np.prod(s))).reshape(s)
                   for k, (s, d) in self.array_specs.items()}
         if self.format == DENSE:
@@ -64,8 +80,11 @@ class DeviceTensor:
         return layouts.UNPACKERS[self.format](packed)
 
     def close(self) -> None:
+        """Free the buffers this tensor owns (a part of a fused output frees nothing: its
+        buffer goes when every part is gone). Submitted work that uses them finishes first."""
         for b in self.buffers.values():
-            b.close()
+            if isinstance(b, Buffer):
+                b.close()
 
     def __enter__(self) -> "DeviceTensor":
         return self

@@ -79,6 +79,8 @@ class Buffer:
 
     def close(self) -> None:
         """Free the buffer. Work already submitted that uses it finishes first."""
+        if self._finalizer.alive:
+            self.device.buffer_closes += 1  # graphs re-check their weights when this moves
         self._finalizer()
 
     def _check_usable(self) -> None:
@@ -155,6 +157,9 @@ class BufferSlice:
     @property
     def closed(self) -> bool:
         return self.base.closed
+
+    def close(self) -> None:
+        """A slice owns nothing: its base is freed by its owner."""
 
     def view(self, dtype: Any = np.uint8) -> np.ndarray:
         raw = self.base.view()[self.rel_offset: self.rel_offset + self.nbytes]

@@ -59,6 +59,7 @@ class Device:
         self._idle_submissions: list[Submission] = []
         self._in_flight: collections.deque[_InFlight] = collections.deque()
         self._retired: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
+        self.buffer_closes = 0  # Buffer.close() calls so far (graphs watch it)
         self._serial = 0       # last submitted
         self._completed = 0    # every submission up to this serial has finished
         self.handle = None
@@ -150,6 +151,13 @@ class Device:
     def buffer(self, nbytes: int, *, host_visible: bool | None = None) -> Buffer:
         """A storage buffer of nbytes (device-local unless memory is unified)."""
         return Buffer(self, nbytes, host_visible=host_visible)
+
+    def dummy_buffer(self) -> Buffer:
+        """A 16-byte buffer bound where an optional input (a bias) is absent; never read."""
+        buf = getattr(self, "_dummy", None)
+        if buf is None or buf.closed:
+            buf = self._dummy = Buffer(self, 16)
+        return buf
 
     def upload(self, array: Any) -> Buffer:
         """A new storage buffer holding a copy of the array's bytes."""

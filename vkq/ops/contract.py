@@ -1,0 +1,144 @@
+"""The op contract: what every operator implements, so eager calls, graphs and passes treat
+all ops alike.
+
+An op is an `Op` subclass registered with `register`:
+
+- `prepack(weight, device)` turns a logical constant (a QuantizedWeight...) into device
+  buffers, once (ops without weights inherit a no-op);
+- `plan(inputs, attrs, weight, device)` takes the input `TensorSpec`s and the attributes and
+  returns a `Plan`: the dispatches (variant, specialization, workgroups, which buffer *role*
+  each binding gets, push constants), the output specs and the scratch sizes. It touches no
+  buffer, so a graph plans once at capture and an eager call plans per call (ops may cache);
+- `record(stream, buffers, plan)` records the plan into a stream (a one-shot `CommandBatch`
+  or a graph's program) with `buffers` mapping every role to a buffer range. The default
+  records each planned dispatch as is; ops rarely need more.
+
+Roles name what a binding is bound to: an input ("x"), an output ("y"), a constant the op
+uploads ("bias"), a weight array ("weight.scales"), a scratch area ("scratch.partials"), or
+"dummy" (a 16-byte buffer for an absent optional input, never read). `vkq.execute` resolves
+roles to buffers for eager calls, `vkq.graph` for graphs.
+
+Each op names its numpy reference (`reference`), which the tests compare it with.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+
+DENSE = "dense"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """A tensor as an op sees it: logical shape and dtype, layout, and how it is stored (the
+    "data" array's shape and dtype; for the dense layout the logical ones)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    layout: str = DENSE
+    storage_shape: tuple[int, ...] | None = None
+    storage_dtype: np.dtype | None = None
+    params: tuple[tuple[str, int], ...] = ()   # layout parameters (vkq.layouts PackedTensor)
+
+    @classmethod
+    def dense(cls, shape: tuple[int, ...], dtype: Any = np.float32) -> "TensorSpec":
+        return cls(tuple(int(s) for s in shape), np.dtype(dtype))
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        return self.shape if self.storage_shape is None else self.storage_shape
+
+    @property
+    def stored_dtype(self) -> np.dtype:
+        return self.dtype if self.storage_dtype is None else np.dtype(self.storage_dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.stored_shape, dtype=np.int64)) * self.stored_dtype.itemsize
+
+    @property
+    def rows(self) -> int:
+        """Leading dimensions folded: M of an [..., K] activation."""
+        return int(np.prod(self.shape[:-1], dtype=np.int64))
+
+    def describe(self) -> str:
+        lay = "" if self.layout == DENSE else f" in layout {self.layout!r}"
+        return f"{self.dtype} {list(self.shape)}{lay}"
+
+
+@dataclasses.dataclass
+class PlannedDispatch:
+    """One dispatch of a plan; `buffers` maps each binding name to a role."""
+
+    variant: str
+    groups: tuple[int, int, int]
+    buffers: dict[str, str]
+    push: dict[str, Any]
+    spec: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Plan:
+    """What an op call dispatches and produces (see the module docstring)."""
+
+    dispatches: list[PlannedDispatch]
+    outputs: dict[str, TensorSpec]
+    scratch: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: output role -> (base role, byte offset): outputs that are parts of another output
+    #: (a fused q/k/v projection's three results are parts of one buffer)
+    views: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def variants(self) -> list[str]:
+        return [d.variant for d in self.dispatches]
+
+
+class Op:
+    """Base class of every operator (see the module docstring)."""
+
+    #: registry key, also the name graphs and profiles show
+    name: ClassVar[str] = ""
+    #: the numpy reference this op is tested against
+    reference: ClassVar[Callable[..., Any] | None] = None
+    #: roles of constant host arrays the op uploads (eager: per call; graphs: once)
+    constant_roles: ClassVar[tuple[str, ...]] = ()
+
+    def prepack(self, weight: Any, device: Any) -> Any:
+        """Device-resident form of `weight` (None for ops without weights)."""
+        return None
+
+    def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
+             device: Any) -> Plan:
+        raise NotImplementedError
+
+    def record(self, stream: Any, buffers: Mapping[str, Any], plan: Plan) -> None:
+        """Record `plan` into `stream` (anything with CommandBatch's `dispatch`)."""
+        dev = stream.device
+        for d in plan.dispatches:
+            kern = dev.kernel(d.variant, **d.spec)
+            stream.dispatch(kern, d.groups, buffers={b: buffers[r] for b, r in d.buffers.items()},
+                            push=d.push, label=self.name)
+
+
+OPS: dict[str, Op] = {}
+#: (weight format, activation kind) -> linear op name
+LINEAR_OPS: dict[tuple[str, str], str] = {}
+
+
+def register(op_cls: type[Op]) -> type[Op]:
+    """Class decorator: make one instance of the op available by its name."""
+    if not op_cls.name or op_cls.name in OPS:
+        raise ValueError(f"op name {op_cls.name!r} is empty or registered twice")
+    OPS[op_cls.name] = op_cls()
+    return op_cls
+
+
+def register_linear(weight_format: str, activation: str, op_name: str) -> None:
+    """`vkq.linear` routes a weight of `weight_format` with `activation` inputs to `op_name`."""
+    LINEAR_OPS[weight_format, activation] = op_name
+
+
+def get(name: str) -> Op:
+    return OPS[name]
