@@ -6,6 +6,7 @@ import pytest
 
 import vkq
 from vkq import layouts
+from vkq.bench.suites.q4gsw_linear import sweep_gemv_configs
 from vkq.layouts import LayoutError
 from vkq.ops import q4gsw_linear as op
 from vkq.reference.q4gsw import q4gsw_dequantize_reference, q4gsw_linear_reference
@@ -541,7 +542,7 @@ def test_no_out_of_bounds_access(device, choice, k, gs, symmetric, params):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cfg", op.sweep_gemv_configs(), ids=lambda c: c.tag)
+@pytest.mark.parametrize("cfg", sweep_gemv_configs(), ids=lambda c: c.tag)
 def test_every_gemv_tuning_shape(device, cfg):
     w = make_weight(67, 4160, 64, True, seed=cfg.rw + cfg.r)
     x = np.random.default_rng(cfg.u).standard_normal((1, 4160)).astype(np.float32)

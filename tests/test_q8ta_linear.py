@@ -120,7 +120,7 @@ def _run_into(device, variant, x, w, p, bias=None, *, acc_out=False, extra_words
     weight = op.prepack(w, device)
     qp = op.QParams.check(p["input_scale"], p["input_zero_point"], p["output_scale"],
                           p["output_zero_point"], p["activation"])
-    packed_x = op._pack_x(path, x)
+    packed_x = op.pack_x(path, x)
     words = m * 4 * weight.n4 if acc_out else int(np.prod(op.output_spec(path, m, n)))
     with device.upload(packed_x.arrays["data"]) as bx, \
             device.upload(np.full(words + extra_words, SENTINEL, np.uint32)) as by:

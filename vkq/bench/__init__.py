@@ -1,7 +1,8 @@
 """`python -m vkq bench`: benchmarks are tools, never tests.
 
-Op modules register suites with `@register("name")`; a suite is a function taking a
-`BenchContext` and yielding `Row`s. The runner measures the read roofline first, so every
+The suites live in `vkq.bench.suites`, one module per op, each registering itself with
+`@register("name")`; a suite is a function taking a `BenchContext` and yielding `Row`s. The
+bench imports the ops, never the other way round (`import vkq` does not load it). The runner measures the read roofline first, so every
 suite can report its bandwidth as a fraction of what this device reaches in the same run.
 """
 from __future__ import annotations

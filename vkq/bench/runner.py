@@ -1,23 +1,15 @@
 """Runs the registered suites and prints/saves the table."""
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 import sys
 import time
 from typing import Iterable
 
-from vkq.bench import SUITES, BenchContext, Row
-from vkq.ops.read_bandwidth import StreamingRead, measure_dispatch_overhead
+from vkq.bench import SUITES, BenchContext, Row, suites
+from vkq.bench.roofline import StreamingRead
+from vkq.bench.timing import measure_dispatch_overhead
 from vkq.runtime import Device
-
-
-def load_suites() -> None:
-    """Import every op module: each registers its own suites."""
-    import vkq.ops
-    for m in pkgutil.iter_modules(vkq.ops.__path__):
-        importlib.import_module(f"vkq.ops.{m.name}")
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -37,7 +29,7 @@ def format_table(rows: Iterable[Row]) -> str:
 
 def run(device: Device, names: list[str] | None, quick: bool, repeats: int,
         compare: frozenset[str], roofline_bytes: int) -> tuple[list[Row], dict]:
-    load_suites()
+    suites.load()
     unknown = set(names or []) - set(SUITES)
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; have {list(SUITES)}")

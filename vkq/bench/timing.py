@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vkq.bench.clocks import sm_clock
+from vkq.bench.roofline import VARIANT as READ_VARIANT, StreamingRead
 from vkq.runtime import CommandBatch, Device
 
 
@@ -81,14 +82,13 @@ def warm_up(device: Device, record: Callable[[CommandBatch, int], None], n_copie
 
 def raise_clock(device: Device, clock: Any, max_ns: float = CLOCK_WAIT_NS) -> None:
     """Stream reads (a 256 MiB buffer, held per device) until the SM clock is near its max."""
-    from vkq.ops.read_bandwidth import StreamingRead
     stream = _STREAMS.get(device)
     if stream is None:
         stream = _STREAMS[device] = StreamingRead(device, 256 << 20)
     stream.keep_busy(max_ns / 1e9, until=clock.near_max)
 
 
-_STREAMS: "weakref.WeakKeyDictionary[Device, Any]" = weakref.WeakKeyDictionary()
+_STREAMS: "weakref.WeakKeyDictionary[Device, StreamingRead]" = weakref.WeakKeyDictionary()
 
 
 def time_call(device: Device, record: Callable[[CommandBatch, int], None], n_copies: int,
@@ -122,3 +122,14 @@ def time_dispatches(device: Device, record: Callable[[CommandBatch, int], None],
     if warmup_ns:
         warm_up(device, record, n_copies, warmup_ns)
     return _isolated(device, record, n_copies, repeats)
+
+
+def measure_dispatch_overhead(device: Device, repeats: int = 20) -> Timing:
+    """GPU time of a one-workgroup dispatch that reads nothing, timed like every benchmark
+    row (chained and isolated): the floor under them."""
+    kernel = device.kernel(READ_VARIANT)
+    with device.buffer(16 * 256) as sink, device.buffer(16) as data:
+        def record(b: CommandBatch, i: int) -> None:
+            b.dispatch(kernel, (1, 1, 1), buffers={"t_sink": sink, "t_data": data},
+                       push={"n_words": 0, "magic": 0x9E3779B9, "first_word": 0})
+        return time_call(device, record, 1, repeats, warmup_ns=0)

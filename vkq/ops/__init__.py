@@ -1,7 +1,8 @@
 """Operators: each module packs its inputs, picks a kernel variant, and dispatches it.
 
 A module may define `describe_variants(caps) -> {situation: variant}` (shown by
-`python -m vkq info`) and register benchmark suites with `vkq.bench.register`.
+`python -m vkq info`). Benchmarks and tuning sweeps live in `vkq.bench.suites`: ops never
+import `vkq.bench`.
 """
 from __future__ import annotations
 

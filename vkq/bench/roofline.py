@@ -1,14 +1,11 @@
 """The read roofline: how fast a compute shader can stream uvec4 words from device memory."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from vkq.runtime import Device
-
-if TYPE_CHECKING:
-    from vkq.bench.timing import Timing
 
 VARIANT = "read_bandwidth"
 
@@ -72,15 +69,3 @@ class StreamingRead:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def measure_dispatch_overhead(device: Device, repeats: int = 20) -> "Timing":
-    """GPU time of a one-workgroup dispatch that reads nothing, timed like every benchmark
-    row (chained and isolated): the floor under them."""
-    from vkq.bench.timing import time_call
-    kernel = device.kernel(VARIANT)
-    with device.buffer(16 * 256) as sink, device.buffer(16) as data:
-        def record(b, i: int) -> None:
-            b.dispatch(kernel, (1, 1, 1), buffers={"t_sink": sink, "t_data": data},
-                       push={"n_words": 0, "magic": 0x9E3779B9, "first_word": 0})
-        return time_call(device, record, 1, repeats, warmup_ns=0)
