@@ -274,9 +274,9 @@ def test_bad_inputs(device):
     with pytest.raises(ValueError, match="kernel must be"):
         vkq.linear(x, w, kernel="fast", device=device)
     with pytest.raises(ValueError, match="int4"):
-        op.linear(x, vkq.quantize_weight(np.ones((8, 64)), bits=8), device=device)
+        op.OPS["q4gsw_linear"].prepack(vkq.quantize_weight(np.ones((8, 64)), bits=8), device)
     with pytest.raises(TypeError, match="QuantizedWeight"):
-        op.linear(x, np.ones((8, 64)), device=device)
+        vkq.linear(x, np.ones((8, 64)), device=device)
 
 
 @pytest.mark.parametrize("kernel", ["gemv", "gemm"])
@@ -340,11 +340,11 @@ def test_gn_layout_scales_are_refused_with_repack_hint(device, symmetric):
         assert pw.layouts == {"weight": ("int4_uvec4", 1), "params": ("group_params_ng", 1)}
         x = np.random.default_rng(0).standard_normal((3, k)).astype(np.float32)
         for m in (1, 3):
-            check(op.linear(x[:m], pw), x[:m], w, None)
+            check(vkq.linear(x[:m], pw), x[:m], w, None)
     finally:
         pw.close()
     with pytest.raises(ValueError, match="closed"):
-        op.linear(x, pw)
+        vkq.linear(x, pw)
 
 
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
@@ -445,14 +445,18 @@ def test_device_tensor_in_and_out(device):
     w2 = make_weight(5, 24, 8, False, seed=12)
     x = np.random.default_rng(13).standard_normal((2, 64)).astype(np.float32)
     with vkq.to_device(x, device=device) as xd:
-        with op.linear(xd, w1) as hd, op.linear(hd, w2) as yd:
+        with vkq.linear(xd, w1) as hd, vkq.linear(hd, w2) as yd:
             assert isinstance(yd, vkq.DeviceTensor) and yd.shape == (2, 5)
             h = hd.numpy()
             y = yd.numpy()
     check(h, x, w1, None)
     check(y, h, w2, None)
+    # float16/64 device tensors are stored as float32, like numpy inputs are converted
+    with vkq.to_device(x.astype(np.float64), device=device) as xd64:
+        assert xd64.dtype == np.float32
+        check(vkq.linear(xd64, w1).numpy(), x, w1, None)
     with pytest.raises(TypeError, match="float32"):
-        op.linear(vkq.to_device(x.astype(np.float16), device=device), w1)
+        vkq.linear(vkq.to_device(x.astype(np.int8), device=device), w1)
 
 
 # ------------------------------------------------------------------ out-of-bounds guards

@@ -8,14 +8,16 @@
 The default device is the best Vulkan device found (`$VKQ_DEVICE` picks one by index or name
 substring); `vkq.Device(...)` opens others, and every op takes `device=`.
 """
+from vkq.functional import add, rms_norm, silu_mul
+from vkq.graph import Graph, GraphError, graph
+from vkq.fused import FusedWeight, fuse_linear
 from vkq.linear import linear
-from vkq.ops.rms_norm import rms_norm
 from vkq.quantized_weight import QuantizedWeight, quantize_weight
 from vkq.runtime import Device, UnsupportedDevice, default_device, set_default_device, trace
 from vkq.shaderlib import ShaderError
 from vkq.tensor import DeviceTensor, to_device
 
 __version__ = "0.1.0"
-__all__ = ["Device", "DeviceTensor", "QuantizedWeight", "ShaderError", "UnsupportedDevice",
-           "default_device", "linear", "quantize_weight", "rms_norm", "set_default_device",
-           "to_device", "trace"]
+__all__ = ["Device", "DeviceTensor", "FusedWeight", "Graph", "GraphError", "QuantizedWeight", "ShaderError",
+           "UnsupportedDevice", "add", "default_device", "fuse_linear", "graph", "linear", "quantize_weight",
+           "rms_norm", "set_default_device", "silu_mul", "to_device", "trace"]

@@ -112,14 +112,15 @@ _PACKERS = {
 
 
 def to_device(x: np.ndarray, layout: str = DENSE, device: Device | None = None) -> DeviceTensor:
-    """Copy a host array to the device: "dense" (row-major, any dtype; float activations), or
+    """Copy a host array to the device: "dense" (row-major; float arrays become float32, other dtypes stay), or
     an activation layout of `vkq.layouts` ("int8_4h4w" for GEMM inputs, "int8_4w" for M == 1).
     Leading batch dimensions fold into rows for the packed layouts."""
     device = device or default_device()
     x = np.asarray(x)
     if layout == DENSE:
-        data = np.ascontiguousarray(x)
-        return DeviceTensor(device, DENSE, x.shape, x.dtype, {"data": device.upload(data)},
+        # float activations are float32 on the device, as the numpy paths convert them
+        data = np.ascontiguousarray(x, dtype=np.float32 if x.dtype.kind == "f" else x.dtype)
+        return DeviceTensor(device, DENSE, x.shape, data.dtype, {"data": device.upload(data)},
                             {"data": (data.shape, data.dtype)})
     if layout not in _PACKERS:
         raise ValueError(f"unknown layout {layout!r}; use one of {[DENSE, *_PACKERS]}")

@@ -141,4 +141,11 @@ def register_linear(weight_format: str, activation: str, op_name: str) -> None:
 
 
 def get(name: str) -> Op:
-    return OPS[name]
+    """The registered op called `name` (importing the op modules on first use)."""
+    if name not in OPS:
+        from vkq.ops import op_modules
+        op_modules()
+    try:
+        return OPS[name]
+    except KeyError:
+        raise KeyError(f"no op {name!r} is registered; have {sorted(OPS)}") from None

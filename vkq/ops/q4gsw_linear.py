@@ -78,17 +78,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import weakref
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from vkq import layouts
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
-from vkq.ops.common import bias_vector, ceil_div, float_input, grid_2d
+from vkq.ops.common import ceil_div, grid_2d
+from vkq.ops.contract import DENSE, OPS, Op, Plan, PlannedDispatch, TensorSpec, register, register_linear
+from vkq.ops.elementwise import fused_outputs
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
+from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
-from vkq.tensor import DENSE, DeviceTensor
 
 #: Format of the prepacked device weight (Q4gswWeight); bump VERSION when its arrays change.
 FORMAT = "q4gsw_weight"
@@ -150,6 +151,22 @@ class Q4gswWeight:
 
     def _buffers(self) -> list[Buffer]:
         return [b for b in (self.weight, self.scales, self.zeros) if b is not None]
+
+    def buffers(self) -> dict[str, Buffer]:
+        """Role suffix -> buffer, as plans bind them ("weight.weight", "weight.scales", ...);
+        "scales32"/"zeros32" once float32_params() has made them."""
+        out = {"weight": self.weight, "scales": self.scales}
+        if self.zeros is not None:
+            out["zeros"] = self.zeros
+        if self._wide is not None:
+            out["scales32"] = self._wide[0]
+            if self.has_zeros:
+                out["zeros32"] = self._wide[1]
+        elif not self.half_params:
+            out["scales32"] = self.scales
+            if self.zeros is not None:
+                out["zeros32"] = self.zeros
+        return out
 
     def float32_params(self) -> tuple[Buffer, Buffer | None]:
         """(scales, zeros) as float32 buffers, for kernels that read float32 parameters: the
@@ -451,76 +468,130 @@ def gemv_shape(dev: Device, n: int, k: int, m: int, kernel: str = "auto",
     return cfg
 
 
-# ----------------------------------------------------------------------------- dispatch
-def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
-                  bias: Buffer | None = None, *, kernel: str = "auto",
-                  gemv_config: GemvConfig | None = None, gemv_subgroup: bool | None = None,
-                  gemm_tile: str | None = None, gemm_splits: int | None = None,
-                  scratch: Buffer | None = None) -> list[Buffer]:
-    """Record `y[:m*N] = x[:m*K] @ dequant(w).T (+ bias)` into a batch (buffers already sized).
-
-    The internal entry point under `linear`: tests use it with guard regions around x and y,
-    and to force GEMV workgroup shapes (`gemv_config`) or its shared-memory-only reduction
-    (`gemv_subgroup=False`, default: only where the device lacks subgroup shuffles), a GEMM tile
-    (`gemm_tile`, e.g. "64x64") or a split-K count (`gemm_splits`).
-    Split-K needs `splits * m * N` floats of scratch: pass `scratch`, or the buffer is made
-    here and returned; the caller closes returned buffers once the batch has run.
-    """
-    dev = b.device
+# ----------------------------------------------------------------------------- plan
+def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, kernel: str = "auto",
+                      gemv_config: GemvConfig | None = None, gemv_subgroup: bool | None = None,
+                      gemm_tile: str | None = None, gemm_splits: int | None = None,
+                      out: str = "y") -> tuple[list[PlannedDispatch], dict[str, int]]:
+    """The dispatches computing `out[:m*N] = x[:m*K] @ dequant(w).T (+ bias)` and the scratch
+    they need (role -> bytes). Roles: "x", `out`, "bias" (or "dummy"), "weight.*",
+    "scratch.partials" (split-K). `gemv_config` forces a GEMV workgroup shape, `gemv_subgroup`
+    False its shared-memory-only reduction, `gemm_tile`/`gemm_splits` a GEMM tile / split-K."""
     n, k = w.shape
     sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
     cfg = gemv_shape(dev, n, k, m, kernel, gemv_config, sub)
-    bias_buf = bias if bias is not None else _dummy(dev)
-    bufs = {"t_out": y, "t_x": x, "t_weight": w.weight, "t_scales": w.scales, "t_bias": bias_buf}
+    bias = "bias" if has_bias else "dummy"
+    bufs = {"t_out": out, "t_x": "x", "t_weight": "weight.weight", "t_scales": "weight.scales",
+            "t_bias": bias}
     if w.has_zeros:
-        bufs["t_zeros"] = w.zeros
+        bufs["t_zeros"] = "weight.zeros"
     if k >= 1 << 31:  # both shaders build their nibble-to-float exponent from pc.k >> 31
         raise ValueError(f"the q4gsw kernels support K < 2^31, got K = {k}")
     if cfg is not None:
         name = gemv_variant(w.has_zeros, w.group_size, cfg, subgroup=sub, half_params=w.half_params)
         units = w.group_size // (32 if gemv_group_mode(w.group_size) == "word" else 8)
-        kern = dev.kernel(name, GROUP_UNITS=units)
         gx, gy, _ = grid_2d(ceil_div(n, cfg.rows), dev.caps.max_workgroup_count[0])
         blocks = ceil_div(m, cfg.mr)  # gl_WorkGroupID.z: a block of mr rows of x
         if blocks > dev.caps.max_workgroup_count[2]:
             raise ValueError(f"M = {m} needs {blocks} GEMV row blocks, over this device's "
                              f"{dev.caps.max_workgroup_count[2]}; use kernel='gemm' or 'auto'")
-        push = {"n": n, "k": k, "n_groups": w.n_groups, "has_bias": int(bias is not None)}
+        push = {"n": n, "k": k, "n_groups": w.n_groups, "has_bias": int(has_bias)}
         if cfg.mr > 1:
             push["m"] = m
-        b.dispatch(kern, (gx, gy, blocks), buffers=bufs, push=push)
-        return []
+        return [PlannedDispatch(name, (gx, gy, blocks), bufs, push, {"GROUP_UNITS": units})], {}
     plan = plan_gemm(m, n, k, w.has_zeros, gemm_tile, gemm_splits, w.half_params)
     if plan.float32_params:
-        bufs["t_scales"], zeros = w.float32_params()
-        if zeros is not None:
-            bufs["t_zeros"] = zeros
-    kern = dev.kernel(plan.variant, GROUP_COMPS=w.group_size // 8)
+        w.float32_params()  # made once, on first use
+        bufs["t_scales"] = "weight.scales32"
+        if w.has_zeros:
+            bufs["t_zeros"] = "weight.zeros32"
     max_x, max_y = dev.caps.max_workgroup_count[:2]
     gx = ceil_div(n, plan.bn)
     if gx > max_x or plan.splits > dev.caps.max_workgroup_count[2]:
         raise ValueError(f"N = {n} needs {gx} workgroups along x, over this device's {max_x}")
-    temps: list[Buffer] = []
+    scratch: dict[str, int] = {}
     if plan.splits > 1:
-        need = 4 * plan.splits * m * n
-        if scratch is None or scratch.nbytes < need:
-            scratch = dev.buffer(need)
-            temps.append(scratch)
-        bufs = dict(bufs, t_out=scratch)
+        scratch["scratch.partials"] = 4 * plan.splits * m * n
+        bufs = dict(bufs, t_out="scratch.partials")
+    out_list = []
     rows_per_dispatch = max_y * plan.bm
     for row0 in range(0, m, rows_per_dispatch):
         rows = min(rows_per_dispatch, m - row0)
-        b.dispatch(kern, (gx, ceil_div(rows, plan.bm), plan.splits), buffers=bufs,
-                   push={"m": m, "n": n, "k": k, "n_groups": w.n_groups,
-                         "has_bias": int(bias is not None and plan.splits == 1),
-                         "row_offset": row0, "split_chunks": plan.split_chunks})
+        out_list.append(PlannedDispatch(
+            plan.variant, (gx, ceil_div(rows, plan.bm), plan.splits), bufs,
+            {"m": m, "n": n, "k": k, "n_groups": w.n_groups,
+             "has_bias": int(has_bias and plan.splits == 1), "row_offset": row0,
+             "split_chunks": plan.split_chunks}, {"GROUP_COMPS": w.group_size // 8}))
     if plan.splits > 1:
-        b.dispatch(dev.kernel("q4gsw_gemm_reduce"),
-                   grid_2d(ceil_div(m * n, 256), max_x),
-                   buffers={"t_out": y, "t_part": scratch, "t_bias": bias_buf},
-                   push={"mn": m * n, "n": n, "splits": plan.splits,
-                         "has_bias": int(bias is not None)})
+        out_list.append(PlannedDispatch(
+            "q4gsw_gemm_reduce", grid_2d(ceil_div(m * n, 256), max_x),
+            {"t_out": out, "t_part": "scratch.partials", "t_bias": bias},
+            {"mn": m * n, "n": n, "splits": plan.splits, "has_bias": int(has_bias)}))
+    return out_list, scratch
+
+
+def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
+                  bias: Buffer | None = None, *, scratch: Buffer | None = None,
+                  **choice: Any) -> list[Buffer]:
+    """Record `y[:m*N] = x[:m*K] @ dequant(w).T (+ bias)` into a batch (buffers already sized).
+
+    The low-level entry point under the op: tests use it with guard regions around x and y
+    and to force kernels (`choice`: see linear_dispatches); the benchmark to time them.
+    Split-K needs `splits * m * N` floats of scratch: pass `scratch`, or a buffer is made
+    here and returned; the caller closes returned buffers once the batch has run.
+    """
+    dispatches, need = linear_dispatches(b.device, w, m, bias is not None, **choice)
+    buffers: dict[str, Any] = {"x": x, "y": y, "bias": bias, "dummy": b.device.dummy_buffer()}
+    buffers.update({f"weight.{r}": buf for r, buf in w.buffers().items()})
+    temps: list[Buffer] = []
+    for role, nbytes in need.items():
+        if scratch is None or scratch.nbytes < nbytes:
+            scratch = b.device.buffer(nbytes)
+            temps.append(scratch)
+        buffers[role] = scratch
+    OPS[Q4gswLinear.name].record(b, buffers, Plan(dispatches, {}))
     return temps
+
+
+@register
+class Q4gswLinear(Op):
+    """`y = x @ dequant(w).T (+ bias) (+ residual)` for int4 group-wise weights w [N, K].
+
+    Inputs: "x" dense float32 [..., K]; optional "residual" [..., N] (added after the
+    product: a decoder layer's skip connection). Constant: optional "bias" [N]. Attributes:
+    "kernel" ("auto" | "gemv" | "gemm"), "parts"/"epilogue" for fused weights (see
+    vkq.ops.elementwise.fused_outputs), and the forcing choices of linear_dispatches.
+    """
+
+    name = "q4gsw_linear"
+    reference = staticmethod(q4gsw_linear_reference)
+    constant_roles = ("bias",)
+
+    def prepack(self, weight: Any, device: Device) -> Q4gswWeight:
+        return _device_weight(weight, device)
+
+    def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
+             device: Any) -> Plan:
+        x = inputs["x"]
+        n, k = weight.shape
+        if x.layout != DENSE or x.dtype != np.float32:
+            raise TypeError(f"int4 weight-only linear takes float32 activations; x is "
+                            f"{x.describe()}" + ("; pass the float activations (e.g. "
+                            "vkq.to_device(x_float))" if x.dtype == np.int8 else ""))
+        if not x.shape or x.shape[-1] != k:
+            raise ValueError(f"x must have shape [..., K] with K = {k} (the weight's), got {x.shape}")
+        m = x.rows
+        choice = {c: attrs[c] for c in _CHOICES if attrs.get(c) is not None}
+        route(max(m, 1), choice.get("kernel", "auto"))
+        stage = fused_outputs(device, x.shape[:-1], n, attrs.get("parts"), attrs.get("epilogue"),
+                              residual=inputs.get("residual"))
+        dispatches, scratch = linear_dispatches(device, weight, m, bool(attrs.get("has_bias")),
+                                                out=stage.product, **choice) if m else ([], {})
+        scratch.update(stage.scratch)
+        return Plan(dispatches + (stage.dispatches if m else []), stage.outputs, scratch, stage.views)
+
+
+_CHOICES = ("kernel", "gemv_config", "gemv_subgroup", "gemm_tile", "gemm_splits")
 
 
 #: Split-K aims for at least this many GEMM workgroups (4 per SM on a 132-SM H100): at small
@@ -572,80 +643,6 @@ def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
     return GemmPlan(variant, bm, bn, ceil_div(kb, chunks), chunks, widen)
 
 
-_DUMMIES: "weakref.WeakKeyDictionary[Device, Buffer]" = weakref.WeakKeyDictionary()
-
-
-def _dummy(dev: Device) -> Buffer:
-    """A 16-byte buffer bound where an optional input (bias) is absent; never read then."""
-    buf = _DUMMIES.get(dev)
-    if buf is None or buf.closed:
-        buf = _DUMMIES[dev] = dev.buffer(16)
-    return buf
-
-
-def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight | Q4gswWeight,
-           bias: np.ndarray | None = None, *, kernel: str = "auto",
-           device: Device | None = None) -> np.ndarray | DeviceTensor:
-    """`y = x @ dequant(w).T + bias` for int4 group-wise weights `w` [N, K].
-
-    Args:
-        x: float array [..., K] (float16/64 are converted to float32), or a "dense" float32
-            DeviceTensor (the result then stays on the device as a DeviceTensor).
-        w: a QuantizedWeight with bits=4 (packed and uploaded once, then cached on it), or a
-            Q4gswWeight from prepack_q4gsw.
-        bias: optional float [N].
-        kernel: "auto" (GEMV for M == 1, else GEMM), "gemv" (M == 1 only) or "gemm".
-    Returns:
-        float32 [..., N] (numpy, or DeviceTensor for a DeviceTensor input).
-    """
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    on_device = isinstance(x, DeviceTensor)
-    if on_device:
-        x.expect(DENSE)
-        if x.dtype != np.float32:
-            raise TypeError(f"a DeviceTensor input must be float32, got {x.dtype}")
-        device = device or x.device
-        if x.device is not device:
-            raise ValueError("x lives on another device than the one asked for")
-        shape = x.shape
-    else:
-        x = float_input("x", x)
-        shape = x.shape
-    pw = _device_weight(w, device)
-    device = pw.device
-    n, k = pw.shape
-    if len(shape) < 1 or shape[-1] != k:
-        raise ValueError(f"x must have shape [..., K] with K = {k} (the weight's), got {tuple(shape)}")
-    m = int(np.prod(shape[:-1], dtype=np.int64))
-    route(m if m else 1, kernel)  # validates the kernel choice before any work
-    b32 = bias_vector(bias, n, finite=False)
-    out_shape = tuple(shape[:-1]) + (n,)
-    if on_device:
-        y = DeviceTensor.empty(device, DENSE, out_shape, np.float32, {"data": ((m * n,), np.float32)})
-        if m:
-            _run(device, pw, x.buffer, y.buffer, m, b32, kernel, download=False)
-        return y
-    if m == 0:
-        return np.empty(out_shape, np.float32)
-    with device.upload(x) as bx, device.buffer(4 * m * n) as by:
-        out = _run(device, pw, bx, by, m, b32, kernel, download=True)
-    return out.view(np.float32).reshape(out_shape)
-
-
-def _run(device: Device, pw: Q4gswWeight, x: Buffer, y: Buffer, m: int, bias: np.ndarray | None,
-         kernel: str, download: bool) -> np.ndarray | None:
-    temps = [device.upload(bias)] if bias is not None else []
-    try:
-        with device.batch() as b:
-            temps += record_linear(b, pw, x, y, m, temps[0] if temps else None, kernel=kernel)
-            d = b.download(y, 4 * m * pw.shape[0]) if download else None
-    finally:
-        for buf in temps:
-            buf.close()
-    return d.result() if d is not None else None
-
-
 def describe_variants(caps: Any) -> dict[str, str]:
     sub = bool(getattr(caps, "subgroup_shuffle", True))
     smem = int(getattr(caps, "max_shared_memory", 1 << 62))
@@ -663,3 +660,6 @@ def describe_variants(caps: Any) -> dict[str, str]:
     for m in (GEMV_MAX_ROWS + 1, 32, 33, 129):
         out[f"q4gsw GEMM (M={m})"] = plan_gemm(m, 4096, 4096, False, half_params=True).variant
     return out
+
+
+register_linear("int4", "float", Q4gswLinear.name)

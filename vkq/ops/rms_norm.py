@@ -1,50 +1,41 @@
 """rms_norm (SPEC §3): one workgroup per row; the vec4 variant when the width allows it."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import numpy as np
 
-from vkq.ops.common import float_input, grid_2d, positive_finite
-from vkq.runtime import Device, default_device
+from vkq.ops.common import grid_2d
+from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
+from vkq.reference.rms_norm import rms_norm_reference
 
 
 def pick_variant(width: int) -> str:
     return "rms_norm_vec4" if width % 4 == 0 else "rms_norm_scalar"
 
 
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float = 1e-6, *,
-             device: Device | None = None) -> np.ndarray:
+@register
+class RmsNorm(Op):
     """`x * rsqrt(mean(x**2, axis=-1) + eps) * weight` over the last axis, fp32 sums.
+    Inputs: "x" [..., W] float32; constant "weight" [W]; attribute "eps" (> 0)."""
 
-    Args:
-        x: float array `[..., W]` (leading dimensions are rows).
-        weight: float array `[W]`.
-        eps: added to the mean square, finite and > 0.
-    Returns:
-        float32 array shaped like x.
-    """
-    x = float_input("x", x)
-    weight = float_input("weight", weight)
-    width = x.shape[-1]
-    if weight.shape != (width,):
-        raise ValueError(f"weight must have shape ({width},) to match x's last axis, got {weight.shape}")
-    if width == 0:
-        raise ValueError("rms_norm needs a non-empty last axis")
-    eps = positive_finite("eps", eps)
-    device = device or default_device()
-    rows = int(np.prod(x.shape[:-1], dtype=np.int64))
-    if rows == 0:
-        return np.empty_like(x)
-    kernel = device.kernel(pick_variant(width))
-    with device.buffer(x.nbytes) as bx, device.buffer(x.nbytes) as by, \
-            device.buffer(weight.nbytes) as bw:
-        with device.batch() as b:
-            b.upload(bx, x)
-            b.upload(bw, weight)
-            b.dispatch(kernel, grid_2d(rows, device.caps.max_workgroup_count[0]),
-                       buffers={"t_out": by, "t_in": bx, "t_weight": bw},
-                       push={"n_rows": rows, "width": width, "eps": eps})
-            out = b.download(by)
-        return out.result().view(np.float32).reshape(x.shape)
+    name = "rms_norm"
+    reference = staticmethod(rms_norm_reference)
+    constant_roles = ("weight",)
+
+    def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
+             device: Any) -> Plan:
+        x = inputs["x"]
+        if x.layout != "dense" or x.dtype != np.float32 or not x.shape:
+            raise TypeError(f"rms_norm: x must be a dense float32 tensor [..., W], got {x.describe()}")
+        width = x.shape[-1]
+        if width == 0:
+            raise ValueError("rms_norm needs a non-empty last axis")
+        rows = x.rows
+        d = PlannedDispatch(pick_variant(width), grid_2d(rows, device.caps.max_workgroup_count[0]),
+                            {"t_out": "y", "t_in": "x", "t_weight": "weight"},
+                            {"n_rows": rows, "width": width, "eps": float(attrs["eps"])})
+        return Plan([d] if rows else [], {"y": TensorSpec.dense(x.shape)})
 
 
 def describe_variants(caps: object) -> dict[str, str]:

@@ -1,0 +1,55 @@
+"""Public elementwise and normalization ops: `vkq.rms_norm`, `vkq.add`, `vkq.silu_mul`.
+
+Each takes numpy arrays (result: numpy), DeviceTensors (result: a DeviceTensor, returned
+without waiting for the GPU) or, inside `with vkq.graph() as g:`, graph values.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vkq.execute import HostTensor, run_op
+from vkq.ops.common import float_input, positive_finite
+from vkq.ops.contract import TensorSpec
+from vkq.runtime import Device
+
+Tensor = Any  # numpy array | vkq.DeviceTensor | vkq.graph.Value
+
+
+def as_input(name: str, x: Tensor) -> Any:
+    """A DeviceTensor or graph value as is; a host array as a float32 HostTensor."""
+    if hasattr(x, "spec") and not isinstance(x, np.ndarray):
+        return x
+    arr = float_input(name, x)
+    return HostTensor(TensorSpec.dense(arr.shape), arr)
+
+
+def rms_norm(x: Tensor, weight: np.ndarray, eps: float = 1e-6, *,
+             device: Device | None = None) -> Tensor:
+    """`x * rsqrt(mean(x**2, axis=-1) + eps) * weight` over the last axis, fp32 sums.
+
+    Args:
+        x: float `[..., W]` (numpy, float32 DeviceTensor, or graph value).
+        weight: float array `[W]` (a constant: uploaded per eager call, once per graph).
+        eps: added to the mean square, finite and > 0.
+    Returns:
+        float32 shaped like x (numpy for numpy x, else like x).
+    """
+    xi = as_input("x", x)
+    w = float_input("weight", weight)
+    width = xi.spec.shape[-1] if xi.spec.shape else 0
+    if w.shape != (width,):
+        raise ValueError(f"weight must have shape ({width},) to match x's last axis, got {w.shape}")
+    eps = positive_finite("eps", eps)
+    return run_op("rms_norm", {"x": xi}, {"eps": eps}, constants={"weight": w}, device=device)["y"]
+
+
+def add(a: Tensor, b: Tensor, *, device: Device | None = None) -> Tensor:
+    """`a + b` for float32 tensors of one shape (a decoder layer's residual add)."""
+    return run_op("add", {"a": as_input("a", a), "b": as_input("b", b)}, device=device)["out"]
+
+
+def silu_mul(x: Tensor, *, device: Device | None = None) -> Tensor:
+    """SwiGLU's `silu(gate) * up` where `x = [..., 2n]` holds gate then up; result `[..., n]`."""
+    return run_op("silu_mul", {"x": as_input("x", x)}, device=device)["out"]

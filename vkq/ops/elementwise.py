@@ -1,0 +1,128 @@
+"""Elementwise ops between a decoder layer's linears (elementwise.comp.j2): the residual add,
+SwiGLU's silu(gate) * up, and taking columns out of a fused output. One thread per output
+element; float32 in and out."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+from vkq.ops.common import ceil_div, grid_2d
+from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
+from vkq.reference.elementwise import add_reference, silu_mul_reference
+from vkq.runtime.memory import RANGE_ALIGN
+
+WORKGROUP = 256  # elementwise.comp.j2's local size
+
+
+def elementwise_dispatch(variant: str, device: Any, rows: int, cols: int, stride: int, off: int,
+                         buffers: dict[str, str]) -> PlannedDispatch:
+    """One elementwise.comp.j2 dispatch over [rows, cols] outputs (see the template)."""
+    total = rows * cols
+    if total >= 1 << 32:
+        raise ValueError(f"{variant}: {total} elements exceed the kernel's 32-bit index")
+    return PlannedDispatch(variant, grid_2d(ceil_div(total, WORKGROUP), device.caps.max_workgroup_count[0]),
+                           buffers, {"rows": rows, "cols": cols, "stride": stride, "off": off})
+
+
+def _dense_f32(role: str, spec: TensorSpec, op: str) -> None:
+    if spec.layout != "dense" or spec.dtype.kind != "f" or spec.dtype.itemsize != 4:
+        raise TypeError(f"{op}: {role} must be a dense float32 tensor, got {spec.describe()}")
+
+
+@register
+class Add(Op):
+    """out = a + b (same shape; the residual add of a decoder layer)."""
+
+    name = "add"
+    reference = staticmethod(add_reference)
+
+    def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
+             device: Any) -> Plan:
+        a, b = inputs["a"], inputs["b"]
+        _dense_f32("a", a, self.name)
+        _dense_f32("b", b, self.name)
+        if a.shape != b.shape:
+            raise ValueError(f"add: shapes differ: {a.shape} and {b.shape}")
+        cols = a.shape[-1] if a.shape else 1
+        rows = a.rows if a.shape else 1
+        d = elementwise_dispatch("add_f32", device, rows, cols, cols, 0,
+                                 {"t_out": "out", "t_a": "a", "t_b": "b"})
+        return Plan([d], {"out": TensorSpec.dense(a.shape)})
+
+
+@register
+class SiluMul(Op):
+    """out[..., j] = silu(x[..., j]) * x[..., n + j] for x = [..., 2n] (gate then up)."""
+
+    name = "silu_mul"
+    reference = staticmethod(silu_mul_reference)
+
+    def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
+             device: Any) -> Plan:
+        x = inputs["x"]
+        _dense_f32("x", x, self.name)
+        if not x.shape or x.shape[-1] % 2:
+            raise ValueError(f"silu_mul: the last axis holds gate then up and must be even, got {x.shape}")
+        n = x.shape[-1] // 2
+        d = elementwise_dispatch("silu_mul_f32", device, x.rows, n, 2 * n, n,
+                                 {"t_out": "out", "t_a": "x"})
+        return Plan([d], {"out": TensorSpec.dense(x.shape[:-1] + (n,))})
+
+
+@dataclasses.dataclass
+class FusedOutputs:
+    """How a linear op's product becomes its outputs (`fused_outputs`)."""
+
+    product: str                        # the role the matrix product writes
+    dispatches: list[PlannedDispatch]   # run after the product
+    outputs: dict[str, TensorSpec]
+    scratch: dict[str, int]
+    views: dict[str, tuple[str, int]]
+
+
+def fused_outputs(device: Any, lead: tuple[int, ...], n: int, parts: tuple[int, ...] | None,
+                  epilogue: str | None, residual: TensorSpec | None = None) -> FusedOutputs:
+    """The output stage of a linear op over N = sum(parts) channels with leading dims `lead`:
+
+    - plain: the product is the output "y" [*lead, N]; with `residual` the product goes to
+      scratch and "y" = product + residual (one add dispatch);
+    - `parts` (q, k and v fused): outputs "y0", "y1", ... [*lead, n_i]. With one row and
+      part offsets the device can bind, they are slices of one buffer (no extra work);
+      otherwise copy_cols dispatches take each part's columns out of a scratch product;
+    - `epilogue="silu_mul"` (gate and up fused, two equal parts): "y" = silu(gate) * up.
+    """
+    m = int(np.prod(lead, dtype=np.int64))
+    if epilogue not in (None, "silu_mul"):
+        raise ValueError(f"epilogue must be None or 'silu_mul', got {epilogue!r}")
+    if residual is not None:
+        if parts or epilogue:
+            raise ValueError("residual= applies to a plain linear, not to fused parts or epilogues")
+        _dense_f32("residual", residual, "linear")
+        if residual.shape != lead + (n,):
+            raise ValueError(f"residual must have shape {lead + (n,)}, got {residual.shape}")
+        add = elementwise_dispatch("add_f32", device, m, n, n, 0,
+                                   {"t_out": "y", "t_a": "scratch.product", "t_b": "residual"})
+        return FusedOutputs("scratch.product", [add], {"y": TensorSpec.dense(lead + (n,))},
+                            {"scratch.product": 4 * m * n}, {})
+    if epilogue == "silu_mul":
+        if not parts or len(parts) != 2 or parts[0] != parts[1]:
+            raise ValueError(f"epilogue='silu_mul' needs two parts of equal size (gate, up), got {parts}")
+        half = parts[0]
+        d = elementwise_dispatch("silu_mul_f32", device, m, half, n, half,
+                                 {"t_out": "y", "t_a": "scratch.product"})
+        return FusedOutputs("scratch.product", [d], {"y": TensorSpec.dense(lead + (half,))},
+                            {"scratch.product": 4 * m * n}, {})
+    if not parts:
+        return FusedOutputs("y", [], {"y": TensorSpec.dense(lead + (n,))}, {}, {})
+    starts = np.concatenate([[0], np.cumsum(parts)[:-1]]).astype(int)
+    outputs = {f"y{i}": TensorSpec.dense(lead + (p,)) for i, p in enumerate(parts)}
+    if m == 1 and all((4 * s) % RANGE_ALIGN == 0 for s in starts):
+        outputs["y"] = TensorSpec.dense(lead + (n,))
+        views = {f"y{i}": ("y", 4 * int(s)) for i, s in enumerate(starts)}
+        return FusedOutputs("y", [], outputs, {}, views)
+    copies = [elementwise_dispatch("copy_cols_f32", device, m, p, n, int(s),
+                                   {"t_out": f"y{i}", "t_a": "scratch.product"})
+              for i, (p, s) in enumerate(zip(parts, starts))]
+    return FusedOutputs("scratch.product", copies, outputs, {"scratch.product": 4 * m * n}, {})

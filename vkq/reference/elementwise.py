@@ -1,0 +1,17 @@
+"""Elementwise references: residual add and SwiGLU's silu(gate) * up, in float32 like the
+kernels (silu's exp may differ from the GPU's by a few ulp; tests bound that)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def add_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (np.asarray(a, np.float32) + np.asarray(b, np.float32)).astype(np.float32)
+
+
+def silu_mul_reference(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up = gate / (1 + exp(-gate)) * up, float64 math, float32 result."""
+    g = np.asarray(gate, np.float64)
+    with np.errstate(over="ignore"):
+        s = g / (1.0 + np.exp(-g))
+    return (s * np.asarray(up, np.float64)).astype(np.float32)
