@@ -9,7 +9,7 @@ the elementwise op).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,36 +19,26 @@ EPILOGUES = (None, "silu_mul")
 
 
 class FusedWeight:
-    """Weights `[N_i, K]` run as one `[sum N_i, K]` linear (see the module docstring).
+    """One weight `[sum N_i, K]` that stands for several linear layers (module docstring).
 
-    `parts` are the N_i; `epilogue` None (one output per part) or "silu_mul" (two equal parts,
-    gate then up: one output silu(gate) * up). `weight` is the concatenated QuantizedWeight.
+    `weight` is the concatenated weight: a QuantizedWeight, or one already on the device (a
+    prepacked Q4gswWeight). `parts` are the N_i; `epilogue` None (one output per part) or
+    "silu_mul" (two equal parts, gate then up: one output silu(gate) * up). Build it with
+    `fuse_linear` from the separate weights.
     """
 
-    def __init__(self, weights: Sequence[QuantizedWeight], epilogue: str | None = None):
-        weights = list(weights)
-        if len(weights) < 2:
-            raise ValueError("fuse_linear needs at least two weights")
-        if not all(isinstance(w, QuantizedWeight) for w in weights):
-            raise TypeError("fuse_linear takes vkq.QuantizedWeight objects (logical weights)")
+    def __init__(self, weight: Any, parts: Sequence[int], epilogue: str | None = None):
+        self.parts = tuple(int(p) for p in parts)
         if epilogue not in EPILOGUES:
             raise ValueError(f"epilogue must be one of {EPILOGUES}, got {epilogue!r}")
-        first = weights[0]
-        for i, w in enumerate(weights[1:], 1):
-            same = (w.bits, w.group_size, w.symmetric, w.shape[1]) == \
-                   (first.bits, first.group_size, first.symmetric, first.shape[1])
-            if not same:
-                raise ValueError(f"weight {i} differs from weight 0 in bits, group size, symmetry "
-                                 f"or K: fused weights must agree on all four")
-        self.parts = tuple(int(w.shape[0]) for w in weights)
+        if len(self.parts) < 2 or min(self.parts) < 1:
+            raise ValueError(f"a fused weight has two or more non-empty parts, got {self.parts}")
+        if sum(self.parts) != weight.shape[0]:
+            raise ValueError(f"parts {self.parts} do not add up to the weight's N = {weight.shape[0]}")
         if epilogue == "silu_mul" and (len(self.parts) != 2 or self.parts[0] != self.parts[1]):
             raise ValueError(f"epilogue='silu_mul' fuses gate and up of equal size, got parts {self.parts}")
+        self.weight = weight
         self.epilogue = epilogue
-        zeros = None if first.symmetric else np.concatenate([w.zeros for w in weights])
-        self.weight = QuantizedWeight(np.concatenate([w.q for w in weights]),
-                                      np.concatenate([w.scales for w in weights]), zeros,
-                                      bits=first.bits,
-                                      group_size=first.group_size if first.bits == 4 else None)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -56,12 +46,29 @@ class FusedWeight:
 
     def release(self) -> None:
         """Free the device copies of the fused weight."""
-        self.weight.release()
+        release = getattr(self.weight, "release", None) or self.weight.close
+        release()
 
     def __repr__(self) -> str:
         return f"FusedWeight(parts={self.parts}, epilogue={self.epilogue!r}, {self.weight!r})"
 
 
 def fuse_linear(weights: Sequence[QuantizedWeight], epilogue: str | None = None) -> FusedWeight:
-    """Fuse linear layers that share their input (see FusedWeight)."""
-    return FusedWeight(weights, epilogue)
+    """Fuse linear layers that share their input: their weights are concatenated along N
+    (they must agree on bits, group size, symmetry and K)."""
+    weights = list(weights)
+    if not all(isinstance(w, QuantizedWeight) for w in weights):
+        raise TypeError("fuse_linear takes vkq.QuantizedWeight objects (logical weights)")
+    if len(weights) < 2:
+        raise ValueError("fuse_linear needs at least two weights")
+    first = weights[0]
+    for i, w in enumerate(weights[1:], 1):
+        if (w.bits, w.group_size, w.symmetric, w.shape[1]) != \
+                (first.bits, first.group_size, first.symmetric, first.shape[1]):
+            raise ValueError(f"weight {i} differs from weight 0 in bits, group size, symmetry "
+                             f"or K: fused weights must agree on all four")
+    zeros = None if first.symmetric else np.concatenate([w.zeros for w in weights])
+    cat = QuantizedWeight(np.concatenate([w.q for w in weights]),
+                          np.concatenate([w.scales for w in weights]), zeros, bits=first.bits,
+                          group_size=first.group_size if first.bits == 4 else None)
+    return FusedWeight(cat, [w.shape[0] for w in weights], epilogue)
