@@ -19,11 +19,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from vkq.graph import Value, capturing
 from vkq.ops import contract
 from vkq.ops.contract import Plan, TensorSpec
 from vkq.runtime import Buffer, Device, default_device
 from vkq.runtime.buffer import BufferSlice
 from vkq.tensor import DeviceTensor
+
+#: Plans kept per weight (or per weightless op) for repeated eager calls.
+PLAN_CACHE_SIZE = 16
 
 
 @dataclasses.dataclass
@@ -39,7 +43,6 @@ def spec_of(t: Any) -> TensorSpec:
         return t.spec
     if isinstance(t, DeviceTensor):
         return t.spec
-    from vkq.graph import Value
     if isinstance(t, Value):
         return t.spec
     raise TypeError(f"expected a tensor, got {type(t).__name__}")
@@ -51,7 +54,6 @@ def run_op(op_name: str, inputs: Mapping[str, Any], attrs: Mapping[str, Any] | N
     """Run (or capture) one call of a registered op; returns its outputs by role: numpy
     arrays in stored form for numpy inputs, DeviceTensors for device inputs, graph values
     inside a capture."""
-    from vkq.graph import Value, capturing
     op = contract.get(op_name)
     attrs = dict(attrs or {})
     constants = {k: v for k, v in (constants or {}).items() if v is not None}
@@ -62,10 +64,30 @@ def run_op(op_name: str, inputs: Mapping[str, Any], attrs: Mapping[str, Any] | N
         return target.add_node(op, dict(inputs), attrs, weight, constants, device)
     device = _device_of(inputs, weight, device)
     pw = op.prepack(weight, device) if weight is not None else None
-    specs = {role: spec_of(t) for role, t in inputs.items()}
-    plan = op.plan(specs, attrs, pw, device)
+    plan = _cached_plan(op, {role: spec_of(t) for role, t in inputs.items()}, attrs, pw, device)
     download = not any(isinstance(t, DeviceTensor) for t in inputs.values())
     return _run_eager(op, plan, inputs, pw, constants, device, download)
+
+
+def _cached_plan(op: contract.Op, specs: dict[str, TensorSpec], attrs: dict[str, Any], pw: Any,
+                 device: Device) -> Plan:
+    """op.plan, remembered on the prepacked weight (or the op) for the same specs and
+    attributes: an eager call in a decode loop plans once. Plans are pure functions of
+    these, the weight and the device's capabilities."""
+    owner = pw if pw is not None else op
+    cache = owner.__dict__.setdefault("_plan_cache", {})
+    try:
+        key = (tuple(sorted(specs.items())), tuple(sorted(attrs.items())), id(device))
+        hit = cache.get(key)
+    except TypeError:  # an unhashable attribute: plan every time
+        return op.plan(specs, attrs, pw, device)
+    if hit is not None and hit[0] is device:
+        return hit[1]
+    plan = op.plan(specs, attrs, pw, device)
+    if len(cache) >= PLAN_CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    cache[key] = (device, plan)
+    return plan
 
 
 def _device_of(inputs: Mapping[str, Any], weight: Any, device: Device | None) -> Device:

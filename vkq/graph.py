@@ -35,7 +35,7 @@ from vkq.ops.contract import DENSE, Plan, TensorSpec
 from vkq.runtime import Buffer, Device, default_device
 from vkq.runtime.batch import make_dispatch
 from vkq.runtime.buffer import BufferSlice
-from vkq.runtime.commands import Command, Copy
+from vkq.runtime.commands import Command, Copy, Dispatch
 from vkq.runtime.memory import RANGE_ALIGN
 from vkq.runtime.program import Program
 from vkq.tensor import DeviceTensor
@@ -435,6 +435,10 @@ class _Recorder:
     def dispatch(self, kernel: Any, groups: tuple[int, ...], *, buffers: Mapping[str, Any],
                  push: Mapping[str, Any] | None = None, label: str = "") -> None:
         self.commands.append(make_dispatch(self.device, kernel, groups, buffers, push, self.label))
+
+    def add_dispatch(self, kernel: Any, groups: tuple[int, int, int], bound: list[Any],
+                     push: bytes, label: str = "") -> None:
+        self.commands.append(Dispatch(kernel, groups, bound, push, self.label))
 
     def copy(self, src: Any, dst: Any, nbytes: int | None = None) -> None:
         nbytes = min(src.nbytes, dst.nbytes) if nbytes is None else nbytes

@@ -15,6 +15,7 @@ from vkq.functional import as_input
 from vkq.fused import FusedWeight
 from vkq.ops import contract
 from vkq.ops.common import bias_vector
+from vkq.ops.q4gsw_linear import Q4gswWeight
 from vkq.quantized_weight import QuantizedWeight
 from vkq.runtime import Device
 
@@ -22,7 +23,6 @@ _INT8_QPARAMS = ("input_scale", "input_zero_point", "output_scale", "output_zero
 
 
 def _weight_kind(w: Any) -> str:
-    from vkq.ops.q4gsw_linear import Q4gswWeight
     if isinstance(w, Q4gswWeight):
         return "int4"
     if isinstance(w, QuantizedWeight):

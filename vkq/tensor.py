@@ -43,14 +43,22 @@ class DeviceTensor:
     @classmethod
     def from_spec(cls, device: Device, spec: TensorSpec, buffer: Any) -> "DeviceTensor":
         """A tensor over `buffer` (a Buffer it then owns, or a slice of one) as `spec` says."""
-        return cls(device, spec.layout, spec.shape, spec.dtype, {"data": buffer},
-                   {"data": (spec.stored_shape, spec.stored_dtype)}, dict(spec.params))
+        t = cls.__new__(cls)  # the spec is already normalized: skip __init__'s conversions
+        t.device, t.format, t.version = device, spec.layout, 1
+        t.shape, t.dtype, t.params = spec.shape, spec.dtype, dict(spec.params)
+        t.buffers = {"data": buffer}
+        t.array_specs = {"data": (spec.stored_shape, spec.stored_dtype)}
+        t._spec = spec
+        return t
 
     @property
     def spec(self) -> TensorSpec:
-        shape, dtype = self.array_specs["data"]
-        return TensorSpec(self.shape, self.dtype, self.format, shape, dtype,
-                          tuple(sorted(self.params.items())))
+        spec = self.__dict__.get("_spec")
+        if spec is None:
+            shape, dtype = self.array_specs["data"]
+            spec = self._spec = TensorSpec(self.shape, self.dtype, self.format, shape, dtype,
+                                           tuple(sorted(self.params.items())))
+        return spec
 
     @property
     def buffer(self) -> Buffer:

@@ -23,6 +23,7 @@ Each op names its numpy reference (`reference`), which the tests compare it with
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
@@ -56,12 +57,12 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.stored_shape, dtype=np.int64)) * self.stored_dtype.itemsize
+        return math.prod(self.stored_shape) * self.stored_dtype.itemsize
 
     @property
     def rows(self) -> int:
         """Leading dimensions folded: M of an [..., K] activation."""
-        return int(np.prod(self.shape[:-1], dtype=np.int64))
+        return math.prod(self.shape[:-1])
 
     def describe(self) -> str:
         lay = "" if self.layout == DENSE else f" in layout {self.layout!r}"
@@ -77,6 +78,25 @@ class PlannedDispatch:
     buffers: dict[str, str]
     push: dict[str, Any]
     spec: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: (device, kernel, roles in binding order, packed push constants, groups), made on the
+    #: first record: cached plans record without looking anything up again
+    _resolved: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    def resolve(self, device: Any) -> tuple[Any, tuple[str, ...], bytes, tuple[int, int, int]]:
+        r = self._resolved
+        if r is None or r[0] is not device:
+            kern = device.kernel(self.variant, **self.spec)
+            if set(self.buffers) != set(kern.binding_names):
+                raise ValueError(f"{self.variant}: planned bindings {sorted(self.buffers)} do not "
+                                 f"match the declared {list(kern.binding_names)}")
+            groups = tuple(int(g) for g in self.groups) + (1,) * (3 - len(self.groups))
+            limit = device.caps.max_workgroup_count
+            if any(g < 0 or g > lim for g, lim in zip(groups, limit)):
+                raise ValueError(f"{self.variant}: workgroup count {groups} outside the device "
+                                 f"limit {limit}")
+            roles = tuple(self.buffers[n] for n in kern.binding_names)
+            r = self._resolved = (device, kern, roles, kern.pack_push_constants(self.push), groups)
+        return r[1:]
 
 
 @dataclasses.dataclass
@@ -117,9 +137,8 @@ class Op:
         """Record `plan` into `stream` (anything with CommandBatch's `dispatch`)."""
         dev = stream.device
         for d in plan.dispatches:
-            kern = dev.kernel(d.variant, **d.spec)
-            stream.dispatch(kern, d.groups, buffers={b: buffers[r] for b, r in d.buffers.items()},
-                            push=d.push, label=self.name)
+            kern, roles, push, groups = d.resolve(dev)
+            stream.add_dispatch(kern, groups, [buffers[r] for r in roles], push)
 
 
 OPS: dict[str, Op] = {}

@@ -4,6 +4,7 @@ element; float32 in and out."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -93,7 +94,7 @@ def fused_outputs(device: Any, lead: tuple[int, ...], n: int, parts: tuple[int, 
       otherwise copy_cols dispatches take each part's columns out of a scratch product;
     - `epilogue="silu_mul"` (gate and up fused, two equal parts): "y" = silu(gate) * up.
     """
-    m = int(np.prod(lead, dtype=np.int64))
+    m = math.prod(lead)
     if epilogue not in (None, "silu_mul"):
         raise ValueError(f"epilogue must be None or 'silu_mul', got {epilogue!r}")
     if residual is not None:

@@ -106,6 +106,17 @@ class CommandBatch:
         self.kernel_names.append(kernel.name)
         note_dispatch(kernel.name)
 
+    def add_dispatch(self, kernel: Kernel, groups: tuple[int, int, int], bound: list[Range],
+                     push: bytes, label: str = "") -> None:
+        """`dispatch` for callers that checked the interface already (op plans): buffers in
+        binding order, push constants packed."""
+        for b in bound:
+            if b.closed:
+                raise ValueError(f"{kernel.name}: a buffer it binds is closed")
+        self.commands.append(Dispatch(kernel, groups, bound, push, label))
+        self.kernel_names.append(kernel.name)
+        note_dispatch(kernel.name)
+
     @property
     def timings_ns(self) -> list[float]:
         """GPU duration of each dispatch (timestamps=True)."""

@@ -140,10 +140,17 @@ def _read_write_access(stages: int) -> int:
     return bits
 
 
+_BARRIERS: dict[tuple[int, int], Any] = {}
+
+
 def memory_barrier(cmd: Any, src_stages: int, src_access: int, dst_stages: int, dst_access: int,
                    keep: list[Any]) -> None:
-    barrier = new("VkMemoryBarrier", keep, sType=lib.VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-                  srcAccessMask=src_access, dstAccessMask=dst_access)
+    # The struct is only read during the call: one per access pair serves every recording.
+    barrier = _BARRIERS.get((src_access, dst_access))
+    if barrier is None:
+        barrier = _BARRIERS[src_access, dst_access] = new(
+            "VkMemoryBarrier", None, sType=lib.VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+            srcAccessMask=src_access, dstAccessMask=dst_access)
     lib.vkCmdPipelineBarrier(cmd, src_stages, dst_stages, 0, 1, barrier, 0, ffi.NULL, 0, ffi.NULL)
 
 
