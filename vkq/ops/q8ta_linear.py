@@ -66,17 +66,13 @@ _EPILOGUE_CACHE = 4
 
 
 # -- variants and routing -----------------------------------------------------------------------
-#: GEMM tiles (rows x channels) by batch size, measured on the H100 at K = 4096: 128x64 tiles
-#: (8x8 outputs per thread, 128 threads) reach 80-94 TOPS for M >= 512 and match 128x128
-#: tiles at M = 2048; for M <= 256 they leave SMs idle, where 32x128 tiles (4x8 per thread,
-#: 64 threads) run 1.1-5x faster.
+#: GEMM tiles (rows x channels) by batch size: 32x128 up to SMALL_M_TILE_MAX rows, 128x64
+#: above. Measured on the H100; see docs/tuning.md §q8ta GEMM tiles.
 SMALL_M_TILE_MAX = 256
 GEMM_TILES = ("t128x64", "t32x128")
 #: GEMV shapes (lanes per workgroup x 4-channel blocks per workgroup) of the tuned int-dot +
-#: subgroup family; the other families (devices without int dot or subgroup arithmetic)
-#: have only the default l128b1. H100, L2-cold: l128b1 is best or within 1% at N, K <= 4096;
-#: l256b1 wins for long rows (K >= 8192: 4096x14336 23.2 vs 24.0 us), l128b2 for many
-#: channels (N >= 8192: 14336x4096 23.5 vs 24.4 us; it halves the x reads per weight byte).
+#: subgroup family (the other families have only l128b1): l256b1 for K >= LONG_K, l128b2 for
+#: N >= MANY_N. Measured on the H100; see docs/tuning.md §q8ta GEMV shapes.
 GEMV_SHAPES = ("l128b1", "l128b2", "l256b1")
 LONG_K, MANY_N = 8192, 8192
 
