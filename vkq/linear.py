@@ -19,7 +19,7 @@ def linear(x: np.ndarray | DeviceTensor, w: Any, bias: np.ndarray | None = None,
            device: Device | None = None) -> np.ndarray | DeviceTensor:
     """`y = x @ dequant(w).T + bias` for quantized weights `w` `[N, K]`.
 
-    int8 weights (`w.bits == 8`, SPEC §3 q8ta): `x` is int8 `[..., K]` quantized with
+    int8 weights (`w.bits == 8`, docs/design.md §3 q8ta): `x` is int8 `[..., K]` quantized with
     (`input_scale`, `input_zero_point`); the result is int8 `[..., N]` requantized with
     (`output_scale`, `output_zero_point`); `activation` is "none" or "relu".
 

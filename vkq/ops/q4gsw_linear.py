@@ -1,11 +1,11 @@
-"""q4gsw linear (SPEC §3): float activations x int4 group-wise weights -> float32.
+"""q4gsw linear (docs/design.md §3): float activations x int4 group-wise weights -> float32.
 
     w = vkq.quantize_weight(W, bits=4, group_size=32)        # logical weights
     y = vkq.linear(x, w)                                      # packs + uploads once, then routes
     pw = prepack_q4gsw(pack_int4_weight(q), pack_group_params(s, z, gs, K), device)
     y = linear(x, pw)                                         # already-packed device weights
 
-Routing (SPEC §5): M == 1 -> the cooperative GEMV (`q4gsw_linear_gemv.comp.j2`), whose
+Routing (docs/design.md §5): M == 1 -> the cooperative GEMV (`q4gsw_linear_gemv.comp.j2`), whose
 workgroup shape is picked by (N, K) from measurements (`GEMV_CONFIGS`); M > 1 -> the
 register-tiled GEMM (`q4gsw_linear.comp.j2`), which handles every valid shape, except that
 small batches (M <= GEMV_MAX_ROWS = 24) run the GEMV too, with 2 or 4 rows of x per workgroup

@@ -1,4 +1,5 @@
-"""q8ta linear (SPEC §3): int8 activations x int8 per-channel weights -> int8, requantized.
+"""q8ta linear (docs/design.md §3): int8 activations x int8 per-channel weights -> int8,
+requantized.
 
     w = vkq.quantize_weight(W, bits=8)                     # or vkq.QuantizedWeight(q=, scales=, bits=8)
     yq = vkq.linear(xq, w, bias, input_scale=s_x, input_zero_point=zp_x,
@@ -38,7 +39,7 @@ A device tensor's layout decides the kernel under ``kernel="auto"`` ("int8_4w" -
 Leading batch dimensions are folded into rows by `vkq.to_device`, so device results are 2-D.
 
 Constraints (checked, with errors naming them): K % 4 == 0 (4 int8 per packed word); K <
-131072 (int8 x int8 sums then fit int32 without saturation, SPEC §1); finite scales > 0;
+131072 (int8 x int8 sums then fit int32 without saturation, docs/design.md §1); finite scales > 0;
 zero points in [-128, 127]; bias None or finite float [N].
 """
 from __future__ import annotations
@@ -308,7 +309,7 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight, bias: np.ndarray | 
            input_scale: float, input_zero_point: int, output_scale: float,
            output_zero_point: int, activation: str = "none", kernel: str = "auto",
            device: Device | None = None, variant: str | None = None) -> np.ndarray | DeviceTensor:
-    """int8 ``[..., N]`` = requantized ``xq [..., K] . w^T`` (SPEC §3; module docstring).
+    """int8 ``[..., N]`` = requantized ``xq [..., K] . w^T`` (docs/design.md §3; module docstring).
 
     Args:
         x: int8 numpy array ``[..., K]`` (leading dims fold into M), or a DeviceTensor in
