@@ -1,6 +1,6 @@
 """Quantized weights: the logical (unpacked) values, plus per-device packed copies made once.
 
-`QuantizedWeight` holds what the math needs (SPEC §2): int8 per-channel symmetric weights, or
+`QuantizedWeight` holds what the math needs (docs/design.md §2): int8 per-channel symmetric weights, or
 int4 group-wise weights (symmetric, or asymmetric with a float zero). Op modules pack and
 upload it on first use and cache the result here, so repeated `vkq.linear` calls reuse it.
 """
@@ -12,7 +12,7 @@ import numpy as np
 
 from vkq.layouts import HALF_MIN_NORMAL, check_group_size, fits_half
 
-#: K below which an int8 x int8 sum cannot overflow int32: 2^31 / 128^2 (SPEC §1).
+#: K below which an int8 x int8 sum cannot overflow int32: 2^31 / 128^2 (docs/design.md §1).
 INT8_MAX_K = 131072
 
 
@@ -138,7 +138,7 @@ PARAM_DTYPES = ("auto", "float16", "float32")
 
 def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
                     symmetric: bool = True, param_dtype: str = "auto") -> QuantizedWeight:
-    """Quantize float weights `[N, K]` (SPEC §2), rounding half to even.
+    """Quantize float weights `[N, K]` (docs/design.md §2), rounding half to even.
 
     bits=8: per output channel, symmetric, q in [-127, 127], scale = max|w| / 127.
     bits=4: per group of `group_size` along K; symmetric: q in [-8, 7], scale = max|w| / 7;
@@ -163,7 +163,7 @@ def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
     w = w.astype(np.float64)
     if bits == 8:
         if not symmetric:
-            raise ValueError("int8 weights are symmetric per channel (SPEC §2)")
+            raise ValueError("int8 weights are symmetric per channel (docs/design.md §2)")
         amax = np.abs(w).max(axis=1)
         s = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
         q = np.clip(np.rint(w / s[:, None]), -127, 127).astype(np.int8)

@@ -228,8 +228,8 @@ def _explain_compile_error(info: VariantInfo, stderr: str) -> str:
 
 
 def compile_variant(info: VariantInfo) -> bytes:
-    """Compile with glslc (subprocess: libshaderc can't be loaded in-process, SPEC §1) and
-    validate with spirv-val. Raises ShaderError naming template, variant and GLSL line."""
+    """Compile with glslc (a subprocess: libshaderc can't be loaded in-process, docs/design.md
+    §1) and validate with spirv-val. Raises ShaderError naming template, variant and GLSL line."""
     glslc = find_tool("glslc")
     if glslc is None:
         raise ShaderError("glslc not found: install it (Debian/Ubuntu: `apt-get install glslc`)")

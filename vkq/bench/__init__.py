@@ -65,7 +65,7 @@ class BenchContext:
     roofline_gbps: float
     quick: bool                 # smaller shapes and fewer repeats (CPU devices, smoke runs)
     repeats: int = 20
-    l2_bytes: int = 64 << 20    # rotate weight copies over >= 2x this (SPEC §6: H100 L2 is 50 MB)
+    l2_bytes: int = 64 << 20    # rotate weight copies over >= 2x this (docs/design.md §6)
     compare: frozenset[str] = frozenset()
     progress: Callable[[str], None] = lambda msg: None
     cache: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -27,7 +27,7 @@ from vkq.runtime import CommandBatch, Device
 
 def copies_for_l2_cold(bytes_per_copy: int, l2_bytes: int, max_copies: int = 64) -> int:
     """How many distinct copies to rotate through so that >= 2x the L2 lies between two reads
-    of the same copy (SPEC §6)."""
+    of the same copy (docs/design.md §6)."""
     return int(min(max_copies, max(2, -(-2 * l2_bytes // max(bytes_per_copy, 1)) + 1)))
 
 

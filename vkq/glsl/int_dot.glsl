@@ -1,8 +1,8 @@
 // dot4x8(a, b): signed dot product of two int32 words holding 4 packed int8 each
-// (byte j = element j, little endian, SPEC §2). Template parameter INT_DOT selects:
+// (byte j = element j, little endian, docs/design.md §2). Template parameter INT_DOT selects:
 //  - true:  OpSDot through GL_EXT_spirv_intrinsics (glslang 12 has no GL_EXT_integer_dot_product).
 //           The plain form, `acc + dot`, not OpSDotAccSat: the saturating one is emulated on
-//           NVIDIA and 5.2x slower (SPEC §1); callers bound K so int32 cannot overflow.
+//           NVIDIA and 5.2x slower (docs/design.md §1); callers bound K so int32 cannot overflow.
 //  - false: bytes sign-extended and multiplied in int32; bit-identical results.
 {% if INT_DOT %}
 {{ require("integer_dot_product") }}

@@ -1,4 +1,4 @@
-// q8ta requantization epilogue (SPEC §3), shared by q8ta_linear and q8ta_linear_gemv.
+// q8ta requantization epilogue (docs/design.md §3), shared by q8ta_linear and q8ta_linear_gemv.
 // Needs push constants zp_x, zp_out, relu. Mirrored bit for bit by
 // vkq.reference.q8ta (math="float32"): per-channel mult = f32(s_x*s_w/s_out) and
 // offs = f32(bias/s_out) come from the host, so no GPU division (not correctly rounded in

@@ -17,7 +17,7 @@ Formats (both version 1; logical ``shape`` is the weight's ``(N, K)``):
 
 Rules: ``gs`` is a positive multiple of 8 dividing K (a group never splits a
 32-bit word of 8 nibbles); scales are finite and > 0 after the cast to float32;
-zeros are finite. Dequantization (SPEC §2): ``w = (u - 8) * scale + zero``.
+zeros are finite. Dequantization (docs/design.md §2): ``w = (u - 8) * scale + zero``.
 There is no padding: ``n_groups * gs == K`` exactly.
 
 Device storage. The parameters are logically float32. Where fp16 holds every one of them
@@ -61,7 +61,7 @@ register_repack_hint(
 
 
 def check_group_size(group_size: object, k: object) -> int:
-    """Validate ``group_size`` against ``k`` (SPEC §2) and return ``n_groups = k // group_size``."""
+    """Validate ``group_size`` against ``k`` (docs/design.md §2) and return ``n_groups = k // group_size``."""
     for name, v in (("group_size", group_size), ("k", k)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")

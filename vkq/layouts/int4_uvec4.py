@@ -1,6 +1,6 @@
 """int4 weight layout (format ``"int4_uvec4"``, version 1): 32 nibbles per uvec4.
 
-For group-wise int4 weights ``q[N, K]`` with ``q`` in [-8, 7] (SPEC §2). Each
+For group-wise int4 weights ``q[N, K]`` with ``q`` in [-8, 7] (docs/design.md §2). Each
 nibble stores ``u = q + 8`` (0..15).
 
 Element order

@@ -1,6 +1,6 @@
 """int8 weight layout (format ``"int8_weight_4n4k"``, version 1): 4(n) x 4(k) ivec4 blocks.
 
-For per-output-channel symmetric int8 weights ``q[N, K]`` (SPEC §2).
+For per-output-channel symmetric int8 weights ``q[N, K]`` (docs/design.md §2).
 
 Element order
     ``data`` is int32 of shape ``(N4, K4, 4)`` with ``N4 = ceil(N / 4)``,
@@ -16,7 +16,7 @@ Padding
 
 Extra array
     ``wsum`` int32 of shape ``(4*N4,)``: ``wsum[n] = sum_k q[n, k]`` (0 for padding
-    channels), the zero-point correction term ``zp_x * wsum[n]`` of SPEC §3.
+    channels), the zero-point correction term ``zp_x * wsum[n]`` of docs/design.md §3.
 
 Values are restricted to [-127, 127]: the symmetric scheme never produces -128,
 and excluding it keeps the weight range symmetric around 0.
@@ -45,7 +45,7 @@ register_repack_hint(
 def pack_int8_weight(q: np.ndarray) -> PackedTensor:
     """Pack int8 weights ``q[N, K]`` (values in [-127, 127]) into 4n4k blocks plus ``wsum``."""
     require_matrix(q, np.int8, "q")
-    require_range(q, -127, 127, "q", "symmetric int8 weights, SPEC §2")
+    require_range(q, -127, 127, "q", "symmetric int8 weights, docs/design.md §2")
     n, k = q.shape
     if k > _MAX_K:
         raise ValueError(f"K = {k} is too large: wsum = sum_k q[n, k] must fit int32 (K <= {_MAX_K})")

@@ -1,11 +1,11 @@
-"""q4gsw linear (SPEC §3): float activations x int4 group-wise weights -> float32.
+"""q4gsw linear (docs/design.md §3): float activations x int4 group-wise weights -> float32.
 
     w = vkq.quantize_weight(W, bits=4, group_size=32)        # logical weights
     y = vkq.linear(x, w)                                      # packs + uploads once, then routes
     pw = prepack_q4gsw(pack_int4_weight(q), pack_group_params(s, z, gs, K), device)
     y = linear(x, pw)                                         # already-packed device weights
 
-Routing (SPEC §5): M == 1 -> the cooperative GEMV (`q4gsw_linear_gemv.comp.j2`), whose
+Routing (docs/design.md §5): M == 1 -> the cooperative GEMV (`q4gsw_linear_gemv.comp.j2`), whose
 workgroup shape is picked by (N, K) from measurements (`GEMV_CONFIGS`); M > 1 -> the
 register-tiled GEMM (`q4gsw_linear.comp.j2`), which handles every valid shape, except that
 small batches (M <= GEMV_MAX_ROWS = 24) run the GEMV too, with 2 or 4 rows of x per workgroup
@@ -17,62 +17,11 @@ in the GEMM splits K over extra workgroups (split-K) and sums the slices in a se
 Parameter storage: scales and zeros are float32 numbers, but where fp16 holds every one of
 them exactly (int4 checkpoints store fp16 scales; so does quantize_weight by default) the
 device copy keeps them as fp16 and the kernels' "_p16" variants read those: the same
-arithmetic on 2 bytes per parameter instead of 4 (at gs=32, 10 % of a symmetric weight's
-bytes, 17 % of an asymmetric one's). The GEMM's 128x64 tile is the exception: it reads a
-float32 copy that the weight makes once (GEMM_WIDEN_TILES says why). GEMV on the H100 (one
-scratch run at 2644b29, µs, float32 | fp16 parameters, gs=32 symmetric): 4096x4096 7.85 |
-7.53, 1024x4096 4.88 | 4.78, 14336x4096 18.45 | 17.92, 4096x14336 17.49 | 16.65; asymmetric
-14336x4096 22.71 | 21.32.
+arithmetic on 2 bytes per parameter instead of 4. The GEMM's 128x64 tile is the exception:
+it reads a float32 copy that the weight makes once (GEMM_WIDEN_TILES).
 
-What bounds the GEMV (H100, chained µs at the maximum SM clock; diagnostic variants of the
-routed shape, one scratch run at a24eda0: real | math and scale loads replaced by one xor
-per word | math only, every workgroup reading the same 16 channels so that loads hit L1 |
-one streaming read of the real kernel's bytes, from the run at 36fe98e):
-  N=14336 K=4096 gs=32  rw4r4u1k4x: 18.49 | 13.78 | 13.53 | 14.57
-  N=14336 K=4096 gs=128 rw4r4u1k4x: 17.41 | 13.74 | 13.49 | 12.83
-  N=4096 K=14336 gs=32  rw4r4u1k8x: 17.54 | 13.64 | 13.41 | 14.56
-  N=4096 K=14336 gs=128 rw4r4u1k8x: 16.15 | 13.66 | 13.32 | 12.80
-  N=4096 K=4096 gs=32   rw4r2u1k4x:  7.87 |  6.74 |  6.39 |  6.32
-  N=4096 K=4096 gs=128  rw4r2u1k4x:  7.43 |  6.67 |  6.39 |  5.87
-  N=1024 K=4096 gs=32   rw2r2u1k4x:  4.93 |  4.24 |  3.95 |  3.73
-  N=1024 K=4096 gs=128  rw2r2u1k4x:  4.70 |  4.21 |  3.98 |  3.58
-The arithmetic alone takes as long as the weight stream alone, and the two overlap only in
-part. Exact fp32 results take three instructions per weight: a LOP3 builds the float, an
-FADD removes its offset, and an FFMA accumulates. A register-only microbenchmark of that
-pattern runs 8.5 T weights/s on the H100, about 0.84 instructions per clock and scheduler,
-which is 6.9 µs for the large shapes. The loop adds ~40 % more instructions per weight (542
-per 128 weights at rw4r4u1k4x_p16: x from shared memory, addresses, scale loads and their
-fp16 decode, the driver's bounds checks, 32 register moves of the double buffer), and stalls
-add the rest. The SASS comes from `scripts/nvidia_sass.py`. Writing the shared x addresses
-as base + literal took 33 instructions out of that loop (575 -> 542) and measured
-0.05-0.6 µs faster at every routed shape (one scratch run at 82e7de5, interleaved rounds).
-Measured and not better (H100): more words in flight per lane (U = 2, 4), more or fewer
-warps splitting K (KS = 16; KS = 1, where each warp walks all of K: up to 4x slower), or 8
-channels per lane (R = 8, 167 registers) than GEMV_CONFIGS uses: up to 70 % slower. No shape
-won at both group sizes; the closest, rw4r4u1k2x at 14336x4096, was 0.3 µs faster at gs=32
-and 0.03-0.2 µs slower at gs=128. Prefetching symmetric scales a step ahead: -0.2..+0.2 µs
-by shape. Loading x per 8-nibble component: no change, since the compiler schedules the same
-way. Unrolling two steps, which removes the loop's register moves: 2-11 % slower. A
-tensor-core GEMV (VK_NV_cooperative_matrix, the weights as exact fp16 MMA operands, x split
-into scaled fp16 hi/lo pieces): 5-73 % slower at every shape, because each warp has to
-convert its own slice of x on every step (branch experiment/mma-gemv has it, with its
-numbers). Disabling the driver's bounds checks (VK_EXT_pipeline_robustness): 0.02-0.45 µs
-faster. It is not used: an out-of-range bug would then corrupt memory instead of reading
-zeros.
-Also measured and not better (H100, routed shapes, one scratch run each, the GEMV of fe1321a):
-weight loads (and scales) two steps ahead instead of one, +7 registers: 0-17 % slower, e.g.
-14336x4096 gs=32 18.56 -> 21.16 µs, 4096x4096 gs=32 7.81 -> 8.56, 1024x4096 unchanged;
-x given as bf16 or fp16 (half the x bytes, converted exactly while staged): -0.2..+0.3 µs
-against fp32 x (one fp16 outlier, 4.9 -> 9.1 µs), so x traffic does not bound the small
-shapes; issuing each next-step weight load right after its channel's math instead of before
-the step: within 0.1 µs (the compiler schedules both alike). All of this fits the
-instruction-count bound above better than a memory-latency one.
-Measured again after the x-address change (scratch runs at cbdf221..dbc499c): no prefetch
-at all (each step loads its own words): 0.1-1.6 µs slower at every symmetric shape; weights
-two steps ahead: 0.15-3.1 µs slower at M = 1, 1-3 % slower for batches. Nibbles decoded two
-at a time as fp16 (one LOP3 for two, then an fp16 -> fp32 convert and an FADD each): NVIDIA's
-compiler does not fuse the convert with the subtract, so a register-only microbenchmark ran
-11 % slower than the fp32 trick.
+The routing tables below were measured on the H100; docs/tuning.md holds the measurements
+behind each one, what bounds the GEMV, and the variants measured and not adopted.
 """
 from __future__ import annotations
 
@@ -332,24 +281,10 @@ class GemvConfig:
 
 
 #: The shape used where the device lacks subgroup shuffles (shared-memory reduction only),
-#: or has too little shared memory for the routed one.
+#: or has too little shared memory for the routed one (fits the Vulkan minimum of 16 KiB).
 GEMV_FALLBACK = GemvConfig(1, 4, 1, 2)
-#: GEMV shape by (N, K): the first rule whose limits hold. From `tune_gemv` on the H100
-#: (chained µs, SM clock at its 1980 MHz maximum, best of 2 interleaved rounds; gs=32 | gs=128;
-#: four sweep runs of 11-29 shapes each; a shape timed in several runs moved by <= 0.3 µs):
-#:   N=1024  K=4096:  rw2r2u1k4x  4.99|4.74  rw4r2u1k8x  4.96|4.78  rw1r4u1k4  5.54|5.42
-#:   N=4096  K=4096:  rw4r2u1k4x  8.13|8.05  rw8r2u1k8x  8.33|8.05  rw1r8u1k2 10.57|10.11
-#:   N=14336 K=4096:  rw4r4u1k4x 18.52|18.06  rw8r2u1k8x 19.07|18.76  rw1r8u1k2 20.75|20.07
-#:   N=4096  K=14336: rw4r4u1k8x 18.25|17.65  rw8r2u1k16x 17.96|17.76  rw1r4u1k2 23.25|22.85
-#: Swept again after the one-LOP3 fix (a24eda0; 20 shapes, best of 2 rounds), the routed
-#: shapes stayed first or within 0.3 µs of it, and no other shape led at both group sizes:
-#:   N=1024  K=4096:  rw2r2u1k4x  4.89|4.69  rw4r2u1k8x  4.96|4.70
-#:   N=4096  K=4096:  rw4r2u1k4x  7.84|7.45  rw8r1u1k8x  8.14|8.01  rw4r4u1k8x 8.15|7.83
-#:   N=14336 K=4096:  rw4r4u1k4x 18.37|17.38  rw4r4u1k2x 18.09|17.41
-#:   N=4096  K=14336: rw4r4u1k8x 17.43|16.16  rw8r2u1k16x 17.58|15.97
-#: Staging x through shared memory (x) is what wins: without it the same shapes are 7-25 %
-#: slower, the gap growing with K (x loads, not weight loads, saturated the L1). With x
-#: staged, row slots (RW > 1) share each x value and more warps split K.
+#: GEMV shape by (N, K): the first rule whose limits hold. Measured on the H100 with
+#: tune_gemv (vkq/bench/suites/q4gsw_linear.py); see docs/tuning.md §q4gsw GEMV shapes.
 GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     # (max N, max K, config)
     (2048, 1 << 62, GemvConfig(2, 2, 1, 4, xs=True)),
@@ -357,25 +292,9 @@ GEMV_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     (1 << 62, 8191, GemvConfig(4, 4, 1, 4, xs=True)),
     (1 << 62, 1 << 62, GemvConfig(4, 4, 1, 8, xs=True)),
 )
-#: Batches of up to GEMV_MAX_ROWS rows run the GEMV too, with MR rows of x per workgroup
-#: (gl_WorkGroupID.z picks the block): each weight is read and turned into floats once per
-#: block, where the GEMM's 32-row tiles compute padding rows. Shape by (max N, max M) from
-#: one H100 scratch run (K=4096 unless said, gs=32, chained µs, best | GEMM):
-#:   M=2:  4096² rw4r4u1k4xm2 8.9 | 63.7, 14336 rw4r4u1k2xm2 22.4 (rw4r4u1k4xm2 23.9) | 217.8,
-#:         K=14336 rw4r4u1k4xm2 20.5 | 218.6, N=1024 rw4r2u1k4xm2 5.9 | 22.1
-#:   M=4:  rw8r2u1k4xm4 11.7 | 66.5, 36.1 (rw8r2u1k2xm4 33.5) | 218.8, 30.5 | 219.4,
-#:         N=1024 rw4r2u1k4xm2 6.0 (rw8r2u1k4xm4 9.1) | 22.7
-#:   M=16: rw8r2u1k2xm4 31.6 (rw8r2u1k4xm4 34.1) | 66.3, 103.6 (112.4) | 219.8,
-#:         100.6 (103.1) | 220.9, N=1024 rw8r2u1k4xm4 10.6 | 22.7
-#: rw8r2u1k2xm4 was up to 48 % slower elsewhere (K=14336, M=4); KS=2 shapes of 4 rows and
-#: rw4r2/rw4r4 with MR=4 trailed at every shape; so did, in a later run, 8 warps
-#: (rw8r2u1k8xm4, +7-23 %) and one channel per lane (rw8r1u1k4xm4, up to 1.7x slower). The
-#: 4-row shapes compile to ~236 registers (x of four rows held per word) and still lead.
-#: All routed batch shapes need <= 22.5 KiB of shared memory. The routed shapes against the
-#: GEMM (another scratch run, µs, GEMV | GEMM at 4096², 14336x4096, 4096x14336, 1024x4096):
-#:   M=16: 34.2|65.9, 112.0|220.0, 128.3|222.6, 10.6|22.9
-#:   M=24: 49.1|66.3, 164.3|222.2, 150.8|223.0, 17.9|23.2
-#:   M=32: 63.9|66.8, 214.7|223.1, 308.1|224.2, 18.1|23.8
+#: Batches of up to GEMV_MAX_ROWS rows run the GEMV too, MR rows of x per workgroup; the
+#: shape by (max N, max M). Both measured on the H100 against the GEMM; see
+#: docs/tuning.md §q4gsw batch GEMV shapes.
 GEMV_MAX_ROWS = 24
 GEMV_BATCH_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     # (max N, max M, config)
@@ -383,22 +302,12 @@ GEMV_BATCH_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
     (1 << 62, 2, GemvConfig(4, 4, 1, 4, xs=True, mr=2)),
     (1 << 62, 1 << 62, GemvConfig(8, 2, 1, 4, xs=True, mr=4)),
 )
-#: GEMM tiles by M. First tuned on the H100 before split-K (N=4096 and 14336, K=4096): 32x64
-#: for M <= 32 (16x64 was 3 % faster at N=4096 but 5 % slower at N=14336), 64x64 above;
-#: 64x128 and tiles 128 wide were slower at every M. Since the dequantisation builds floats
-#: with the exponent trick instead of int->float conversions, 128x64 (8 rows per thread)
-#: leads from M = 128 (one scratch run, split-K on, K=4096, µs, 128x64 | 64x64):
-#:   M=128: N=4096 158 | 176, N=14336 546 | 587;  M=512: N=4096 542 | 666, N=14336 1831 | 2260
-#: and at M=32 it was 2.2x slower than 32x64 (rows wasted). M=33..64 keeps 64x64, which
-#: wastes no rows there.
+#: GEMM tile by M: the first rule whose limit holds. Measured on the H100 (tune_gemm); see
+#: docs/tuning.md §q4gsw GEMM tiles.
 GEMM_TILES: tuple[tuple[int, str], ...] = ((32, "32x64"), (64, "64x64"), (1 << 62, "128x64"))
-#: Tiles that read float32 parameters even for an fp16-parameter weight (from a float32 copy
-#: the weight makes on first use, Q4gswWeight.float32_params). With fp16 parameters decoded
-#: in the kernel, NVIDIA's compiler made the 128x64 tile 4-20 % slower at M = 128..512 (the
-#: decode is 2 instructions per 1024 FMAs; its hot loop came out the same apart from
-#: registers; decoding at the load, at the use, or by select all measured slower, H100
-#: scratch runs at b225a06), while the 32x64 and 64x64 tiles ran within 1 %. For prefill
-#: shapes the copy costs memory once instead of time per call. 64x128 (not routed) follows.
+#: Tiles that read float32 parameters even for an fp16-parameter weight (from the float32
+#: copy Q4gswWeight.float32_params makes on first use): decoding fp16 in them measured
+#: slower on the H100; see docs/tuning.md §q4gsw GEMM float32 parameters.
 GEMM_WIDEN_TILES = ("128x64", "64x128")
 
 
@@ -594,20 +503,12 @@ class Q4gswLinear(Op):
 _CHOICES = ("kernel", "gemv_config", "gemv_subgroup", "gemm_tile", "gemm_splits")
 
 
-#: Split-K aims for at least this many GEMM workgroups (4 per SM on a 132-SM H100): at small
-#: M the tiled GEMM has few output tiles, and each one walking all of K one 32-wide chunk at
-#: a time is latency-bound (~1 µs per chunk measured at M=2..32). Measured (H100, K=4096):
-#: M=32 N=4096 148 -> 67 µs (9 splits), M=128 N=4096 198 -> 177 µs (5), M=128 N=14336
-#: 676 -> 591 µs (2), M=512 unchanged within 1 %.
+#: Split-K aims for at least this many GEMM workgroups (4 per SM on a 132-SM H100): a small-M
+#: GEMM has few output tiles, each walking all of K. Measured on the H100; see
+#: docs/tuning.md §q4gsw GEMM split-K.
 SPLIT_TARGET_WORKGROUPS = 528
-#: ... while every split keeps at least this many 32-wide chunks of K. The count is then
-#: rounded to a power of two (nearest on a log scale), which splits the usual K into equal
-#: slices: 9 splits of K = 4096 give eight slices of 15 chunks and one of 8, 3 give 672
-#: workgroups where 4 give 896. H100 scratch run (K=4096, µs, old count -> power of two):
-#:   N=4096:  M=32 s9 66.8 -> s8 60.4, M=64 s9 99.1 -> s8 95.1, M=128 s9 157.4 -> s8 152.6
-#:            (s4 141.8), M=512 s3 540.8 -> s4 549.3 (s1 522.7)
-#:   N=14336: M=32 s3 222.9 -> s4 194.3, M=64 s3 339.2 -> s4 304.0, M=128 s3 545.4 -> s4
-#:            523.1 (s6 509.8), M=512 s1 1831.2 unchanged
+#: ... while every split keeps at least this many 32-wide chunks of K; the count is then
+#: rounded to a power of two (equal slices of the usual K; same section of docs/tuning.md).
 SPLIT_MIN_CHUNKS = 8
 
 

@@ -1,4 +1,5 @@
-"""q8ta linear (SPEC §3): int8 activations x int8 per-channel weights -> int8, requantized.
+"""q8ta linear (docs/design.md §3): int8 activations x int8 per-channel weights -> int8,
+requantized.
 
     w = vkq.quantize_weight(W, bits=8)                     # or vkq.QuantizedWeight(q=, scales=, bits=8)
     yq = vkq.linear(xq, w, bias, input_scale=s_x, input_zero_point=zp_x,
@@ -38,7 +39,7 @@ A device tensor's layout decides the kernel under ``kernel="auto"`` ("int8_4w" -
 Leading batch dimensions are folded into rows by `vkq.to_device`, so device results are 2-D.
 
 Constraints (checked, with errors naming them): K % 4 == 0 (4 int8 per packed word); K <
-131072 (int8 x int8 sums then fit int32 without saturation, SPEC §1); finite scales > 0;
+131072 (int8 x int8 sums then fit int32 without saturation, docs/design.md §1); finite scales > 0;
 zero points in [-128, 127]; bias None or finite float [N].
 """
 from __future__ import annotations
@@ -66,17 +67,13 @@ _EPILOGUE_CACHE = 4
 
 
 # -- variants and routing -----------------------------------------------------------------------
-#: GEMM tiles (rows x channels) by batch size, measured on the H100 at K = 4096: 128x64 tiles
-#: (8x8 outputs per thread, 128 threads) reach 80-94 TOPS for M >= 512 and match 128x128
-#: tiles at M = 2048; for M <= 256 they leave SMs idle, where 32x128 tiles (4x8 per thread,
-#: 64 threads) run 1.1-5x faster.
+#: GEMM tiles (rows x channels) by batch size: 32x128 up to SMALL_M_TILE_MAX rows, 128x64
+#: above. Measured on the H100; see docs/tuning.md §q8ta GEMM tiles.
 SMALL_M_TILE_MAX = 256
 GEMM_TILES = ("t128x64", "t32x128")
 #: GEMV shapes (lanes per workgroup x 4-channel blocks per workgroup) of the tuned int-dot +
-#: subgroup family; the other families (devices without int dot or subgroup arithmetic)
-#: have only the default l128b1. H100, L2-cold: l128b1 is best or within 1% at N, K <= 4096;
-#: l256b1 wins for long rows (K >= 8192: 4096x14336 23.2 vs 24.0 us), l128b2 for many
-#: channels (N >= 8192: 14336x4096 23.5 vs 24.4 us; it halves the x reads per weight byte).
+#: subgroup family (the other families have only l128b1): l256b1 for K >= LONG_K, l128b2 for
+#: N >= MANY_N. Measured on the H100; see docs/tuning.md §q8ta GEMV shapes.
 GEMV_SHAPES = ("l128b1", "l128b2", "l256b1")
 LONG_K, MANY_N = 8192, 8192
 
@@ -312,7 +309,7 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight, bias: np.ndarray | 
            input_scale: float, input_zero_point: int, output_scale: float,
            output_zero_point: int, activation: str = "none", kernel: str = "auto",
            device: Device | None = None, variant: str | None = None) -> np.ndarray | DeviceTensor:
-    """int8 ``[..., N]`` = requantized ``xq [..., K] . w^T`` (SPEC §3; module docstring).
+    """int8 ``[..., N]`` = requantized ``xq [..., K] . w^T`` (docs/design.md §3; module docstring).
 
     Args:
         x: int8 numpy array ``[..., K]`` (leading dims fold into M), or a DeviceTensor in

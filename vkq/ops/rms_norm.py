@@ -1,4 +1,5 @@
-"""rms_norm (SPEC §3): one workgroup per row; the vec4 variant when the width allows it."""
+"""rms_norm (docs/design.md §3): one workgroup per row; the vec4 variant when the width
+allows it."""
 from __future__ import annotations
 
 from typing import Any, Mapping

@@ -1,6 +1,6 @@
-"""q4gsw linear reference (SPEC §3): y = bias + x @ dequant(w).T, float64 math.
+"""q4gsw linear reference (docs/design.md §3): y = bias + x @ dequant(w).T, float64 math.
 
-Dequantization (SPEC §2): ``w[n, k] = q[n, k] * scales[n, g] (+ zeros[n, g])`` with
+Dequantization (docs/design.md §2): ``w[n, k] = q[n, k] * scales[n, g] (+ zeros[n, g])`` with
 ``g = k // group_size`` and ``q = u - 8`` in [-8, 7].
 """
 from __future__ import annotations

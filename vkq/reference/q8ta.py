@@ -1,4 +1,4 @@
-"""q8ta linear reference (SPEC §3): int8 activations x int8 per-channel weights -> int8.
+"""q8ta linear reference (docs/design.md §3): int8 activations x int8 per-channel weights -> int8.
 
     acc[m, n]  = sum_k xq[m, k] * q_w[n, k]                       (exact integers)
     corr[m, n] = acc[m, n] - zp_x * wsum[n],  wsum[n] = sum_k q_w[n, k]
@@ -18,7 +18,7 @@ Two float epilogues are provided:
       v = max(v, 0) for relu;  q = clamp(rint(v) + zp_out, -128, 127)
 
   ``f32(corr)`` is the correctly rounded conversion of the exact integer. The two epilogues
-  agree up to 1 LSB for realistic scales (SPEC §3).
+  agree up to 1 LSB for realistic scales (docs/design.md §3).
 """
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ ACTIVATIONS = ("none", "relu")
 
 
 def quantize_activation_int8(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Static per-tensor affine int8 quantization (SPEC §2): clamp(rint(x / s) + zp, -128, 127)."""
+    """Static per-tensor affine int8 quantization (docs/design.md §2): clamp(rint(x / s) + zp, -128, 127)."""
     q = np.rint(np.asarray(x, dtype=np.float64) / float(scale)) + int(zero_point)
     return np.clip(q, -128, 127).astype(np.int8)
 
 
 def q8ta_accumulators(xq: np.ndarray, q_w: np.ndarray) -> np.ndarray:
     """int32 ``acc[..., n] = sum_k xq[..., k] * q_w[n, k]`` (exact; int32 cannot overflow for
-    K < 131072, SPEC §1)."""
+    K < 131072, docs/design.md §1)."""
     acc = np.asarray(xq, dtype=np.int64) @ np.asarray(q_w, dtype=np.int64).T
     return acc.astype(np.int32)
 

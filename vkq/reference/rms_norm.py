@@ -1,4 +1,4 @@
-"""rms_norm reference (SPEC §3): y = x * rsqrt(mean(x^2) + eps) * weight."""
+"""rms_norm reference (docs/design.md §3): y = x * rsqrt(mean(x^2) + eps) * weight."""
 from __future__ import annotations
 
 import numpy as np

@@ -49,7 +49,7 @@ class Instance:
     """Owns the VkInstance and, in validation mode, the debug messenger.
 
     Validation messages are collected for `take_validation_messages()` (the callback must
-    return 0 and may not raise: the binding swallows exceptions there, SPEC §1).
+    return 0 and may not raise: the binding swallows exceptions there, docs/design.md §1).
     """
 
     def __init__(self, validation: bool | None = None):

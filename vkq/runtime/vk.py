@@ -2,7 +2,7 @@
 
 We call `lib` functions directly with structs built by `ffi.new` instead of the binding's
 Python-level wrappers: nested structs and strings built inline by those wrappers are freed
-before the driver reads them (SPEC §1), while cdata we allocate ourselves lives exactly as
+before the driver reads them (docs/design.md §1), while cdata we allocate ourselves lives exactly as
 long as we keep a reference to it.
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ from vkq.ops.q4gsw_linear import (GemvConfig, Q4gswWeight, gemv_shape, plan_gemm
 from vkq.quantized_weight import QuantizedWeight, half_group_params
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
 
-#: SPEC §6 decode shapes (N, K) and the GEMM batch sizes.
+#: docs/design.md §6 decode shapes (N, K) and the GEMM batch sizes.
 GEMV_SHAPES = ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336))
 GEMV_GROUP_SIZES = (32, 128)
 GEMM_MS = (32, 128, 512)
@@ -48,7 +48,7 @@ def random_weight(n: int, k: int, group_size: int, asym: bool, seed: int = 0,
 
 def _copies(dev: Device, pw: Q4gswWeight, count: int) -> list[Q4gswWeight]:
     """`count` distinct device copies of a packed weight (GPU copies, no host traffic), so
-    timed calls can rotate through them L2-cold (SPEC §6)."""
+    timed calls can rotate through them L2-cold (docs/design.md §6)."""
     out = [pw]
     for _ in range(count - 1):
         bufs = [dev.buffer(b.nbytes) if b is not None else None
