@@ -7,7 +7,7 @@ from typing import Any
 from vkq.runtime.capabilities import TYPE_PREFERENCE, Capabilities, read_capabilities
 from vkq.runtime.env import device_selector, validation_requested
 from vkq.runtime.vk import (VulkanUnavailable, check, cstrings, ffi, instance_proc, lib, new,
-                            to_str)
+                            result_name, to_str)
 
 VALIDATION_LAYER = "VK_LAYER_KHRONOS_validation"
 
@@ -75,8 +75,13 @@ class Instance:
                    ppEnabledExtensionNames=cstrings(extensions, k))
         handle = ffi.new("VkInstance*")
         code = lib.vkCreateInstance(info, ffi.NULL, handle)
+        if code == lib.VK_ERROR_INCOMPATIBLE_DRIVER:  # what the loader says when it finds no driver
+            raise VulkanUnavailable(
+                "no Vulkan driver found (vkCreateInstance: VK_ERROR_INCOMPATIBLE_DRIVER). Install "
+                "one, e.g. on Debian/Ubuntu `sudo apt-get install mesa-vulkan-drivers` (lavapipe, "
+                "the CPU driver), or your GPU vendor's driver")
         if code != lib.VK_SUCCESS:
-            raise VulkanUnavailable(f"vkCreateInstance failed ({code}): is a Vulkan driver installed?")
+            raise VulkanUnavailable(f"vkCreateInstance failed: {result_name(code)} ({code})")
         self.handle = handle[0]
         self._messenger = None
         if self.validation:
