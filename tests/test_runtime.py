@@ -11,6 +11,7 @@ import pytest
 import vkq
 from vkq.runtime import Device, VulkanUnavailable, choose_device, take_validation_messages
 from vkq.runtime.capabilities import Capabilities
+from vkq.runtime.env import validation_requested
 from vkq.runtime.vk import ffi, lib, new
 
 
@@ -166,7 +167,7 @@ def test_device_choice_order_and_selector():
         choose_device([], "")
 
 
-@pytest.mark.skipif(os.environ.get("VKQ_VALIDATION") in (None, "", "0"), reason="validation off")
+@pytest.mark.skipif(not validation_requested(), reason="validation off")
 def test_validation_layer_reports_misuse(device):
     """The messenger really delivers: an invalid create call must produce a message (this is
     what lets every other test fail on validation errors)."""

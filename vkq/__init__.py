@@ -8,14 +8,25 @@
 The default device is the best Vulkan device found (`$VKQ_DEVICE` picks one by index or name
 substring); `vkq.Device(...)` opens others, and every op takes `device=`.
 """
-from vkq.functional import add, rms_norm, silu_mul
-from vkq.graph import Graph, GraphError, graph
-from vkq.fused import FusedWeight, fuse_linear
-from vkq.linear import linear
-from vkq.quantized_weight import QuantizedWeight, quantize_weight
-from vkq.runtime import Device, UnsupportedDevice, default_device, set_default_device, trace
-from vkq.shaderlib import ShaderError
-from vkq.tensor import DeviceTensor, to_device
+import sys
+
+try:
+    from vkq.functional import add, rms_norm, silu_mul
+    from vkq.graph import Graph, GraphError, graph
+    from vkq.fused import FusedWeight, fuse_linear
+    from vkq.linear import linear
+    from vkq.quantized_weight import QuantizedWeight, quantize_weight
+    from vkq.runtime import Device, UnsupportedDevice, default_device, set_default_device, trace
+    from vkq.shaderlib import ShaderError
+    from vkq.tensor import DeviceTensor, to_device
+except RuntimeError as e:
+    # No Vulkan loader: vkq.runtime.vk raises VulkanUnavailable while it is imported (so the
+    # class is matched by name: its module never finished loading). `python -m vkq ...`
+    # imports this package first, with sys.argv[0] == "-m" (documented -m behaviour): give
+    # the command line its one-line error there, not a traceback.
+    if type(e).__name__ == "VulkanUnavailable" and sys.argv[:1] == ["-m"]:
+        raise SystemExit(f"python -m vkq: error: {e}") from None
+    raise
 
 __version__ = "0.1.0"
 __all__ = ["Device", "DeviceTensor", "FusedWeight", "Graph", "GraphError", "QuantizedWeight", "ShaderError",

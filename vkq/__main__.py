@@ -1,43 +1,100 @@
-"""`python -m vkq info | bench | stats`."""
+"""`python -m vkq info | bench | stats`.
+
+Mistakes a user can make or meet (an option out of range, a device selector that matches
+nothing, no Vulkan driver, a bad environment variable) end the command with one line on
+stderr that names what was typed, and a non-zero exit; never a traceback. Anything else is a
+bug and keeps its traceback. (No Vulkan loader at all fails while `vkq` itself is imported;
+`vkq/__init__.py` turns that into the same one line.)
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
-from vkq.runtime import Device, Instance, UnsupportedDevice, choose_device
+from vkq.runtime import (Device, Instance, UnsupportedDevice, VulkanError, VulkanUnavailable,
+                         choose_device)
+from vkq.runtime.env import EnvironmentVariableError
 from vkq.shaderlib import ShaderError, parse_spec_constants
+
+PROG = "python -m vkq"
+# What the machine or the user's input can cause, reported in one line (see the docstring).
+USER_ERRORS = (VulkanUnavailable, VulkanError, EnvironmentVariableError, UnsupportedDevice,
+               ShaderError, TimeoutError)
+DEVICE_HELP = "device index or name substring, as `info` lists them (default: $VKQ_DEVICE, " \
+              "else the first discrete GPU, integrated GPU, then CPU)"
+
+
+class CommandError(Exception):
+    """A value the user typed that turned out wrong after parsing (e.g. an unknown variant)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors in one line that says where the usage is."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def spec_constant(text: str) -> dict[str, int | float]:
+    """argparse type: one NAME=VALUE specialization constant."""
+    try:
+        return parse_spec_constants([text])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """List every device; mark the one `--device` (or $VKQ_DEVICE, or the default rule)
+    picks. A selector that matches none is reported after the list, which is what helps
+    choose one."""
     from vkq.ops import variant_choices
     with Instance(validation=False) as inst:
         devices = inst.devices()
-        if not devices:
-            print("no Vulkan devices found")
-            return 1
-        default = choose_device(devices)[0]
+        try:
+            chosen, problem = choose_device(devices, args.device, "--device")[0], None
+        except VulkanUnavailable as e:
+            chosen, problem = None, e
+        mark = "  (--device)" if args.device is not None else "  (default)"
         for idx, _, caps in devices:
-            mark = "  (default)" if idx == default else ""
             print(f"[{idx}] {caps.name} — {caps.device_type}, Vulkan "
-                  f"{'.'.join(map(str, caps.api_version))}, {caps.driver}{mark}")
+                  f"{'.'.join(map(str, caps.api_version))}, {caps.driver}"
+                  f"{mark if idx == chosen else ''}")
             for k, v in caps.summary().items():
                 if k not in ("name", "device_type", "api_version", "driver"):
                     print(f"      {k:34s} {v}")
             print("      kernel variants vkq would pick:")
             for op, variant in variant_choices(caps).items():
                 print(f"        {op:32s} {variant}")
+    if problem is not None:
+        sys.stdout.flush()  # the list first, then the error under it
+        raise problem
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from vkq.bench.runner import format_table, run, save_json
-    with Device(args.device) as dev:
+    if args.json and not Path(args.json).resolve().parent.is_dir():  # before, not after, the run
+        raise CommandError(f"--json {args.json}: directory {Path(args.json).parent} does not exist")
+    with Device(args.device, selector_origin="--device") as dev:
         quick = args.quick if args.quick is not None else dev.caps.device_type == "cpu"
         print(f"device: {dev.caps.name} ({dev.caps.driver}){' [quick shapes]' if quick else ''}",
               flush=True)
+        roofline_mib = min(args.roofline_mib, 128) if quick else args.roofline_mib
         rows, meta = run(dev, args.only, quick, args.repeats, frozenset(args.compare),
-                         args.roofline_mib << 20 if not quick else min(args.roofline_mib, 128) << 20)
+                         roofline_mib << 20)
     print(format_table(rows))
     if args.json:
         save_json(args.json, rows, meta)
@@ -46,15 +103,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    try:
-        spec = parse_spec_constants(args.spec)
-    except ValueError as e:
-        raise SystemExit(f"vkq stats: --spec {e}") from None
-    with Device(args.device) as dev:
+    spec = {k: v for one in args.spec for k, v in one.items()}
+    with Device(args.device, selector_origin="--device") as dev:
         try:  # built first, so a wrong name or constant fails on every device alike
             kernels = [dev.kernel(v, **spec) for v in args.variants]
-        except (ShaderError, UnsupportedDevice, ValueError) as e:
-            raise SystemExit(f"vkq stats: {e}") from None
+        except ValueError as e:  # an unknown specialization constant
+            raise CommandError(str(e)) from None
         if not dev.caps.pipeline_statistics:
             print(f"{dev.caps.name} does not report compiler statistics "
                   "(no VK_KHR_pipeline_executable_properties); nothing to show")
@@ -65,30 +119,50 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vkq")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("info", help="list devices, capabilities and the kernel variants vkq picks")
+def parser() -> argparse.ArgumentParser:
+    ap = OneLineParser(prog=PROG, description="Vulkan compute kernels for quantized linear layers.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    i = sub.add_parser("info", help="list devices, capabilities and the kernel variants vkq picks")
+    i.add_argument("--device", help=DEVICE_HELP + "; info lists every device and marks this one")
+    i.set_defaults(run=cmd_info)
+
     b = sub.add_parser("bench", help="measure the read roofline and every registered benchmark")
-    b.add_argument("--device", default=None, help="index or name substring (default: $VKQ_DEVICE or best)")
-    b.add_argument("--only", nargs="*", help="suite names to run")
-    b.add_argument("--json", help="also write the results to this file")
-    b.add_argument("--repeats", type=int, default=20)
+    b.add_argument("--device", help=DEVICE_HELP)
+    b.add_argument("--only", nargs="*", metavar="SUITE",
+                   help="run only these suites (default: all; an unknown name lists them)")
+    b.add_argument("--json", metavar="FILE", help="also write the results to this file")
+    b.add_argument("--repeats", type=positive_int, default=20,
+                   help="timed repetitions per measurement (default: %(default)s)")
     b.add_argument("--compare", nargs="*", default=[], choices=["torch"],
                    help="also time peers on the same GPU (torch with CUDA)")
-    b.add_argument("--roofline-mib", type=int, default=1024)
+    b.add_argument("--roofline-mib", type=positive_int, default=1024, metavar="MIB",
+                   help="size of the buffer the read roofline streams, capped by the device's "
+                        "limits (default: %(default)s; at most 128 with quick shapes)")
     q = b.add_mutually_exclusive_group()
     q.add_argument("--quick", dest="quick", action="store_true", default=None,
                    help="small shapes (default on CPU devices such as lavapipe)")
-    q.add_argument("--full", dest="quick", action="store_false", help="full shapes even on CPU devices")
+    q.add_argument("--full", dest="quick", action="store_false",
+                   help="full shapes even on CPU devices")
+    b.set_defaults(run=cmd_bench)
+
     st = sub.add_parser("stats", help="the driver's compiler statistics (registers, spills, ...) "
                                       "of kernel variants")
-    st.add_argument("variants", nargs="+", metavar="VARIANT")
+    st.add_argument("variants", nargs="+", metavar="VARIANT",
+                    help="kernel variant names, as `info` and vkq/spirv/manifest.json name them")
     st.add_argument("--spec", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                    type=spec_constant,
                     help="specialization constants, applied to every variant (after the variants)")
-    st.add_argument("--device", default=None, help="index or name substring (default: $VKQ_DEVICE or best)")
-    args = ap.parse_args(argv)
-    return {"info": cmd_info, "bench": cmd_bench, "stats": cmd_stats}[args.cmd](args)
+    st.add_argument("--device", help=DEVICE_HELP)
+    st.set_defaults(run=cmd_stats)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CommandError, *USER_ERRORS) as e:
+        raise SystemExit(f"{PROG} {args.cmd}: error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import atexit
 import collections
-import os
 import weakref
 from typing import Any, Callable
 
 import numpy as np
 
 from vkq import shaderlib
+from vkq.runtime import env
 from vkq.runtime.batch import CommandBatch
 from vkq.runtime.buffer import Buffer
 from vkq.runtime.capabilities import (PIPELINE_STATISTICS_EXTENSION, Capabilities,
@@ -37,20 +37,19 @@ class UnsupportedDevice(RuntimeError):
     """The device lacks a feature that the requested kernel variant needs."""
 
 
-def _timeout_ns() -> int:
-    return int(float(os.environ.get("VKQ_TIMEOUT_S", "300")) * 1e9)
-
-
 class Device:
     """A Vulkan logical device with one compute queue.
 
     Owns every Buffer and Kernel created on it: `close()` destroys what is still alive, then
     the device (and the instance, when the device created it). Use as a context manager, or
     let `default_device()` own one for the process. Not thread-safe: use one per thread.
+    `selector` is a device index or name substring (default `$VKQ_DEVICE`, else the best
+    device); `selector_origin` is what the error calls it when it matches none ("--device").
     """
 
     def __init__(self, selector: str | None = None, *, validation: bool | None = None,
-                 instance: Instance | None = None):
+                 instance: Instance | None = None, selector_origin: str = "selector"):
+        self._timeout_ns = env.timeout_ns()  # read once, so a bad value fails before any work
         self._own_instance = instance is None
         self.instance = instance or Instance(validation=validation)
         self._children: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -64,7 +63,8 @@ class Device:
         self._completed = 0    # every submission up to this serial has finished
         self.handle = None
         try:
-            self.index, self.physical, self.caps = choose_device(self.instance.devices(), selector)
+            self.index, self.physical, self.caps = choose_device(
+                self.instance.devices(), selector, selector_origin)
             self._create(self.physical, self.caps)
         except BaseException:
             if self._own_instance:
@@ -250,7 +250,7 @@ class Device:
         while self._in_flight and self._in_flight[0].serial <= target:
             item = self._in_flight[0]
             try:
-                code = lib.vkWaitForFences(self.handle, 1, item.fence_ptr, 1, _timeout_ns())
+                code = lib.vkWaitForFences(self.handle, 1, item.fence_ptr, 1, self._timeout_ns)
             except BaseException:
                 # Never free a command buffer or its buffers while the GPU may still use them
                 # (KeyboardInterrupt included): that is a crash, not an error message.
@@ -259,7 +259,7 @@ class Device:
             if code == lib.VK_TIMEOUT:
                 lib.vkQueueWaitIdle(self.queue)
                 raise TimeoutError(f"GPU work did not finish within VKQ_TIMEOUT_S "
-                                   f"({_timeout_ns() / 1e9:.0f} s)")
+                                   f"({self._timeout_ns / 1e9:g} s)")
             check(code, "vkWaitForFences")
             self._in_flight.popleft()
             self._finish(item)

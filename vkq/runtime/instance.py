@@ -1,13 +1,13 @@
 """The Vulkan instance, the validation layer's messenger, and physical-device discovery."""
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 from vkq.runtime.capabilities import TYPE_PREFERENCE, Capabilities, read_capabilities
+from vkq.runtime.env import device_selector, validation_requested
 from vkq.runtime.vk import (VulkanUnavailable, check, cstrings, ffi, instance_proc, lib, new,
-                            to_str)
+                            result_name, to_str)
 
 VALIDATION_LAYER = "VK_LAYER_KHRONOS_validation"
 
@@ -23,10 +23,6 @@ def take_validation_messages() -> list[str]:
         msgs = _messages[:]
         _messages.clear()
     return msgs
-
-
-def validation_requested() -> bool:
-    return os.environ.get("VKQ_VALIDATION", "") not in ("", "0")
 
 
 def _available_layers() -> set[str]:
@@ -60,7 +56,7 @@ class Instance:
         if self.validation:
             if VALIDATION_LAYER not in _available_layers():
                 raise VulkanUnavailable(
-                    f"VKQ_VALIDATION is set but {VALIDATION_LAYER} is not installed "
+                    f"VKQ_VALIDATION is on but {VALIDATION_LAYER} is not installed "
                     "(Debian/Ubuntu: `sudo apt-get install vulkan-validationlayers`)")
             layers.append(VALIDATION_LAYER)
             extensions.append("VK_EXT_debug_utils")
@@ -79,8 +75,13 @@ class Instance:
                    ppEnabledExtensionNames=cstrings(extensions, k))
         handle = ffi.new("VkInstance*")
         code = lib.vkCreateInstance(info, ffi.NULL, handle)
+        if code == lib.VK_ERROR_INCOMPATIBLE_DRIVER:  # what the loader says when it finds no driver
+            raise VulkanUnavailable(
+                "no Vulkan driver found (vkCreateInstance: VK_ERROR_INCOMPATIBLE_DRIVER). Install "
+                "one, e.g. on Debian/Ubuntu `sudo apt-get install mesa-vulkan-drivers` (lavapipe, "
+                "the CPU driver), or your GPU vendor's driver")
         if code != lib.VK_SUCCESS:
-            raise VulkanUnavailable(f"vkCreateInstance failed ({code}): is a Vulkan driver installed?")
+            raise VulkanUnavailable(f"vkCreateInstance failed: {result_name(code)} ({code})")
         self.handle = handle[0]
         self._messenger = None
         if self.validation:
@@ -141,25 +142,27 @@ class Instance:
         self.close()
 
 
-def choose_device(devices: list[tuple[int, Any, Capabilities]], selector: str | None = None
-                  ) -> tuple[int, Any, Capabilities]:
+def choose_device(devices: list[tuple[int, Any, Capabilities]], selector: str | None = None,
+                  origin: str = "selector") -> tuple[int, Any, Capabilities]:
     """Pick by `selector` (index or name substring; default `$VKQ_DEVICE`), else by type:
-    discrete GPU, integrated, virtual, CPU."""
+    discrete GPU, integrated, virtual, CPU. A selector that matches nothing is an error that
+    names it by `origin` (what the user typed it as, e.g. "--device"), or as VKQ_DEVICE."""
     if not devices:
         raise VulkanUnavailable("no Vulkan device found (Debian/Ubuntu: `sudo apt-get install "
                                 "mesa-vulkan-drivers` for lavapipe, or install your GPU driver)")
-    selector = os.environ.get("VKQ_DEVICE") if selector is None else selector
+    if selector is None:
+        selector, origin = device_selector(), "VKQ_DEVICE"
     if selector:
         if selector.strip().isdigit():
             idx = int(selector)
             for d in devices:
                 if d[0] == idx:
                     return d
-            raise VulkanUnavailable(f"VKQ_DEVICE={selector}: no device with that index "
+            raise VulkanUnavailable(f"{origin}={selector.strip()}: no device with that index "
                                     f"(have {[d[0] for d in devices]})")
         for d in devices:
             if selector.lower() in d[2].name.lower():
                 return d
-        raise VulkanUnavailable(f"VKQ_DEVICE={selector!r} matches no device name "
+        raise VulkanUnavailable(f"{origin}={selector!r} matches no device name "
                                 f"(have {[d[2].name for d in devices]})")
     return min(devices, key=lambda d: (TYPE_PREFERENCE.index(d[2].device_type), d[0]))
