@@ -6,10 +6,12 @@ import numpy as np
 
 from vkq.ops.common import float_input, grid_2d, positive_finite
 from vkq.runtime import Device, default_device
+from vkq.shaderlib import variant_name
 
 
 def pick_variant(width: int) -> str:
-    return "rms_norm_vec4" if width % 4 == 0 else "rms_norm_scalar"
+    """The vec4 variant where the width is a multiple of 4, else the scalar one."""
+    return variant_name("rms_norm", VEC4=width % 4 == 0)
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float = 1e-6, *,
