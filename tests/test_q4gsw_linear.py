@@ -499,8 +499,9 @@ GUARD_CASES = (
     [(dict(kernel="gemv"), k, gs, sym) for k, gs, sym in ((1320, 8, False), (1280, 64, True))]
     # Row slots of <= 8 lanes: the shuffle reduction runs even where subgroups are 8 wide.
     + [(dict(kernel="gemv", gemv_config=op.GemvConfig(rw, 2, 1, 2)), 1320, 8, False) for rw in (4, 8)]
-    + [(dict(kernel="gemv", gemv_config=op.GEMV_FALLBACK, gemv_subgroup=False), k, gs, sym)
-       for k, gs, sym in ((1320, 24, True), (1320, 8, False), (1280, 64, False))]
+    + [(dict(kernel="gemv", gemv_config=op.GEMV_FALLBACK, gemv_subgroup=sub), k, gs, sym)
+       for k, gs, sym in ((1320, 24, True), (1320, 8, False), (1280, 64, False))
+       for sub in (False, None)]  # None: with shuffles, as routed where shared memory is short
     # K = 6400/6408: three whole steps of every routed shape (x staging's double buffer
     # swaps twice; asymmetric word groups prefetch scales and zeros) before the tail;
     # K = 1320: the tail step alone.

@@ -1,9 +1,27 @@
 """Shader variants: discovery, rendering, compilation to SPIR-V, and the manifest.
 
-Each kernel is one Jinja template ``vkq/templates/<name>.comp.j2`` next to its variant list
-``vkq/templates/<name>.variants.json``::
+Each kernel is one Jinja template ``vkq/templates/<name>.comp.j2`` next to its variant
+declarations ``vkq/templates/<name>.variants.json``: families of variants, each with a name
+pattern, axes, and the combinations of axis values that are compiled::
 
-    {"variants": [{"name": "rms_norm_vec4", "params": {"VEC4": true, "WG": 256}}, ...]}
+    {"families": [{
+      "family": "rms_norm",
+      "name": "rms_norm_{VEC4}",                     # each {AXIS} -> the value's "name"
+      "axes": {"VEC4": [{"value": false, "name": "scalar"}, {"value": true, "name": "vec4"}]},
+      "params": {"WG": 256},                          # template parameters of every variant
+      "declare": [{}]}]}                              # the default: every combination
+
+An axis value is a plain string or int (its own name fragment; it sets the template parameter
+named like the axis) or ``{"value": v, "name": fragment, "params": {...}}`` (``params``
+replaces the default ``{AXIS: v}``). Each ``declare`` block is a product: the values it lists
+per axis, all values of the axes it does not mention (``"why"`` says what the block is for);
+the family is the union of its blocks. A family without axes is one variant, and a plain
+``{"variants": [{"name": ..., "params": {...}}]}`` list declares such one-variant families.
+
+Routers never build names themselves: ``variant_name("rms_norm", VEC4=True)`` formats the
+pattern and raises ShaderError unless that combination is declared, so every name routing
+can produce exists by construction (tests/test_routing.py enumerates routing over device
+profiles to prove it).
 
 A template declares its interface by calling helpers that both emit GLSL and record the
 declaration, so the manifest can never disagree with the shader:
@@ -24,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -158,27 +177,221 @@ def _jinja_env() -> jinja2.Environment:
         keep_trailing_newline=True)
 
 
-def _variant_lists() -> dict[str, list[dict[str, Any]]]:
-    """template file name -> its declared variants."""
-    lists = {}
+@dataclasses.dataclass(frozen=True)
+class AxisValue:
+    """One value of a variant axis: what a router passes, the name fragment it contributes,
+    and the template parameters it sets."""
+
+    value: Any
+    label: str
+    params: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    values: dict[str, Any]      # axis -> value
+    params: dict[str, Any]      # template parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A set of variants of one template that differ along named axes (module docstring).
+
+    `variants` holds the declared combinations only; `variant()` is the one way routing turns
+    axis values into a variant name, so a name it returns is declared by construction."""
+
+    name: str
+    template: str
+    pattern: str
+    axes: dict[str, tuple[AxisValue, ...]]
+    variants: tuple[Variant, ...]
+    index: dict[tuple[str, ...], str] = dataclasses.field(repr=False)  # axis labels -> name
+
+    def __post_init__(self) -> None:
+        # per axis, _key(value) -> label: routing calls variant() on every dispatch
+        labels = {a: {_key(v.value): v.label for v in vs} for a, vs in self.axes.items()}
+        object.__setattr__(self, "_labels", labels)
+
+    def variant(self, **values: Any) -> str:
+        """The name of the declared variant with these axis values; ShaderError if the axes
+        do not match, a value is not on its axis, or the combination is not declared."""
+        if values.keys() != self.axes.keys():
+            raise ShaderError(f"variant family {self.name!r} has axes {sorted(self.axes)}, "
+                              f"got {sorted(values)}")
+        try:
+            labels = tuple(self._labels[a][_key(values[a])] for a in self.axes)
+        except (KeyError, TypeError):  # not on its axis (or unhashable): find() says which
+            labels = tuple(self.find(a, values[a]).label for a in self.axes)
+        name = self.index.get(labels)
+        if name is None:
+            spec_file = self.template.replace(".comp.j2", ".variants.json")
+            raise ShaderError(f"variant family {self.name!r} declares no variant for "
+                              f"{_describe(values)} (it would be "
+                              f"{self.pattern.format(**dict(zip(self.axes, labels)))!r}); "
+                              f"declare it in vkq/templates/{spec_file}")
+        return name
+
+    def select(self, **fixed: Any) -> list[Variant]:
+        """The declared variants whose axis values include `fixed`."""
+        for axis, value in fixed.items():
+            if axis not in self.axes:
+                raise ShaderError(f"variant family {self.name!r} has no axis {axis!r}")
+            self.find(axis, value)
+        return [v for v in self.variants
+                if all(_same(v.values[a], value) for a, value in fixed.items())]
+
+    def find(self, axis: str, value: Any) -> AxisValue:
+        """The entry of `value` on `axis` (ShaderError if it is not there)."""
+        for v in self.axes[axis]:
+            if _same(v.value, value):
+                return v
+        raise ShaderError(f"variant family {self.name!r}: {axis}={value!r} is not a value of "
+                          f"the axis; it has {[v.value for v in self.axes[axis]]}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Axis values match by value and by kind (True is not 1)."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def _key(value: Any) -> tuple[bool, Any]:
+    """A dict key under which values match as in _same."""
+    return isinstance(value, bool), value
+
+
+def _describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in values.items())
+
+
+def _parse_axis(family: str, axis: str, entries: list[Any]) -> tuple[AxisValue, ...]:
+    """Axis entries: a plain value (label str(value), sets param AXIS=value), or
+    {"value": v, "name": label, "params": {...}} where name and params are optional."""
+    out = []
+    for e in entries:
+        e = e if isinstance(e, dict) else {"value": e}
+        unknown = set(e) - {"value", "name", "params"}
+        if "value" not in e or unknown:
+            raise ShaderError(f"family {family!r}, axis {axis!r}: entry {e!r} needs a 'value' "
+                              f"and may have 'name' and 'params' only")
+        value = e["value"]
+        if "name" not in e and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise ShaderError(f"family {family!r}, axis {axis!r}: value {value!r} needs a 'name' "
+                              f"(its fragment of the variant name)")
+        out.append(AxisValue(value, str(e.get("name", value)), dict(e.get("params", {axis: value}))))
+    if len({v.label for v in out}) != len(out) or len({repr(v.value) for v in out}) != len(out):
+        raise ShaderError(f"family {family!r}, axis {axis!r}: values and names must be distinct")
+    return tuple(out)
+
+
+def _expand(template: str, spec: dict[str, Any]) -> Family:
+    """A family from its JSON declaration (module docstring)."""
+    fam = spec["family"]
+    unknown = set(spec) - {"family", "name", "axes", "params", "declare", "about"}
+    if unknown:
+        raise ShaderError(f"family {fam!r}: unknown keys {sorted(unknown)}")
+    axes = {a: _parse_axis(fam, a, entries) for a, entries in spec.get("axes", {}).items()}
+    pattern = spec.get("name", fam)
+    common = dict(spec.get("params", {}))
+    variants: dict[str, Variant] = {}
+    index: dict[tuple[str, ...], str] = {}
+    for block in spec.get("declare", [{}]):
+        for combo in itertools.product(*_block_choices(fam, axes, block)):
+            params = dict(common)
+            for v in combo:
+                if set(params) & set(v.params):
+                    raise ShaderError(f"family {fam!r}: parameter(s) "
+                                      f"{sorted(set(params) & set(v.params))} set twice")
+                params.update(v.params)
+            labels = tuple(v.label for v in combo)
+            try:
+                name = pattern.format(**dict(zip(axes, labels)))
+            except (KeyError, IndexError) as e:
+                raise ShaderError(f"family {fam!r}: name pattern {pattern!r} uses an unknown "
+                                  f"axis {e}") from None
+            values = dict(zip(axes, (v.value for v in combo)))
+            if name in variants and variants[name].values != values:
+                raise ShaderError(f"family {fam!r}: {_describe(variants[name].values)} and "
+                                  f"{_describe(values)} are both named {name!r}; the name "
+                                  f"pattern must tell them apart")
+            variants[name] = Variant(name, values, params)
+            index[labels] = name
+    return Family(fam, template, pattern, axes, tuple(variants.values()), index)
+
+
+def _block_choices(fam: str, axes: dict[str, tuple[AxisValue, ...]],
+                   block: dict[str, Any]) -> list[list[AxisValue]]:
+    """Per axis, the values one `declare` block takes: those it lists, or all of them."""
+    extra = set(block) - set(axes) - {"why"}
+    if extra:
+        raise ShaderError(f"family {fam!r}: a declare block names unknown axes {sorted(extra)}")
+    choices = []
+    for axis, values in axes.items():
+        wanted = block.get(axis)
+        if wanted is None:
+            choices.append(list(values))
+            continue
+        for w in wanted:
+            if not any(_same(v.value, w) for v in values):
+                raise ShaderError(f"family {fam!r}: a declare block lists {axis}={w!r}, which is "
+                                  f"not a value of the axis")
+        choices.append([v for v in values if any(_same(v.value, w) for w in wanted)])
+    return choices
+
+
+def _explicit(template: str, entry: dict[str, Any]) -> Family:
+    """A plain {"name", "params"} entry: a family of one variant, without axes."""
+    return Family(entry["name"], template, entry["name"], {},
+                  (Variant(entry["name"], {}, dict(entry.get("params", {}))),), {(): entry["name"]})
+
+
+def _read_families() -> dict[str, Family]:
+    """Every family of every template (files in name order, entries in file order)."""
+    out: dict[str, Family] = {}
+    seen: dict[str, str] = {}
     for spec_file in sorted(TEMPLATE_DIR.glob("*.variants.json")):
         template = spec_file.name.replace(".variants.json", ".comp.j2")
         if not (TEMPLATE_DIR / template).exists():
             raise ShaderError(f"{spec_file.name} has no template {template}")
-        lists[template] = json.loads(spec_file.read_text())["variants"]
-    return lists
+        doc = json.loads(spec_file.read_text())
+        unknown = set(doc) - {"families", "variants"}
+        if unknown:
+            raise ShaderError(f"{spec_file.name}: unknown keys {sorted(unknown)}")
+        fams = [_expand(template, f) for f in doc.get("families", [])]
+        fams += [_explicit(template, v) for v in doc.get("variants", [])]
+        for fam in fams:
+            if fam.name in out:
+                raise ShaderError(f"variant family {fam.name!r} declared twice")
+            out[fam.name] = fam
+            for v in fam.variants:
+                if v.name in seen:
+                    raise ShaderError(f"variant {v.name!r} declared twice ({seen[v.name]} and "
+                                      f"{fam.name})")
+                seen[v.name] = fam.name
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def families() -> dict[str, Family]:
+    """family name -> Family, for every template."""
+    return _read_families()
+
+
+def variant_name(family: str, **values: Any) -> str:
+    """The declared variant of `family` with these axis values, e.g.
+    `variant_name("rms_norm", VEC4=True)` -> "rms_norm_vec4". Raises ShaderError for an unknown
+    family, a missing or unknown axis, a value not on its axis, or an undeclared combination."""
+    fam = families().get(family)
+    if fam is None:
+        raise ShaderError(f"unknown variant family {family!r}; known: {sorted(families())}")
+    return fam.variant(**values)
 
 
 @functools.lru_cache(maxsize=1)
 def declared_variants() -> dict[str, tuple[str, dict[str, Any]]]:
     """variant name -> (template file, params), for every template."""
-    out: dict[str, tuple[str, dict[str, Any]]] = {}
-    for template, variants in _variant_lists().items():
-        for v in variants:
-            if v["name"] in out:
-                raise ShaderError(f"variant {v['name']!r} declared twice")
-            out[v["name"]] = (template, dict(v.get("params", {})))
-    return out
+    return {v.name: (fam.template, v.params) for fam in _read_families().values()
+            for v in fam.variants}
 
 
 def _compiler_id() -> str:

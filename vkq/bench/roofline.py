@@ -6,8 +6,11 @@ from typing import Callable
 import numpy as np
 
 from vkq.runtime import Device
+from vkq.shaderlib import variant_name
 
-VARIANT = "read_bandwidth"
+def read_variant() -> str:
+    """The streaming-read kernel (one variant, no axes)."""
+    return variant_name("read_bandwidth")
 
 
 class StreamingRead:
@@ -22,7 +25,7 @@ class StreamingRead:
         self.device = device
         self.nbytes = min(int(nbytes), device.caps.max_storage_buffer_range,
                           device.caps.max_memory_allocation_size) // 16 * 16
-        self.kernel = device.kernel(VARIANT)
+        self.kernel = device.kernel(read_variant())
         wg, unroll = self.kernel.info.params["WG"], self.kernel.info.params["UNROLL"]
         self.n_words = self.nbytes // 16
         self.groups = min(-(-self.n_words // (wg * unroll)), device.caps.max_workgroup_count[0])

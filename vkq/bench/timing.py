@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vkq.bench.clocks import sm_clock
-from vkq.bench.roofline import VARIANT as READ_VARIANT, StreamingRead
+from vkq.bench.roofline import StreamingRead, read_variant
 from vkq.runtime import CommandBatch, Device
 
 
@@ -127,7 +127,7 @@ def time_dispatches(device: Device, record: Callable[[CommandBatch, int], None],
 def measure_dispatch_overhead(device: Device, repeats: int = 20) -> Timing:
     """GPU time of a one-workgroup dispatch that reads nothing, timed like every benchmark
     row (chained and isolated): the floor under them."""
-    kernel = device.kernel(READ_VARIANT)
+    kernel = device.kernel(read_variant())
     with device.buffer(16 * 256) as sink, device.buffer(16) as data:
         def record(b: CommandBatch, i: int) -> None:
             b.dispatch(kernel, (1, 1, 1), buffers={"t_sink": sink, "t_data": data},

@@ -13,13 +13,16 @@ from vkq.ops.common import ceil_div, grid_2d
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
 from vkq.reference.elementwise import add_reference, silu_mul_reference
 from vkq.runtime.memory import RANGE_ALIGN
+from vkq.shaderlib import variant_name
 
 WORKGROUP = 256  # elementwise.comp.j2's local size
 
 
-def elementwise_dispatch(variant: str, device: Any, rows: int, cols: int, stride: int, off: int,
+def elementwise_dispatch(op: str, device: Any, rows: int, cols: int, stride: int, off: int,
                          buffers: dict[str, str]) -> PlannedDispatch:
-    """One elementwise.comp.j2 dispatch over [rows, cols] outputs (see the template)."""
+    """One elementwise.comp.j2 dispatch of `op` ("add", "silu_mul", "copy_cols") over
+    [rows, cols] outputs (see the template)."""
+    variant = variant_name("elementwise", OP=op)
     total = rows * cols
     if total >= 1 << 32:
         raise ValueError(f"{variant}: {total} elements exceed the kernel's 32-bit index")
@@ -48,7 +51,7 @@ class Add(Op):
             raise ValueError(f"add: shapes differ: {a.shape} and {b.shape}")
         cols = a.shape[-1] if a.shape else 1
         rows = a.rows if a.shape else 1
-        d = elementwise_dispatch("add_f32", device, rows, cols, cols, 0,
+        d = elementwise_dispatch("add", device, rows, cols, cols, 0,
                                  {"t_out": "out", "t_a": "a", "t_b": "b"})
         return Plan([d], {"out": TensorSpec.dense(a.shape)})
 
@@ -67,7 +70,7 @@ class SiluMul(Op):
         if not x.shape or x.shape[-1] % 2:
             raise ValueError(f"silu_mul: the last axis holds gate then up and must be even, got {x.shape}")
         n = x.shape[-1] // 2
-        d = elementwise_dispatch("silu_mul_f32", device, x.rows, n, 2 * n, n,
+        d = elementwise_dispatch("silu_mul", device, x.rows, n, 2 * n, n,
                                  {"t_out": "out", "t_a": "x"})
         return Plan([d], {"out": TensorSpec.dense(x.shape[:-1] + (n,))})
 
@@ -103,7 +106,7 @@ def fused_outputs(device: Any, lead: tuple[int, ...], n: int, parts: tuple[int, 
         _dense_f32("residual", residual, "linear")
         if residual.shape != lead + (n,):
             raise ValueError(f"residual must have shape {lead + (n,)}, got {residual.shape}")
-        add = elementwise_dispatch("add_f32", device, m, n, n, 0,
+        add = elementwise_dispatch("add", device, m, n, n, 0,
                                    {"t_out": "y", "t_a": "scratch.product", "t_b": "residual"})
         return FusedOutputs("scratch.product", [add], {"y": TensorSpec.dense(lead + (n,))},
                             {"scratch.product": 4 * m * n}, {})
@@ -111,7 +114,7 @@ def fused_outputs(device: Any, lead: tuple[int, ...], n: int, parts: tuple[int, 
         if not parts or len(parts) != 2 or parts[0] != parts[1]:
             raise ValueError(f"epilogue='silu_mul' needs two parts of equal size (gate, up), got {parts}")
         half = parts[0]
-        d = elementwise_dispatch("silu_mul_f32", device, m, half, n, half,
+        d = elementwise_dispatch("silu_mul", device, m, half, n, half,
                                  {"t_out": "y", "t_a": "scratch.product"})
         return FusedOutputs("scratch.product", [d], {"y": TensorSpec.dense(lead + (half,))},
                             {"scratch.product": 4 * m * n}, {})
@@ -123,7 +126,7 @@ def fused_outputs(device: Any, lead: tuple[int, ...], n: int, parts: tuple[int, 
         outputs["y"] = TensorSpec.dense(lead + (n,))
         views = {f"y{i}": ("y", 4 * int(s)) for i, s in enumerate(starts)}
         return FusedOutputs("y", [], outputs, {}, views)
-    copies = [elementwise_dispatch("copy_cols_f32", device, m, p, n, int(s),
+    copies = [elementwise_dispatch("copy_cols", device, m, p, n, int(s),
                                    {"t_out": f"y{i}", "t_a": "scratch.product"})
               for i, (p, s) in enumerate(zip(parts, starts))]
     return FusedOutputs("scratch.product", copies, outputs, {"scratch.product": 4 * m * n}, {})

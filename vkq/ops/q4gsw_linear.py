@@ -39,6 +39,7 @@ from vkq.ops.elementwise import fused_outputs
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
 from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
+from vkq.shaderlib import variant_name
 
 #: Format of the prepacked device weight (Q4gswWeight); bump VERSION when its arrays change.
 FORMAT = "q4gsw_weight"
@@ -128,7 +129,7 @@ class Q4gswWeight:
             srcs = [b for b in (self.scales, self.zeros) if b is not None]
             wide = [self.device.buffer(4 * count) for _ in srcs]
             try:
-                kern = self.device.kernel("q4gsw_params_widen")
+                kern = self.device.kernel(variant_name("q4gsw_params_widen"))
                 with self.device.batch() as b:
                     for src, dst in zip(srcs, wide):
                         b.dispatch(kern, grid_2d(ceil_div(count, 256), self.device.caps.max_workgroup_count[0]),
@@ -332,14 +333,15 @@ def pick_gemv_config(n: int, k: int, max_shared_memory: int = 1 << 62,
 
 def gemv_variant(asym: bool, group_size: int, cfg: GemvConfig, subgroup: bool = True,
                  half_params: bool = False) -> str:
-    sym = "asym" if asym else "sym"
-    return (f"q4gsw_gemv_{sym}_{gemv_group_mode(group_size)}_{cfg.tag}"
-            + ("" if subgroup else "_smem") + ("_p16" if half_params else ""))
+    """The declared GEMV variant of this weight kind and shape (ShaderError if undeclared)."""
+    return variant_name("q4gsw_gemv", ASYM=bool(asym), GROUP=gemv_group_mode(group_size),
+                        SHAPE=cfg.tag, SUBGROUP=bool(subgroup), P16=bool(half_params))
 
 
 def gemm_variant(asym: bool, m: int, tile: str | None = None, half_params: bool = False) -> str:
+    """The declared GEMM variant for M rows (the GEMM_TILES tile unless `tile` forces one)."""
     tile = tile or next(t for max_m, t in GEMM_TILES if m <= max_m)
-    return f"q4gsw_gemm_{'asym' if asym else 'sym'}_{tile}" + ("_p16" if half_params else "")
+    return variant_name("q4gsw_gemm", ASYM=bool(asym), TILE=tile, P16=bool(half_params))
 
 
 def route(m: int, kernel: str) -> str:
@@ -433,7 +435,7 @@ def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, ke
              "split_chunks": plan.split_chunks}, {"GROUP_COMPS": w.group_size // 8}))
     if plan.splits > 1:
         out_list.append(PlannedDispatch(
-            "q4gsw_gemm_reduce", grid_2d(ceil_div(m * n, 256), max_x),
+            variant_name("q4gsw_gemm_reduce"), grid_2d(ceil_div(m * n, 256), max_x),
             {"t_out": out, "t_part": "scratch.partials", "t_bias": bias},
             {"mn": m * n, "n": n, "splits": plan.splits, "has_bias": int(has_bias)}))
     return out_list, scratch
@@ -524,7 +526,7 @@ class GemmPlan:
     @property
     def kernels(self) -> list[str]:
         """Kernel names one GEMM call dispatches (for routing checks)."""
-        return [self.variant] + (["q4gsw_gemm_reduce"] if self.splits > 1 else [])
+        return [self.variant] + ([variant_name("q4gsw_gemm_reduce")] if self.splits > 1 else [])
 
 
 def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,

@@ -57,6 +57,7 @@ from vkq.ops.common import bias_vector, ceil_div, grid_2d, positive_finite
 from vkq.quantized_weight import INT8_MAX_K, QuantizedWeight
 from vkq.reference.q8ta import ACTIVATIONS, requant_constants
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
+from vkq.shaderlib import families, variant_name
 from vkq.tensor import DeviceTensor
 
 GEMV, GEMM = "gemv", "gemm"
@@ -67,14 +68,14 @@ _EPILOGUE_CACHE = 4
 
 
 # -- variants and routing -----------------------------------------------------------------------
+#: Kernel family (vkq/templates/*.variants.json) of each path.
+FAMILY = {GEMV: "q8ta_linear_gemv", GEMM: "q8ta_linear"}
 #: GEMM tiles (rows x channels) by batch size: 32x128 up to SMALL_M_TILE_MAX rows, 128x64
 #: above. Measured on the H100; see docs/tuning.md §q8ta GEMM tiles.
 SMALL_M_TILE_MAX = 256
-GEMM_TILES = ("t128x64", "t32x128")
 #: GEMV shapes (lanes per workgroup x 4-channel blocks per workgroup) of the tuned int-dot +
-#: subgroup family (the other families have only l128b1): l256b1 for K >= LONG_K, l128b2 for
+#: subgroup variants (the others have only l128b1): l256b1 for K >= LONG_K, l128b2 for
 #: N >= MANY_N. Measured on the H100; see docs/tuning.md §q8ta GEMV shapes.
-GEMV_SHAPES = ("l128b1", "l128b2", "l256b1")
 LONG_K, MANY_N = 8192, 8192
 
 
@@ -92,22 +93,17 @@ def pick_variant(path: str, caps: Any, m: int = 1, n: int = 0, k: int = 0, *,
                  int_dot: bool | None = None, subgroup: bool | None = None) -> str:
     """Variant for `path` ("gemv" | "gemm") on an [m, k] x [n, k]^T problem on a device
     with `caps`; `int_dot` / `subgroup` override the capability-based choice (tests)."""
-    dot = caps.integer_dot_product if int_dot is None else int_dot
-    kind = "idot" if dot else "fallback"
+    dot = bool(caps.integer_dot_product if int_dot is None else int_dot)
     if path == GEMM:
-        return f"q8ta_linear_{kind}_{gemm_tile(m)}"
-    sg = caps.subgroup_arithmetic if subgroup is None else subgroup
+        return variant_name(FAMILY[GEMM], INT_DOT=dot, TILE=gemm_tile(m))
+    sg = bool(caps.subgroup_arithmetic if subgroup is None else subgroup)
     shape = gemv_shape(n, k) if dot and sg else "l128b1"
-    return f"q8ta_linear_gemv_{kind}_{'subgroup' if sg else 'shared'}_{shape}"
+    return variant_name(FAMILY[GEMV], INT_DOT=dot, SUBGROUP=sg, SHAPE=shape)
 
 
 def path_variants(path: str) -> set[str]:
-    """Every variant implementing `path`."""
-    if path == GEMM:
-        return {f"q8ta_linear_{kind}_{tile}" for kind in ("idot", "fallback") for tile in GEMM_TILES}
-    tuned = {f"q8ta_linear_gemv_idot_subgroup_{shape}" for shape in GEMV_SHAPES}
-    return tuned | {f"q8ta_linear_gemv_{kind}_{red}_l128b1" for kind in ("idot", "fallback")
-                    for red in ("subgroup", "shared")}
+    """Every declared variant implementing `path`."""
+    return {v.name for v in families()[FAMILY[path]].variants}
 
 
 def route(kernel: str, m: int, x_layout: str | None = None) -> str:
@@ -283,7 +279,7 @@ def record(batch: CommandBatch, variant: str, *, x: Buffer, out: Buffer, weight:
     push = {"m": m, "n": weight.n, "n4": weight.n4, "k4": weight.k4, "zp_x": qp.zp_x,
             "zp_out": qp.zp_out, "relu": int(qp.relu)}
     max_x, max_y, _ = device.caps.max_workgroup_count
-    if variant.startswith("q8ta_linear_gemv"):
+    if kernel.info.template == families()[FAMILY[GEMV]].template:  # the GEMV's grid
         groups = ceil_div(weight.n4, kernel.info.params["NB"])
         grid = (min(groups, max_x), min(m, max_y), 1)
     else:

@@ -9,10 +9,12 @@ import numpy as np
 from vkq.ops.common import grid_2d
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
 from vkq.reference.rms_norm import rms_norm_reference
+from vkq.shaderlib import variant_name
 
 
 def pick_variant(width: int) -> str:
-    return "rms_norm_vec4" if width % 4 == 0 else "rms_norm_scalar"
+    """The vec4 variant where the width is a multiple of 4, else the scalar one."""
+    return variant_name("rms_norm", VEC4=width % 4 == 0)
 
 
 @register

@@ -14,12 +14,14 @@ from typing import Any, Iterator
 import numpy as np
 
 from vkq.bench import BenchContext, Row, register
+from vkq.bench.roofline import read_variant
 from vkq.bench.timing import Timing, copies_for_l2_cold, time_call
 from vkq.ops.common import ceil_div
 from vkq.ops.q4gsw_linear import (GemvConfig, Q4gswWeight, gemv_shape, plan_gemm,
                                   prepack_quantized, record_linear)
 from vkq.quantized_weight import QuantizedWeight, half_group_params
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
+from vkq.shaderlib import families
 
 #: docs/design.md §6 decode shapes (N, K) and the GEMM batch sizes.
 GEMV_SHAPES = ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336))
@@ -196,7 +198,7 @@ def _read_floor_row(ctx: BenchContext, m: int, n: int, k: int, gs: int, nbytes: 
     dev = ctx.device
     nbytes = nbytes // 16 * 16
     copies = copies_for_l2_cold(nbytes, ctx.l2_bytes)
-    kern = dev.kernel("read_bandwidth")
+    kern = dev.kernel(read_variant())
     n_words = nbytes // 16
     groups = min(ceil_div(n_words, 1024), dev.caps.max_workgroup_count[0])
     bufs = [dev.buffer(nbytes) for _ in range(copies)]
@@ -291,14 +293,11 @@ class _TorchPeer:
 
 # ----------------------------------------------------------------------------- tuning sweeps
 def sweep_gemv_configs() -> list[GemvConfig]:
-    """Every one-row (M == 1) GEMV workgroup shape declared for symmetric word-group weights."""
-    from vkq.shaderlib import declared_variants
-    out = []
-    for name, (_, p) in sorted(declared_variants().items()):
-        if (name.startswith("q4gsw_gemv_sym_word_") and p["SUBGROUP"] and not p.get("P16")
-                and p.get("MR", 1) == 1):
-            out.append(GemvConfig.from_params(p))
-    return out
+    """Every one-row (M == 1) GEMV workgroup shape declared for symmetric word-group weights
+    (with subgroup shuffles), in name order."""
+    declared = families()["q4gsw_gemv"].select(ASYM=False, GROUP="word", SUBGROUP=True, P16=False)
+    configs = (GemvConfig.from_params(v.params) for v in sorted(declared, key=lambda v: v.name))
+    return [c for c in configs if c.mr == 1]
 
 
 def tune_gemv(ctx: BenchContext, shapes: tuple[tuple[int, int], ...] = GEMV_SHAPES,
@@ -334,8 +333,7 @@ def tune_gemv(ctx: BenchContext, shapes: tuple[tuple[int, int], ...] = GEMV_SHAP
 def tune_gemm(ctx: BenchContext, ms: tuple[int, ...] = (2, 8, 16, 32, 128, 512),
               shapes: tuple[tuple[int, int], ...] = GEMM_SHAPES) -> list[tuple[str, str, float]]:
     """Time every declared symmetric GEMM tile at each M: what GEMM_TILES is chosen from."""
-    from vkq.shaderlib import declared_variants
-    tiles = sorted(n.split("_")[-1] for n in declared_variants() if n.startswith("q4gsw_gemm_sym_"))
+    tiles = sorted({v.values["TILE"] for v in families()["q4gsw_gemm"].select(ASYM=False)})
     results = []
     for n, k in shapes:
         for m in ms:

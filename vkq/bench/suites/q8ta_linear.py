@@ -13,15 +13,18 @@ from vkq.ops.q8ta_linear import (GEMM, GEMV, PackedWeight, QParams, output_spec,
                                  pick_variant, record)
 from vkq.quantized_weight import QuantizedWeight
 from vkq.runtime import CommandBatch, Device
+from vkq.shaderlib import variant_name
 
-PEAK_VARIANTS = {True: "int_dot_peak", False: "int_dot_peak_fallback"}
+def peak_variant(int_dot: bool) -> str:
+    """The int_dot_peak microkernel with the integer-dot instruction or its int32 fallback."""
+    return variant_name("int_dot_peak", INT_DOT=int_dot)
 
 
 def measure_int_dot_peak(device: Device, int_dot: bool, quick: bool,
                          repeats: int) -> tuple[float, float]:
     """(ns, ops) of one `int_dot_peak` dispatch (8 ops per 4x8-bit dot): the device's
     integer-dot throughput."""
-    kernel = device.kernel(PEAK_VARIANTS[int_dot])
+    kernel = device.kernel(peak_variant(int_dot))
     p = kernel.info.params
     groups, iters = (16, 4) if quick else (8192, 64)
     ops = groups * p["WG"] * iters * p["UNROLL"] * p["CHAINS"] * 8
@@ -108,7 +111,7 @@ def bench_q8ta_linear(ctx: BenchContext) -> Iterator[Row]:
             continue
         ns, ops = measure_int_dot_peak(dev, int_dot, ctx.quick, ctx.repeats)
         tops = peaks[int_dot] = ops / ns / 1e3
-        yield Row("q8ta_linear", "int-dot peak", PEAK_VARIANTS[int_dot], ns / 1e3, ops=ops,
+        yield Row("q8ta_linear", "int-dot peak", peak_variant(int_dot), ns / 1e3, ops=ops,
                   peak_tops=tops, note="independent dot chains" if int_dot else
                   "independent dot chains, int32 emulation")
     peak = peaks.get(dev.caps.integer_dot_product, peaks[False])
