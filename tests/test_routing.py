@@ -1,6 +1,6 @@
 """Every variant routing can pick is declared and runs on the device it was picked for.
 
-Routing runs for real (`record_linear`, `q8ta_linear.record`, `pick_variant`,
+Routing runs for real (the ops' `plan`, `q8ta_linear.record`, `pick_variant`,
 `describe_variants`) against a fake device: capabilities from a profile, `kernel()` that
 accepts only declared variants whose required features the profile has, a batch that records
 what was dispatched. No Vulkan device is needed, so every profile is covered on any machine.
@@ -16,7 +16,7 @@ import pytest
 from vkq import shaderlib
 from vkq.ops import q4gsw_linear as q4
 from vkq.ops import q8ta_linear as q8
-from vkq.ops import rms_norm, variant_choices
+from vkq.ops import contract, rms_norm, variant_choices
 
 KIB = 1024
 PROFILES = [dict(max_shared_memory=smem * KIB, subgroup_shuffle=shuffle,
@@ -93,17 +93,19 @@ def q4_weight(dev: FakeDevice, n: int, k: int, gs: int, asym: bool, half: bool) 
 
 
 def route_q4gsw(dev: FakeDevice, w: q4.Q4gswWeight, m: int, kernel: str) -> list[str] | None:
-    """The kernels record_linear dispatches, or None where it refuses kernel='gemv' for M > 1
-    (no GEMV shape with rows of x on this device)."""
-    dev.dispatched = []
-    b = FakeBatch(dev)
+    """The kernels the op's plan dispatches (each checked through dev.kernel), or None where
+    it refuses kernel='gemv' for M > 1 (no GEMV shape with rows of x on this device)."""
+    op = contract.get("q4gsw_linear")
+    x = contract.TensorSpec.dense((m, w.shape[1]))
     try:
-        q4.record_linear(b, w, FakeBuffer(16), FakeBuffer(16), m, kernel=kernel)
+        plan = op.plan({"x": x}, {"kernel": kernel, "has_bias": False}, w, dev)
     except ValueError as e:
         if kernel == "gemv" and m > 1 and "subgroup shuffles" in str(e):
             return None
         raise
-    return dev.dispatched
+    for name in plan.variants:
+        dev.kernel(name)
+    return plan.variants
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=PROFILE_IDS)
