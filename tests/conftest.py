@@ -1,10 +1,13 @@
 """Test setup: the Khronos validation layer is on for the whole suite (VKQ_VALIDATION=1 unless
-the environment says otherwise), and any validation message fails the test that caused it."""
+the environment says otherwise), with its synchronization validation (a missing barrier
+between dispatches that touch the same bytes is reported), and any validation message fails
+the test that caused it."""
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("VKQ_VALIDATION", "1")
+os.environ.setdefault("VK_LAYER_ENABLES", "VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT")
 
 import pytest  # noqa: E402
 
