@@ -19,7 +19,7 @@ def tolerance(x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) ->
 
     Every kernel forms y[m, n] as a sum of the K products x_k * w_k in some order (the
     symmetric GEMV sums x_k * (u_k - 8) per group and multiplies by the scale once, which is
-    the same terms times a positive factor; the others multiply by w_k dequantized in fp32,
+    the same terms times one factor of either sign; the others multiply by w_k dequantized in fp32,
     w_k * (1 + d), |d| <= u). Summing K terms in fp32 in any order (sequential, tree,
     subgroup) errs by at most (K - 1) * u * sum_k |x_k w_k| to first order; the product,
     the dequantization, the shift-class recombination (3 adds per word), the scale multiply
@@ -146,6 +146,38 @@ def test_exact_arithmetic_is_bit_exact(device, k, gs, symmetric, params):
             np.testing.assert_array_equal(y, ref.astype(np.float32))
     finally:
         pw.close()
+
+
+@pytest.mark.parametrize("params", ["float16", "float32"])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("gs", [32, 8])
+def test_zero_and_negative_scales(device, gs, symmetric, params):
+    """Checkpoints from other tools: groups with scale 0 (all-zero blocks) and negative scales
+    (ggml Q4_0), in fp16 or float32 storage, on every path (GEMV, batch GEMV, GEMM)."""
+    n, k = 21, 128
+    rng = np.random.default_rng(gs + symmetric)
+    w0 = make_weight(n, k, gs, symmetric, seed=gs, param_dtype="auto")
+    s = w0.scales.copy()
+    s[::3] *= -1                      # every third channel: all scales negative
+    s[1, 0] = s[4, -1] = 0.0          # scale-0 groups
+    s[7] = -0.0
+    s[2, ::2] *= -1                   # mixed signs within a channel
+    w = vkq.QuantizedWeight(w0.q, s, w0.zeros, bits=4, group_size=gs)
+    pw = op.prepack_q4gsw(layouts.pack_int4_weight(w.q),
+                          layouts.pack_group_params(w.scales, w.zeros, gs, k), device, params)
+    assert pw.param_dtype == params   # fp16 storage holds 0, -0 and negative scales exactly
+    try:
+        for m, kernel in ((1, "gemv"), (2, "gemv"), (5, "gemv"), (1, "gemm"), (33, "gemm")):
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            bias = rng.standard_normal(n).astype(np.float32)
+            check(vkq.linear(x, pw, bias, kernel=kernel), x, w, bias)
+        y = vkq.linear(x, w, device=device)  # through QuantizedWeight as well
+        check(y, x, w, None)
+        if symmetric:
+            assert np.all(y[:, 7] == 0)   # a channel of -0 scales contributes nothing
+    finally:
+        pw.close()
+    assert half_params(w)  # "auto" storage of these fp16-exact scales: fp16
 
 
 @pytest.mark.parametrize("m", [1, 2, 5])

@@ -16,17 +16,16 @@ from vkq.layouts import HALF_MIN_NORMAL, check_group_size, fits_half
 INT8_MAX_K = 131072
 
 
-def _float_array(name: str, a: Any, shape: tuple[int, ...], positive: bool) -> np.ndarray:
+def _float_array(name: str, a: Any, shape: tuple[int, ...]) -> np.ndarray:
     arr = np.asarray(a)
     if arr.dtype.kind != "f":
         raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-    arr = arr.astype(np.float32)
+    with np.errstate(over="ignore"):  # a float64 value beyond float32 becomes inf: refused below
+        arr = arr.astype(np.float32)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite (found NaN or Inf after conversion to float32)")
-    if positive and not np.all(arr > 0):
-        raise ValueError(f"{name} must be > 0")
     return arr
 
 
@@ -34,8 +33,10 @@ class QuantizedWeight:
     """Weights `[N, K]` quantized to int8 (per channel) or int4 (group-wise along K).
 
     Args:
-        q: int8 array `[N, K]`; in [-127, 127] for bits=8, in [-8, 7] for bits=4.
-        scales: float `[N]` (bits=8) or `[N, K // group_size]` (bits=4), finite and > 0.
+        q: int8 array `[N, K]`: any int8 for bits=8, in [-8, 7] for bits=4.
+        scales: float `[N]` (bits=8) or `[N, K // group_size]` (bits=4), finite, of any sign
+            (checkpoints from other tools have all-zero groups with scale 0, and negative
+            scales: the math does not care).
         zeros: None (symmetric) or, for bits=4 only, float `[N, K // group_size]`:
             `w = q * scale + zero` (with q = u - 8, the form PyTorch's int4 kernels use).
         bits: 8 or 4.
@@ -52,7 +53,7 @@ class QuantizedWeight:
         if q.ndim != 2 or 0 in q.shape:
             raise ValueError(f"q must be a non-empty [N, K] matrix, got shape {q.shape}")
         n, k = q.shape
-        lo, hi = (-127, 127) if bits == 8 else (-8, 7)
+        lo, hi = (-128, 127) if bits == 8 else (-8, 7)
         if q.min() < lo or q.max() > hi:
             raise ValueError(f"int{bits} weights must lie in [{lo}, {hi}], found "
                              f"[{int(q.min())}, {int(q.max())}]")
@@ -61,7 +62,7 @@ class QuantizedWeight:
                 raise ValueError("int8 weights are per output channel: leave group_size unset")
             if zeros is not None:
                 raise ValueError("int8 weights are symmetric: zeros must be None")
-            scales = _float_array("scales", scales, (n,), positive=True)
+            scales = _float_array("scales", scales, (n,))
             if k >= INT8_MAX_K:
                 raise ValueError(f"K = {k} is too large: int8 x int8 sums may overflow int32 for "
                                  f"K >= {INT8_MAX_K}; split the layer along K")
@@ -69,9 +70,9 @@ class QuantizedWeight:
             if group_size is None:
                 raise ValueError("int4 weights need group_size (a multiple of 8 dividing K)")
             n_groups = check_group_size(group_size, k)
-            scales = _float_array("scales", scales, (n, n_groups), positive=True)
+            scales = _float_array("scales", scales, (n, n_groups))
             if zeros is not None:
-                zeros = _float_array("zeros", zeros, (n, n_groups), positive=False)
+                zeros = _float_array("zeros", zeros, (n, n_groups))
         self._q = q.copy()
         self._scales = scales
         self._zeros = zeros
@@ -143,7 +144,7 @@ def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
     bits=8: per output channel, symmetric, q in [-127, 127], scale = max|w| / 127.
     bits=4: per group of `group_size` along K; symmetric: q in [-8, 7], scale = max|w| / 7;
     asymmetric: scale = (max - min) / 15, zero = min + 8 * scale, so u = q + 8 spans [min, max].
-    All-zero rows/groups get scale 1 (scales must stay > 0).
+    All-zero rows/groups get scale 1, which quantizes them to q = 0 without a 0 / 0.
 
     param_dtype (bits=4): "float16" rounds every scale and zero to an fp16 number before the
     weights are quantized against it (the form int4 checkpoints use; the kernels then stream
@@ -192,14 +193,15 @@ def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
 def half_group_params(scales: np.ndarray, zeros: np.ndarray | None
                       ) -> tuple[np.ndarray, np.ndarray | None] | None:
     """int4 scales (and zeros) rounded to fp16 numbers, kept as float32 arrays, zeros below
-    fp16's normal range flushed to 0; None where a scale does not round to a positive normal
-    fp16 or a value overflows it (vkq.layouts.fits_half)."""
+    fp16's normal range flushed to 0; None where a non-zero scale does not round to a normal
+    fp16 (it would become 0 or a subnormal) or a value overflows it (vkq.layouts.fits_half)."""
     with np.errstate(over="ignore"):
         s = np.asarray(scales, np.float32).astype(np.float16).astype(np.float32)
         z = None if zeros is None else np.asarray(zeros, np.float32).astype(np.float16).astype(np.float32)
     if z is not None:
         z[np.abs(z) < HALF_MIN_NORMAL] = 0.0
-    if not (np.all(s > 0) and fits_half(s) and (z is None or fits_half(z))):
+    flushed = (s == 0) & (np.asarray(scales) != 0)  # a scale fp16 cannot tell from 0
+    if flushed.any() or not (fits_half(s) and (z is None or fits_half(z))):
         return None
     return s, z
 

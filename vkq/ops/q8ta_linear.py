@@ -37,9 +37,11 @@ A device tensor's layout decides the kernel under ``kernel="auto"`` ("int8_4w" -
 "int8_4h4w" -> GEMM); forcing the other kernel raises a `LayoutError` saying how to repack.
 Leading batch dimensions are folded into rows by `vkq.to_device`, so device results are 2-D.
 
-Constraints (checked, with errors naming them): K % 4 == 0 (4 int8 per packed word); K <
-131072 (int8 x int8 sums then fit int32 without saturation, SPEC §1); finite scales > 0;
-zero points in [-128, 127]; bias None or finite float [N].
+Constraints (checked, with errors naming them): K < 131072 (int8 x int8 sums then fit int32
+without saturation, SPEC §1; any K otherwise: the packers pad K to a multiple of 4 with zeros,
+which add nothing to the integer dot and leave wsum unchanged); finite activation/output
+scales > 0 (weight scales: any finite value); zero points in [-128, 127]; bias None or finite
+float [N].
 """
 from __future__ import annotations
 
@@ -151,9 +153,6 @@ def _zero_point(name: str, v: Any) -> int:
 
 
 def check_k(k: int) -> None:
-    if k % 4:
-        raise ValueError(f"K = {k}: q8ta_linear needs K to be a multiple of 4 (4 int8 per packed "
-                         f"32-bit word); pad the layer's inputs and weights with zeros")
     if k >= INT8_MAX_K:
         raise ValueError(f"K = {k} is too large: int8 x int8 sums may overflow int32 for "
                          f"K >= {INT8_MAX_K}; split the layer along K")
