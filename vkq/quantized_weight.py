@@ -29,6 +29,13 @@ def _float_array(name: str, a: Any, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
+def _check_int8_group_size(group_size: Any, k: int) -> None:
+    """int8 weights have one scale per output channel: group_size must be unset (or K)."""
+    if group_size is not None and group_size != k:
+        raise ValueError(f"int8 weights are per output channel (one scale per row): leave "
+                         f"group_size unset, got group_size={group_size!r}")
+
+
 class QuantizedWeight:
     """Weights `[N, K]` quantized to int8 (per channel) or int4 (group-wise along K).
 
@@ -58,8 +65,7 @@ class QuantizedWeight:
             raise ValueError(f"int{bits} weights must lie in [{lo}, {hi}], found "
                              f"[{int(q.min())}, {int(q.max())}]")
         if bits == 8:
-            if group_size is not None and group_size != k:
-                raise ValueError("int8 weights are per output channel: leave group_size unset")
+            _check_int8_group_size(group_size, k)
             if zeros is not None:
                 raise ValueError("int8 weights are symmetric: zeros must be None")
             scales = _float_array("scales", scales, (n,))
@@ -165,6 +171,10 @@ def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
     if bits == 8:
         if not symmetric:
             raise ValueError("int8 weights are symmetric per channel (SPEC §2)")
+        _check_int8_group_size(group_size, w.shape[1])
+        if param_dtype != "auto":
+            raise ValueError(f"param_dtype applies to int4 group parameters; int8 scales are "
+                             f"float32: leave it unset, got param_dtype={param_dtype!r}")
         amax = np.abs(w).max(axis=1)
         s = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
         q = np.clip(np.rint(w / s[:, None]), -127, 127).astype(np.int8)

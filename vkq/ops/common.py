@@ -38,9 +38,11 @@ def grid_2d(n_groups: int, max_x: int) -> tuple[int, int, int]:
     return (max_x, ceil_div(n_groups, max_x), 1)
 
 
-def bias_vector(bias: Any, n: int, *, finite: bool) -> np.ndarray | None:
-    """None, or a float32 copy of a float bias of shape (n,); `finite` also rejects NaN/Inf
-    (int8 outputs cannot carry them; float outputs propagate them like the reference)."""
+def bias_vector(bias: Any, n: int) -> np.ndarray | None:
+    """None, or a float32 copy of a finite float bias of shape (n,). NaN/Inf are refused by
+    every op alike: int8 outputs cannot carry them, and a float output whose every row is NaN
+    is never what a bias was meant to give (NaN/Inf in float activations still propagate as
+    the references say)."""
     if bias is None:
         return None
     b = np.asarray(bias)
@@ -49,6 +51,13 @@ def bias_vector(bias: Any, n: int, *, finite: bool) -> np.ndarray | None:
     if b.shape != (n,):
         raise ValueError(f"bias must have shape ({n},) (one per output channel), got {b.shape}")
     b = np.ascontiguousarray(b, dtype=np.float32)
-    if finite and not np.all(np.isfinite(b)):
+    if not np.all(np.isfinite(b)):
         raise ValueError("bias must be finite (found NaN or Inf after conversion to float32)")
     return b
+
+
+def wrong_device_input(x: Any, takes: str, instead: str) -> str:
+    """The message for a DeviceTensor `x` holding another kind of activations than an op
+    takes: what the op takes, what x is, and what to pass instead."""
+    return (f"{takes}; this DeviceTensor is {x.dtype} in layout {x.format!r}: "
+            f"pass {instead} instead")

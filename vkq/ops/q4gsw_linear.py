@@ -87,7 +87,7 @@ from vkq import layouts
 from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import Timing, copies_for_l2_cold, time_call
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
-from vkq.ops.common import bias_vector, ceil_div, float_input, grid_2d
+from vkq.ops.common import bias_vector, ceil_div, float_input, grid_2d, wrong_device_input
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight, half_group_params
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
 from vkq.tensor import DENSE, DeviceTensor
@@ -595,7 +595,7 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight | Q4gswWeight,
             DeviceTensor (the result then stays on the device as a DeviceTensor).
         w: a QuantizedWeight with bits=4 (packed and uploaded once, then cached on it), or a
             Q4gswWeight from prepack_q4gsw.
-        bias: optional float [N].
+        bias: optional finite float [N].
         kernel: "auto" (GEMV for M == 1, else GEMM), "gemv" (M == 1 only) or "gemm".
     Returns:
         float32 [..., N] (numpy, or DeviceTensor for a DeviceTensor input).
@@ -604,9 +604,10 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight | Q4gswWeight,
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     on_device = isinstance(x, DeviceTensor)
     if on_device:
-        x.expect(DENSE)
-        if x.dtype != np.float32:
-            raise TypeError(f"a DeviceTensor input must be float32, got {x.dtype}")
+        if x.format != DENSE or x.dtype != np.float32:
+            msg = wrong_device_input(x, "int4 weight-only linear takes float32 activations",
+                                     "vkq.to_device(x_float32)")
+            raise (TypeError if x.format == DENSE else LayoutError)(msg)
         device = device or x.device
         if x.device is not device:
             raise ValueError("x lives on another device than the one asked for")
@@ -621,7 +622,7 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight | Q4gswWeight,
         raise ValueError(f"x must have shape [..., K] with K = {k} (the weight's), got {tuple(shape)}")
     m = int(np.prod(shape[:-1], dtype=np.int64))
     route(m if m else 1, kernel)  # validates the kernel choice before any work
-    b32 = bias_vector(bias, n, finite=False)
+    b32 = bias_vector(bias, n)
     out_shape = tuple(shape[:-1]) + (n,)
     if on_device:
         y = DeviceTensor.empty(device, DENSE, out_shape, np.float32, {"data": ((m * n,), np.float32)})

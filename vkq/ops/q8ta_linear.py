@@ -56,7 +56,7 @@ from vkq import layouts
 from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import copies_for_l2_cold, time_call, time_dispatches
 from vkq.layouts import INT8_4H4W, INT8_4W, LayoutError, PackedTensor
-from vkq.ops.common import bias_vector, ceil_div, grid_2d, positive_finite
+from vkq.ops.common import bias_vector, ceil_div, grid_2d, positive_finite, wrong_device_input
 from vkq.quantized_weight import INT8_MAX_K, QuantizedWeight
 from vkq.reference.q8ta import ACTIVATIONS, requant_constants
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
@@ -204,8 +204,10 @@ def _check_x(x: Any, k: int) -> np.ndarray:
 
 def _check_device_x(x: DeviceTensor, k: int, device: Device) -> int:
     if x.format not in (INT8_4W, INT8_4H4W):
-        raise LayoutError(f"a q8ta_linear device input must be in layout 'int8_4w' or "
-                          f"'int8_4h4w', got {x.format!r}; use vkq.to_device(xq, layout=...)")
+        raise LayoutError(wrong_device_input(
+            x, "int8 linear takes int8 activations in layout 'int8_4w' (M == 1) or 'int8_4h4w'",
+            "vkq.to_device(xq, layout='int8_4w' or 'int8_4h4w') of x quantized with "
+            "(input_scale, input_zero_point), e.g. by vkq.reference.quantize_activation_int8"))
     if x.device is not device:
         raise ValueError("x lives on another vkq Device than the one this call runs on")
     if len(x.shape) != 2 or x.shape[1] != k:
@@ -327,7 +329,7 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight, bias: np.ndarray | 
     """
     n, k = _check_weight(w)
     qp = QParams.check(input_scale, input_zero_point, output_scale, output_zero_point, activation)
-    b = bias_vector(bias, n, finite=True)
+    b = bias_vector(bias, n)
     on_device = isinstance(x, DeviceTensor)
     device = (x.device if on_device and device is None else device) or default_device()
     if on_device:
