@@ -113,3 +113,140 @@ def test_device_tensor_of_the_other_activation_kind_says_what_to_pass(device):
             vkq.linear(xd, w8, **q8)
         with pytest.raises(TypeError, match="int8 in layout 'dense'.*x_float32"):
             vkq.linear(xd, w4)
+
+
+# ------------------------------------------------------------------ huge inputs
+def _quantize_whole(W, bits, group_size=None, symmetric=True, param_dtype="auto"):
+    """quantize_weight as it was before it worked in blocks of rows: the whole weight in
+    float64 at once (the oracle for the blocked version)."""
+    from vkq.quantized_weight import _group_params
+    w = W.astype(np.float64)
+    if bits == 8:
+        amax = np.abs(w).max(axis=1)
+        s = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        return np.clip(np.rint(w / s[:, None]), -127, 127).astype(np.int8), s, None
+    n, k = w.shape
+    g = w.reshape(n, k // group_size, group_size)
+    if symmetric:
+        amax = np.abs(g).max(axis=2)
+        s = _group_params(np.where(amax > 0, amax / 7.0, 1.0), None, param_dtype)[0]
+        return np.clip(np.rint(g / s[..., None]), -8, 7).astype(np.int8).reshape(n, k), s, None
+    lo, hi = g.min(axis=2), g.max(axis=2)
+    s64 = np.where(hi > lo, (hi - lo) / 15.0, 1.0)
+    s, z = _group_params(s64, lo + 8.0 * s64, param_dtype)
+    u = np.clip(np.rint((g - z[..., None]) / s[..., None]) + 8, 0, 15)
+    return (u - 8).astype(np.int8).reshape(n, k), s, z
+
+
+QUANT_CASES = [dict(bits=8), dict(bits=4, group_size=32), dict(bits=4, group_size=8),
+               dict(bits=4, group_size=32, symmetric=False),
+               dict(bits=4, group_size=16, symmetric=False, param_dtype="float32")]
+
+
+@pytest.mark.parametrize("chunk", [1, 1000, 1 << 24])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("kw", QUANT_CASES, ids=lambda kw: "-".join(map(str, kw.values())))
+def test_quantize_weight_in_blocks_of_rows_equals_the_whole_matrix(monkeypatch, kw, dtype, chunk):
+    # chunk = 1 byte: one row per block; 1000: a few rows, the last block short
+    monkeypatch.setattr(vkq.layouts.packed, "CHUNK_BYTES", chunk)
+    rng = np.random.default_rng(len(kw))
+    W = (rng.standard_normal((37, 64)) * rng.uniform(0.01, 10, (37, 1))).astype(dtype)
+    W[5] = 0.0            # an all-zero row: scale 1
+    W[7, :32] = 0.0       # an all-zero group
+    w = vkq.quantize_weight(W, **kw)
+    q, s, z = _quantize_whole(W, **kw)
+    np.testing.assert_array_equal(w.q, q)
+    np.testing.assert_array_equal(w.scales, s)
+    if z is not None:
+        np.testing.assert_array_equal(w.zeros, z)
+
+
+@pytest.mark.parametrize("kw", [QUANT_CASES[i] for i in (0, 1, 3)],
+                         ids=lambda kw: "-".join(map(str, kw.values())))
+def test_quantize_weight_never_holds_a_float64_copy(monkeypatch, kw):
+    """Peak host memory of quantize_weight (numpy reports its allocations to tracemalloc): the
+    int8 result, blocks of CHUNK_BYTES, and a few temporaries of the [N, K / gs] parameters,
+    below even one float32 copy of W (it was 6x W: a float64 copy of the whole weight and
+    float64 temporaries of that size)."""
+    import tracemalloc
+    monkeypatch.setattr(vkq.layouts.packed, "CHUNK_BYTES", 1 << 20)
+    W = np.random.default_rng(0).standard_normal((512, 4096), dtype=np.float32)  # 8 MiB
+    tracemalloc.start()
+    try:
+        w = vkq.quantize_weight(W, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert w.q.nbytes == 2 << 20
+    assert peak < W.nbytes, f"peak {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("pack, q", [
+    (vkq.layouts.pack_int4_weight, np.random.default_rng(1).integers(-8, 8, (1024, 2048))),
+    (vkq.layouts.pack_int8_weight, np.random.default_rng(2).integers(-128, 128, (1027, 2045)))])
+def test_weight_packers_work_in_blocks_of_rows(monkeypatch, pack, q):
+    import tracemalloc
+    q = q.astype(np.int8)
+    whole = pack(q)
+    monkeypatch.setattr(vkq.layouts.packed, "CHUNK_BYTES", 1 << 18)
+    tracemalloc.start()
+    try:
+        blocked = pack(q)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    for name, a in whole.arrays.items():
+        np.testing.assert_array_equal(blocked.arrays[name], a)
+    # the result plus a few blocks (it was 2-4 times the result: full-size padded copies)
+    assert peak < blocked.nbytes + 6 * (1 << 18), f"peak {peak / 2**20:.2f} MiB"
+
+
+def test_quantize_weight_refuses_non_finite_rows_by_number(monkeypatch):
+    monkeypatch.setattr(vkq.layouts.packed, "CHUNK_BYTES", 512)
+    W = np.ones((40, 32), np.float32)
+    W[33, 3] = np.nan
+    for kw in QUANT_CASES[:2]:
+        with pytest.raises(ValueError, match="row 33 has NaN or Inf"):
+            vkq.quantize_weight(W, **kw)
+
+
+def test_impossible_sizes_fail_first_with_a_sizes_message():
+    # 2^30 x 2^30: a broadcast view (no memory); the int8 result (1 EiB) cannot exist, and
+    # that must be said before any row is read (a blocked pass over it would never end).
+    W = np.broadcast_to(np.float32(1), (1 << 30, 1 << 30))
+    for kw in (dict(bits=8), dict(bits=4, group_size=32)):
+        with pytest.raises(MemoryError, match=r"1152921504606846976 bytes for the int8 values "
+                                              r"\[1073741824 x 1073741824\]"):
+            vkq.quantize_weight(W, **kw)
+    q = np.broadcast_to(np.int8(0), (1 << 30, 1 << 30))  # read-only view of writeable memory
+    with pytest.raises(MemoryError, match="copies a writeable q .*hand q over"):
+        vkq.QuantizedWeight(q, np.broadcast_to(np.float32(1), (1 << 30,)), bits=8)
+
+
+def test_quantized_weight_keeps_read_only_memory_without_a_copy(tmp_path):
+    q = np.random.default_rng(0).integers(-8, 8, (16, 64)).astype(np.int8)
+    s = np.ones((16, 2), np.float32)
+
+    def kept(arr) -> bool:
+        w = vkq.QuantizedWeight(arr, s, bits=4, group_size=32)
+        assert not w.q.flags.writeable and np.array_equal(w.q, q)
+        return np.shares_memory(w.q, arr)
+
+    writeable = q.copy()
+    assert not kept(writeable)
+    view = writeable.view()
+    view.flags.writeable = False
+    assert not kept(view)                 # read-only view, but its base can still be written
+    handed = q.copy()
+    handed.setflags(write=False)
+    assert kept(handed)                   # handed over by the caller
+    assert kept(np.frombuffer(q.tobytes(), np.int8).reshape(q.shape))  # immutable bytes
+    np.save(tmp_path / "q.npy", q)
+    assert kept(np.load(tmp_path / "q.npy", mmap_mode="r"))            # read-only file map
+    assert not kept(np.load(tmp_path / "q.npy", mmap_mode="c"))        # copy-on-write map
+    # a copied q is private: writing the caller's array later changes nothing
+    w = vkq.QuantizedWeight(writeable, s, bits=4, group_size=32)
+    writeable[:] = 0
+    assert np.array_equal(w.q, q)
+    # quantize_weight hands its own fresh result over: no second copy
+    assert not vkq.quantize_weight(np.ones((4, 32)), bits=4, group_size=32).q.flags.writeable

@@ -6,11 +6,11 @@ upload it on first use and cache the result here, so repeated `vkq.linear` calls
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from vkq.layouts import HALF_MIN_NORMAL, check_group_size, fits_half
+from vkq.layouts import HALF_MIN_NORMAL, check_group_size, fits_half, packed
 
 #: K below which an int8 x int8 sum cannot overflow int32: 2^31 / 128^2 (SPEC §1).
 INT8_MAX_K = 131072
@@ -36,6 +36,33 @@ def _check_int8_group_size(group_size: Any, k: int) -> None:
                          f"group_size unset, got group_size={group_size!r}")
 
 
+def _read_only(a: Any) -> bool:
+    """Whether no one can write `a`'s memory: `a` and every array it views are read-only, and
+    the object at the bottom (if any) exposes a read-only buffer."""
+    while isinstance(a, np.ndarray):
+        if a.flags.writeable:
+            return False
+        a = a.base
+    if a is None:
+        return True
+    try:
+        return memoryview(a).readonly
+    except TypeError:  # an owner numpy cannot look into: assume it may write
+        return False
+
+
+def _copy(q: np.ndarray) -> np.ndarray:
+    """A private copy of `q`, or a MemoryError that says what the copy needed and how to
+    avoid it."""
+    try:
+        return q.copy()
+    except MemoryError:
+        raise MemoryError(f"QuantizedWeight copies a writeable q ({q.nbytes} bytes, "
+                          f"[{q.shape[0]} x {q.shape[1]}] int8) and this host could not "
+                          f"allocate that; hand q over instead (q.setflags(write=False) or "
+                          f"np.load(..., mmap_mode='r')) and it is kept without a copy") from None
+
+
 class QuantizedWeight:
     """Weights `[N, K]` quantized to int8 (per channel) or int4 (group-wise along K).
 
@@ -48,6 +75,12 @@ class QuantizedWeight:
             `w = q * scale + zero` (with q = u - 8, the form PyTorch's int4 kernels use).
         bits: 8 or 4.
         group_size: required for bits=4: a multiple of 8 that divides K.
+
+    `q` is kept without a copy when nothing can write its memory any more: it is read-only
+    and so is every array it views, down to a read-only buffer (`np.load(..., mmap_mode="r")`,
+    `np.frombuffer(bytes)`, or an array handed over with `q.setflags(write=False)`). Any
+    other `q` is copied, so that changing it later cannot change this weight under its packed
+    device copies. Either way `self.q` is read-only.
     """
 
     def __init__(self, q: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None = None, *,
@@ -60,6 +93,7 @@ class QuantizedWeight:
         if q.ndim != 2 or 0 in q.shape:
             raise ValueError(f"q must be a non-empty [N, K] matrix, got shape {q.shape}")
         n, k = q.shape
+        q = q if _read_only(q) else _copy(q)  # before the range check: fail early if too big
         lo, hi = (-128, 127) if bits == 8 else (-8, 7)
         if q.min() < lo or q.max() > hi:
             raise ValueError(f"int{bits} weights must lie in [{lo}, {hi}], found "
@@ -79,7 +113,7 @@ class QuantizedWeight:
             scales = _float_array("scales", scales, (n, n_groups))
             if zeros is not None:
                 zeros = _float_array("zeros", zeros, (n, n_groups))
-        self._q = q.copy()
+        self._q = q
         self._scales = scales
         self._zeros = zeros
         self.bits = bits
@@ -147,17 +181,24 @@ def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
                     symmetric: bool = True, param_dtype: str = "auto") -> QuantizedWeight:
     """Quantize float weights `[N, K]` (SPEC §2), rounding half to even.
 
-    bits=8: per output channel, symmetric, q in [-127, 127], scale = max|w| / 127.
+    bits=8: per output channel, symmetric, q in [-127, 127], scale = max|w| / 127; group_size
+    must be left unset (or be K).
     bits=4: per group of `group_size` along K; symmetric: q in [-8, 7], scale = max|w| / 7;
     asymmetric: scale = (max - min) / 15, zero = min + 8 * scale, so u = q + 8 spans [min, max].
     All-zero rows/groups get scale 1, which quantizes them to q = 0 without a 0 / 0.
 
-    param_dtype (bits=4): "float16" rounds every scale and zero to an fp16 number before the
-    weights are quantized against it (the form int4 checkpoints use; the kernels then stream
-    half the parameter bytes); it raises if one falls outside fp16's normal range. "auto"
-    (default) does that where every one fits, and keeps float32 otherwise. "float32" keeps
-    the float32 values.
+    param_dtype (bits=4 only): "float16" rounds every scale and zero to an fp16 number before
+    the weights are quantized against it (the form int4 checkpoints use; the kernels then
+    stream half the parameter bytes); it raises if one falls outside fp16's normal range.
+    "auto" (default) does that where every one fits, and keeps float32 otherwise. "float32"
+    keeps the float32 values.
+
+    Memory: `w` is read (never copied whole) a block of rows at a time, in float64 math, so
+    the cost is the int8 result `[N, K]` plus about vkq.layouts.packed.CHUNK_BYTES of
+    temporaries; int4 reads `w` twice (all scales must be known to choose their storage).
     """
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     if param_dtype not in PARAM_DTYPES:
         raise ValueError(f"param_dtype must be one of {PARAM_DTYPES}, got {param_dtype!r}")
     w = np.asarray(w)
@@ -165,39 +206,80 @@ def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
         raise TypeError(f"weights must be float, got dtype {w.dtype}")
     if w.ndim != 2 or 0 in w.shape:
         raise ValueError(f"weights must be a non-empty [N, K] matrix, got shape {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise ValueError("weights must be finite")
-    w = w.astype(np.float64)
+    n, k = w.shape
     if bits == 8:
         if not symmetric:
             raise ValueError("int8 weights are symmetric per channel (SPEC §2)")
-        _check_int8_group_size(group_size, w.shape[1])
+        _check_int8_group_size(group_size, k)
         if param_dtype != "auto":
             raise ValueError(f"param_dtype applies to int4 group parameters; int8 scales are "
                              f"float32: leave it unset, got param_dtype={param_dtype!r}")
-        amax = np.abs(w).max(axis=1)
-        s = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-        q = np.clip(np.rint(w / s[:, None]), -127, 127).astype(np.int8)
-        return QuantizedWeight(q, s, bits=8)
-    if bits != 4:
-        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+        q, s = _new_q(n, k), np.empty(n, np.float32)  # q first: fail before any work
+        for rows, block in _row_blocks(w):
+            amax = np.abs(block).max(axis=1)
+            s[rows] = np.where(amax > 0, amax / 127.0, 1.0)
+            q[rows] = np.clip(np.rint(block / s[rows, None]), -127, 127)
+        return QuantizedWeight(_handed_over(q), s, bits=8)
     if group_size is None:
         raise ValueError("int4 quantization needs group_size")
-    n, k = w.shape
     n_groups = check_group_size(group_size, k)
-    g = w.reshape(n, n_groups, group_size)
-    if symmetric:
-        amax = np.abs(g).max(axis=2)
-        s = _group_params(np.where(amax > 0, amax / 7.0, 1.0), None, param_dtype)[0]
-        q = np.clip(np.rint(g / s[..., None]), -8, 7).astype(np.int8)
-        return QuantizedWeight(q.reshape(n, k), s, bits=4, group_size=group_size)
-    lo, hi = g.min(axis=2), g.max(axis=2)
-    s64 = np.where(hi > lo, (hi - lo) / 15.0, 1.0)
-    s, z = _group_params(s64, lo + 8.0 * s64, param_dtype)
-    # u from the stored (rounded) scale and zero, so that (u - 8) * s + z is nearest to w
-    u = np.clip(np.rint((g - z[..., None]) / s[..., None]) + 8, 0, 15)
-    q = (u - 8).astype(np.int8)
-    return QuantizedWeight(q.reshape(n, k), s, z, bits=4, group_size=group_size)
+    q = _new_q(n, k)  # first: fail before any work
+    s, z = _group_params(*_int4_params(w, n_groups, symmetric), param_dtype)
+    for rows, block in _row_blocks(w):
+        g = block.reshape(-1, n_groups, group_size)
+        if symmetric:
+            qg = np.clip(np.rint(g / s[rows, :, None]), -8, 7)
+        else:  # u from the stored (rounded) scale and zero: (u - 8) * s + z is nearest to w
+            qg = np.clip(np.rint((g - z[rows, :, None]) / s[rows, :, None]) + 8, 0, 15) - 8
+        q[rows] = qg.reshape(-1, k)
+    return QuantizedWeight(_handed_over(q), s, z, bits=4, group_size=group_size)
+
+
+def _int4_params(w: np.ndarray, n_groups: int, symmetric: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 scales (and zeros) `[N, n_groups]` of int4 weights, computed in float64 a block
+    of rows at a time and rounded once to float32."""
+    n, k = w.shape
+    s = np.empty((n, n_groups), np.float32)
+    z = None if symmetric else np.empty((n, n_groups), np.float32)
+    for rows, block in _row_blocks(w):
+        g = block.reshape(-1, n_groups, k // n_groups)
+        if symmetric:
+            amax = np.abs(g).max(axis=2)
+            s[rows] = np.where(amax > 0, amax / 7.0, 1.0)
+        else:
+            lo, hi = g.min(axis=2), g.max(axis=2)
+            s64 = np.where(hi > lo, (hi - lo) / 15.0, 1.0)
+            s[rows], z[rows] = s64, lo + 8.0 * s64
+    return s, z
+
+
+def _row_blocks(w: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """(rows, float64 copy of w[rows]) over w, about CHUNK_BYTES of float64 at a time;
+    refuses NaN/Inf as it goes."""
+    for rows in packed.row_chunks(w.shape[0], 8 * w.shape[1]):
+        block = w[rows].astype(np.float64)
+        if not np.all(np.isfinite(block)):
+            bad = int(np.argwhere(~np.isfinite(block))[0][0]) + rows.start
+            raise ValueError(f"weights must be finite (row {bad} has NaN or Inf)")
+        yield rows, block
+
+
+def _new_q(n: int, k: int) -> np.ndarray:
+    """The uninitialised int8 result `[N, K]`, or a MemoryError that says what was asked for."""
+    try:
+        return np.empty((n, k), np.int8)
+    except MemoryError:
+        raise MemoryError(f"quantize_weight needs {n * k} bytes for the int8 values [{n} x {k}] "
+                          f"(plus about {packed.CHUNK_BYTES} of temporaries); this host could not "
+                          f"allocate them: quantize the layer in slices of rows") from None
+
+
+def _handed_over(q: np.ndarray) -> np.ndarray:
+    """`q`, made read-only: an array nobody else holds, which QuantizedWeight keeps without a
+    copy (see there)."""
+    q.setflags(write=False)
+    return q
 
 
 def half_group_params(scales: np.ndarray, zeros: np.ndarray | None

@@ -33,6 +33,7 @@ from .packed import (
     register_repack_hint,
     require_matrix,
     require_range,
+    row_chunks,
     word_bytes,
 )
 
@@ -57,13 +58,21 @@ def pack_int4_weight(q: np.ndarray) -> PackedTensor:
     require_range(q, -8, 7, "q", "int4 weights, stored as q + 8")
     n, k = q.shape
     kb = ceil_div(k, K_BLOCK)
+    data = np.empty((n, kb, 4), np.uint32)
+    for rows in row_chunks(n, 2 * kb * K_BLOCK):  # temporaries: ~2 bytes per nibble of a block
+        data[rows] = _pack_rows(q[rows], kb)
+    return PackedTensor(INT4_UVEC4, VERSION, q.shape, {"data": data}, {})
+
+
+def _pack_rows(q: np.ndarray, kb: int) -> np.ndarray:
+    """uint32 ``(rows, kb, 4)`` words of int4 rows ``q``."""
+    n, k = q.shape
     u = np.full((n, kb * K_BLOCK), OFFSET, dtype=np.uint8)
     u[:, :k] = q + OFFSET  # no overflow: q + 8 is in [0, 15]
     # k = 32b + 8c + 4h + j  ->  axes (n, b, c, h, j); h selects the nibble half.
     u = u.reshape(n, kb, 4, 2, 4)
     packed_bytes = u[:, :, :, 0, :] | (u[:, :, :, 1, :] << 4)  # (n, b, c, j)
-    data = int32_words(packed_bytes)
-    return PackedTensor(INT4_UVEC4, VERSION, q.shape, {"data": data}, {})
+    return int32_words(packed_bytes)
 
 
 def unpack_int4_weight(p: PackedTensor) -> np.ndarray:

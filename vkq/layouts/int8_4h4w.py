@@ -27,6 +27,7 @@ from .packed import (
     int32_words,
     register_repack_hint,
     require_matrix,
+    row_chunks,
     word_bytes,
 )
 
@@ -45,6 +46,16 @@ def tile_4x4(x: np.ndarray) -> np.ndarray:
     """
     r, c = x.shape
     r4, c4 = ceil_div(r, 4), ceil_div(c, 4)
+    data = np.empty((r4, c4, 4), np.int32)
+    for rows in row_chunks(r, 2 * 4 * c4, multiple=4):  # blocks of whole 4-row tiles
+        data[rows.start // 4: ceil_div(rows.stop, 4)] = _tile_rows(x[rows], c4)
+    return data
+
+
+def _tile_rows(x: np.ndarray, c4: int) -> np.ndarray:
+    """int32 ``(ceil(rows / 4), c4, 4)`` tiles of int8 rows ``x``."""
+    r, c = x.shape
+    r4 = ceil_div(r, 4)
     padded = np.zeros((4 * r4, 4 * c4), dtype=np.int8)
     padded[:r, :c] = x
     # (r4, i, c4, j) -> (r4, c4, i, j): the 4 bytes j of row i become one word.
