@@ -2,11 +2,18 @@
 inconsistent arguments, sizes over a device's limits, and huge inputs."""
 from __future__ import annotations
 
+import dataclasses
+import types
+
 import numpy as np
 import pytest
 
 import vkq
+from vkq import layouts
+from vkq.ops import common
 from vkq.quantized_weight import half_group_params
+
+MiB = 1 << 20
 
 
 # ------------------------------------------------------------------ checkpoints from other tools
@@ -250,3 +257,150 @@ def test_quantized_weight_keeps_read_only_memory_without_a_copy(tmp_path):
     assert np.array_equal(w.q, q)
     # quantize_weight hands its own fresh result over: no second copy
     assert not vkq.quantize_weight(np.ones((4, 32)), bits=4, group_size=32).q.flags.writeable
+
+
+# ------------------------------------------------------------------ sizes over the device's limits
+LAVAPIPE = types.SimpleNamespace(name="llvmpipe (LLVM 15.0.6, 256 bits)",
+                                 max_storage_buffer_range=128 * MiB,
+                                 max_memory_allocation_size=2048 * MiB)
+GPU_4GIB = types.SimpleNamespace(name="a GPU", max_storage_buffer_range=(1 << 32) - 1,
+                                 max_memory_allocation_size=1 << 40)
+
+
+def test_size_check_names_the_tensor_the_limit_and_the_remedy():
+    with pytest.raises(ValueError) as e:
+        common.check_fits(LAVAPIPE, common.weight_needs(4, (32768, 16384), 32))
+    assert str(e.value) == (
+        "int4 weight words [32768 x 16384] need 268435456 bytes, over this device's "
+        "maxStorageBufferRange of 134217728 bytes (llvmpipe (LLVM 15.0.6, 256 bits)); split the "
+        "layer along N (or K), or use a device with larger limits")
+    # the largest int4 layer that fits: 128 MiB of words exactly
+    common.check_fits(LAVAPIPE, common.weight_needs(4, (16384, 16384), 32, has_zeros=True))
+    # GPUs whose range is 4 GiB - 1 need the same care: 4 GiB of int4 words do not fit
+    common.check_fits(GPU_4GIB, common.weight_needs(4, (65536, 131040), 32))
+    with pytest.raises(ValueError, match=r"int4 weight words \[65536 x 131072\] need "
+                                         r"4294967296 bytes, over .* 4294967295 bytes \(a GPU\)"):
+        common.check_fits(GPU_4GIB, common.weight_needs(4, (65536, 131072), 32))
+    with pytest.raises(ValueError, match=r"int8 weight blocks \[131072 x 32768\] .* 4294967295"):
+        common.check_fits(GPU_4GIB, common.weight_needs(8, (131072, 32768)))
+    # the smaller of the two limits is the one named
+    small_alloc = types.SimpleNamespace(name="x", max_storage_buffer_range=1 << 30,
+                                        max_memory_allocation_size=1 << 20)
+    with pytest.raises(ValueError, match=r"int8 activations x \[1024 x 1028\] need 1052672 "
+                                         r"bytes, over this device's maxMemoryAllocationSize of "
+                                         r"1048576 bytes \(x\); pass fewer rows"):
+        common.check_fits(small_alloc, [common.packed_need("int8 activations x", "int8_4w",
+                                                           (1024, 1028))])
+    # sizes are rounded up to 16 bytes as vkq.runtime.Buffer rounds them
+    odd_limit = types.SimpleNamespace(name="x", max_storage_buffer_range=MiB + 8,
+                                      max_memory_allocation_size=1 << 40)
+    common.check_fits(odd_limit, [common.dense_need("y", (MiB,), 1)])
+    with pytest.raises(ValueError, match=f"y \\[{MiB + 1}\\] need {MiB + 1} bytes"):
+        common.check_fits(odd_limit, [common.dense_need("y", (MiB + 1,), 1)])
+
+
+@pytest.mark.parametrize("fmt, shape, params", [
+    ("int4_uvec4", (5, 33), {}), ("int4_uvec4", (3, 64), {}),
+    ("int8_4h4w", (5, 7), {}), ("int8_4w", (3, 9), {}), ("int8_weight_4n4k", (9, 5), {}),
+    ("group_params_ng", (3, 48), dict(group_size=16, has_zeros=True)),
+    ("group_params_ng", (3, 48), dict(group_size=8, has_zeros=False))])
+def test_packed_sizes_from_shapes_match_the_packers(fmt, shape, params):
+    q = np.zeros(shape, np.int8)
+    if fmt == "group_params_ng":
+        ng = shape[1] // params["group_size"]
+        zeros = np.zeros((shape[0], ng)) if params["has_zeros"] else None
+        packed = layouts.pack_group_params(np.ones((shape[0], ng)), zeros, params["group_size"],
+                                           shape[1])
+    else:
+        packed = {"int4_uvec4": layouts.pack_int4_weight, "int8_4h4w": layouts.pack_int8_4h4w,
+                  "int8_4w": layouts.pack_int8_4w,
+                  "int8_weight_4n4k": layouts.pack_int8_weight}[fmt](q)
+    assert layouts.packed_nbytes(fmt, shape, **params) == \
+        {k: a.nbytes for k, a in packed.arrays.items()}
+
+
+def test_quantize_weight_checks_the_device_before_any_work(device):
+    # the issue's 32768 x 16384 layer on lavapipe: a broadcast view, so nothing is allocated
+    # and the check must come before quantize_weight touches a row
+    W = np.broadcast_to(np.float32(1), (32768, 16384))
+    limit = device.caps.max_storage_buffer_range
+    if limit >= 32768 * 16384 // 2:
+        pytest.skip(f"this device's maxStorageBufferRange ({limit}) holds the layer")
+    with pytest.raises(ValueError, match=r"int4 weight words \[32768 x 16384\] need "
+                                         r"268435456 bytes, over this device's "
+                                         r"maxStorageBufferRange"):
+        vkq.quantize_weight(W, bits=4, group_size=32, device=device)
+    with pytest.raises(ValueError, match=r"int8 weight blocks \[32768 x 16384\] need 536870912"):
+        vkq.quantize_weight(W, bits=8, device=device)
+
+
+@pytest.fixture
+def tiny_device(device, monkeypatch):
+    """The device with maxStorageBufferRange cut to 4 KiB, and every weight or activation
+    packer made to fail: a size check that comes after packing would trip it."""
+    monkeypatch.setattr(device, "caps", dataclasses.replace(device.caps,
+                                                            max_storage_buffer_range=4096))
+
+    def packed(*args, **kwargs):
+        raise AssertionError("packed before the size check")
+    for name in ("pack_int4_weight", "pack_int8_weight", "pack_int8_4w", "pack_int8_4h4w",
+                 "pack_group_params"):
+        monkeypatch.setattr(layouts, name, packed)
+    return device
+
+
+def test_every_entry_point_checks_sizes_before_packing_or_uploading(tiny_device, monkeypatch):
+    dev = tiny_device
+    rng = np.random.default_rng(0)
+    q8 = dict(input_scale=0.1, input_zero_point=0, output_scale=0.1, output_zero_point=0)
+    w4_big = vkq.QuantizedWeight(np.zeros((256, 64), np.int8), np.ones((256, 2)), bits=4,
+                                 group_size=32)                     # 8 KiB of words
+    w8_big = vkq.QuantizedWeight(np.zeros((64, 128), np.int8), np.ones(64), bits=8)  # 8 KiB
+    w4 = vkq.QuantizedWeight(np.zeros((8, 64), np.int8), np.ones((8, 2)), bits=4, group_size=32)
+    w8 = vkq.QuantizedWeight(np.zeros((8, 64), np.int8), np.ones(8), bits=8)
+    cases = [
+        (lambda: vkq.linear(np.ones((1, 64), np.float32), w4_big, device=dev),
+         r"int4 weight words \[256 x 64\] need 8192 bytes"),
+        (lambda: vkq.linear(np.ones((17, 64), np.float32), w4, device=dev),
+         r"float32 activations x \[17 x 64\] need 4352 bytes"),
+        (lambda: vkq.linear(np.ones((1, 128), np.int8), w8_big, **q8, device=dev),
+         r"int8 weight blocks \[64 x 128\] need 8192 bytes"),
+        (lambda: vkq.linear(np.ones((80, 64), np.int8), w8, **q8, device=dev),
+         r"int8 activations x \[80 x 64\] need 5120 bytes"),
+        (lambda: vkq.rms_norm(rng.standard_normal((3, 400)), np.ones(400), device=dev),
+         r"float32 rows x \(and the output\) \[3 x 400\] need 4800 bytes"),
+        (lambda: vkq.to_device(np.ones((2, 600), np.float32), device=dev),
+         r"activations x \[2 x 600\] need 4800 bytes"),
+        (lambda: vkq.to_device(np.ones((5, 1000), np.int8), layout="int8_4h4w", device=dev),
+         r"int8 activations x \[5 x 1000\] need 8000 bytes"),
+    ]
+    before = dev.live_objects()
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message + r", over this device's "
+                                                       r"maxStorageBufferRange of 4096 bytes") as e:
+            call()
+        remedy = "split the layer" if "weight" in message else "pass fewer rows"
+        assert str(e.value).endswith(f"; {remedy}" + str(e.value).split(remedy, 1)[1])
+    assert dev.live_objects() == before  # nothing was allocated on the device
+
+
+def test_int4_output_and_prepacked_arrays_are_checked_too(device, monkeypatch):
+    from vkq.ops.q4gsw_linear import prepack_q4gsw
+    q = np.zeros((256, 64), np.int8)
+    words = layouts.pack_int4_weight(q)  # 8 KiB
+    params = layouts.pack_group_params(np.ones((256, 2)), None, 32, 64)
+    w_wide = vkq.QuantizedWeight(np.zeros((64, 8), np.int8), np.ones((64, 1)), bits=4,
+                                 group_size=8)  # 256 bytes of words, outputs of 64 floats
+    monkeypatch.setattr(device, "caps", dataclasses.replace(device.caps,
+                                                            max_storage_buffer_range=2048))
+    before = device.live_objects()
+    with pytest.raises(ValueError, match=r"int4 weight words \[256 x 64\] need 8192 bytes"):
+        prepack_q4gsw(words, params, device)
+    with pytest.raises(ValueError, match=r"float32 output y \[9 x 64\] need 2304 bytes"):
+        vkq.linear(np.ones((9, 8), np.float32), w_wide, device=device)  # x: 288 bytes, fits
+    assert device.live_objects() == before
+    with vkq.to_device(np.ones((9, 8), np.float32), device=device) as xd:
+        before = device.live_objects()
+        with pytest.raises(ValueError, match=r"float32 output y \[9 x 64\]"):
+            vkq.linear(xd, w_wide)
+        assert device.live_objects() == before

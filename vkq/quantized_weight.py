@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from vkq.layouts import HALF_MIN_NORMAL, check_group_size, fits_half, packed
+from vkq.ops.common import check_fits, weight_needs
 
 #: K below which an int8 x int8 sum cannot overflow int32: 2^31 / 128^2 (SPEC §1).
 INT8_MAX_K = 131072
@@ -178,7 +179,8 @@ PARAM_DTYPES = ("auto", "float16", "float32")
 
 
 def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
-                    symmetric: bool = True, param_dtype: str = "auto") -> QuantizedWeight:
+                    symmetric: bool = True, param_dtype: str = "auto", *,
+                    device: Any = None) -> QuantizedWeight:
     """Quantize float weights `[N, K]` (SPEC §2), rounding half to even.
 
     bits=8: per output channel, symmetric, q in [-127, 127], scale = max|w| / 127; group_size
@@ -192,6 +194,10 @@ def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
     stream half the parameter bytes); it raises if one falls outside fp16's normal range.
     "auto" (default) does that where every one fits, and keeps float32 otherwise. "float32"
     keeps the float32 values.
+
+    device: a vkq.Device the weight is meant for: its packed buffers are checked against the
+    device's limits first, so a layer too large for it fails before any quantization work
+    (vkq.linear checks again, before packing, on whatever device it runs).
 
     Memory: `w` is read (never copied whole) a block of rows at a time, in float64 math, so
     the cost is the int8 result `[N, K]` plus about vkq.layouts.packed.CHUNK_BYTES of
@@ -207,6 +213,8 @@ def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
     if w.ndim != 2 or 0 in w.shape:
         raise ValueError(f"weights must be a non-empty [N, K] matrix, got shape {w.shape}")
     n, k = w.shape
+    if device is not None:
+        _check_fits(device, bits, n, k, group_size, symmetric)
     if bits == 8:
         if not symmetric:
             raise ValueError("int8 weights are symmetric per channel (SPEC §2)")
@@ -233,6 +241,16 @@ def quantize_weight(w: np.ndarray, bits: int = 8, group_size: int | None = None,
             qg = np.clip(np.rint((g - z[rows, :, None]) / s[rows, :, None]) + 8, 0, 15) - 8
         q[rows] = qg.reshape(-1, k)
     return QuantizedWeight(_handed_over(q), s, z, bits=4, group_size=group_size)
+
+
+def _check_fits(device: Any, bits: int, n: int, k: int, group_size: int | None,
+                symmetric: bool) -> None:
+    """quantize_weight's early check of the packed sizes against `device`'s buffer limits."""
+    if bits == 4:
+        if group_size is None:
+            raise ValueError("int4 quantization needs group_size")
+        check_group_size(group_size, k)
+    check_fits(device.caps, weight_needs(bits, (n, k), group_size, not symmetric))
 
 
 def _int4_params(w: np.ndarray, n_groups: int, symmetric: bool

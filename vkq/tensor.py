@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vkq import layouts
+from vkq.ops.common import check_fits, dense_need, packed_need
 from vkq.runtime import Buffer, Device, default_device
 
 #: Plain row-major tensors (float activations) use this format name.
@@ -99,6 +100,7 @@ def to_device(x: np.ndarray, layout: str = DENSE, device: Device | None = None) 
     device = device or default_device()
     x = np.asarray(x)
     if layout == DENSE:
+        check_fits(device.caps, [dense_need("activations x", x.shape, x.dtype.itemsize)])
         data = np.ascontiguousarray(x)
         return DeviceTensor(device, DENSE, x.shape, x.dtype, {"data": device.upload(data)},
                             {"data": (data.shape, data.dtype)})
@@ -106,5 +108,7 @@ def to_device(x: np.ndarray, layout: str = DENSE, device: Device | None = None) 
         raise ValueError(f"unknown layout {layout!r}; use one of {[DENSE, *_PACKERS]}")
     if x.ndim < 1:
         raise ValueError("an int8 activation needs at least one dimension [..., K]")
+    rows = (int(np.prod(x.shape[:-1], dtype=np.int64)), x.shape[-1])
+    check_fits(device.caps, [packed_need("int8 activations x", layout, rows)])
     packed = _PACKERS[layout](np.asarray(x).reshape(-1, x.shape[-1]))
     return upload_packed(packed, np.int8, device)

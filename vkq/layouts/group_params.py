@@ -44,6 +44,7 @@ __all__ = [
     "repack_group_params_ng",
     "fits_half",
     "half_words",
+    "group_params_nbytes",
 ]
 
 GROUP_PARAMS_NG = "group_params_ng"
@@ -114,6 +115,14 @@ def _pack(
         arrays["zeros"] = _float32_params(zeros, "zeros", shape)
     params = {"group_size": int(group_size), "n_groups": n_groups, "has_zeros": int(zeros is not None)}
     return PackedTensor(fmt, VERSION, (n, int(k)), arrays, params)
+
+
+def group_params_nbytes(shape: tuple[int, int], group_size: int, has_zeros: bool) -> dict[str, int]:
+    """Bytes of each float32 array :func:`pack_group_params` makes for a weight of ``shape``
+    ``(N, K)`` (fp16 storage, :func:`half_words`, needs about half)."""
+    n, k = shape
+    per_array = 4 * n * check_group_size(group_size, k)
+    return {"scales": per_array, **({"zeros": per_array} if has_zeros else {})}
 
 
 def pack_group_params(

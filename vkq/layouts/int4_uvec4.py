@@ -37,7 +37,7 @@ from .packed import (
     word_bytes,
 )
 
-__all__ = ["INT4_UVEC4", "pack_int4_weight", "unpack_int4_weight"]
+__all__ = ["INT4_UVEC4", "pack_int4_weight", "unpack_int4_weight", "int4_weight_nbytes"]
 
 INT4_UVEC4 = "int4_uvec4"
 VERSION = 1
@@ -50,6 +50,12 @@ OFFSET = 8
 register_repack_hint(
     INT4_UVEC4, "pack it with vkq.layouts.pack_int4_weight(q) from int8 [N, K] in [-8, 7]"
 )
+
+
+def int4_weight_nbytes(shape: tuple[int, int]) -> dict[str, int]:
+    """Bytes of each array :func:`pack_int4_weight` makes for ``q`` of ``shape`` ``(N, K)``."""
+    n, k = shape
+    return {"data": n * ceil_div(k, K_BLOCK) * 16}
 
 
 def pack_int4_weight(q: np.ndarray) -> PackedTensor:

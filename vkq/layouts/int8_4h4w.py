@@ -31,7 +31,7 @@ from .packed import (
     word_bytes,
 )
 
-__all__ = ["INT8_4H4W", "pack_int8_4h4w", "unpack_int8_4h4w"]
+__all__ = ["INT8_4H4W", "pack_int8_4h4w", "unpack_int8_4h4w", "int8_4h4w_nbytes"]
 
 INT8_4H4W = "int8_4h4w"
 VERSION = 1
@@ -69,6 +69,16 @@ def untile_4x4(data: np.ndarray, rows: int, cols: int) -> np.ndarray:
     b = word_bytes(data, np.int8)  # (r4, c4, i, j)
     full = b.transpose(0, 2, 1, 3).reshape(4 * r4, 4 * c4)
     return np.ascontiguousarray(full[:rows, :cols])
+
+
+def tile_4x4_nbytes(rows: int, cols: int) -> int:
+    """Bytes of :func:`tile_4x4`'s result for ``[rows, cols]``."""
+    return ceil_div(rows, 4) * ceil_div(cols, 4) * 16
+
+
+def int8_4h4w_nbytes(shape: tuple[int, int]) -> dict[str, int]:
+    """Bytes of each array :func:`pack_int8_4h4w` makes for ``x`` of ``shape`` ``(M, K)``."""
+    return {"data": tile_4x4_nbytes(*shape)}
 
 
 def pack_int8_4h4w(x: np.ndarray) -> PackedTensor:

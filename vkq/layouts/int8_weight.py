@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .int8_4h4w import tile_4x4, untile_4x4
+from .int8_4h4w import tile_4x4, tile_4x4_nbytes, untile_4x4
 from .packed import PackedTensor, ceil_div, register_repack_hint, require_matrix
 
-__all__ = ["INT8_WEIGHT", "pack_int8_weight", "unpack_int8_weight"]
+__all__ = ["INT8_WEIGHT", "pack_int8_weight", "unpack_int8_weight", "int8_weight_nbytes"]
 
 INT8_WEIGHT = "int8_weight_4n4k"
 VERSION = 1
@@ -41,6 +41,12 @@ _MAX_K = (2**31 - 1) // 128
 register_repack_hint(
     INT8_WEIGHT, "pack it with vkq.layouts.pack_int8_weight(q) from int8 [N, K]"
 )
+
+
+def int8_weight_nbytes(shape: tuple[int, int]) -> dict[str, int]:
+    """Bytes of each array :func:`pack_int8_weight` makes for ``q`` of ``shape`` ``(N, K)``."""
+    n, k = shape
+    return {"data": tile_4x4_nbytes(n, k), "wsum": 4 * 4 * ceil_div(n, 4)}
 
 
 def pack_int8_weight(q: np.ndarray) -> PackedTensor:

@@ -1,9 +1,13 @@
 """Small checks and helpers shared by op modules."""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Iterable
 
 import numpy as np
+
+from vkq import layouts
+from vkq.runtime.buffer import BUFFER_ALIGN
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -61,3 +65,66 @@ def wrong_device_input(x: Any, takes: str, instead: str) -> str:
     takes: what the op takes, what x is, and what to pass instead."""
     return (f"{takes}; this DeviceTensor is {x.dtype} in layout {x.format!r}: "
             f"pass {instead} instead")
+
+
+# -- buffer sizes against the device's limits ------------------------------------------------------
+#: What to do about a tensor too large for one buffer.
+SPLIT_LAYER = "split the layer along N (or K)"
+FEWER_ROWS = "pass fewer rows (M) per call"
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferNeed:
+    """One buffer an op is about to make: what it holds (`what`, and a `shape` for messages),
+    its bytes, and what the user can do when it is too large (`remedy`)."""
+
+    what: str
+    shape: tuple[int, ...]
+    nbytes: int
+    remedy: str = FEWER_ROWS
+
+
+def check_fits(caps: Any, needs: Iterable[BufferNeed]) -> None:
+    """Refuse, before any packing or upload, a buffer over the device's maxStorageBufferRange
+    (lavapipe: 128 MiB; many GPUs: 4 GiB) or maxMemoryAllocationSize, naming the tensor, the
+    limit and the remedy. Sizes are rounded up as vkq.runtime.Buffer rounds them."""
+    limits = (("maxStorageBufferRange", caps.max_storage_buffer_range),
+              ("maxMemoryAllocationSize", caps.max_memory_allocation_size))
+    for need in needs:
+        size = -(-need.nbytes // BUFFER_ALIGN) * BUFFER_ALIGN
+        for name, limit in limits:
+            if size > limit:
+                dims = " x ".join(str(d) for d in need.shape)
+                raise ValueError(f"{need.what} [{dims}] need {need.nbytes} bytes, over this "
+                                 f"device's {name} of {limit} bytes ({caps.name}); "
+                                 f"{need.remedy}, or use a device with larger limits")
+
+
+def dense_need(what: str, shape: tuple[int, ...], itemsize: int = 4,
+               remedy: str = FEWER_ROWS) -> BufferNeed:
+    """A plain row-major array of `shape` (float32 unless `itemsize` says otherwise)."""
+    return BufferNeed(what, tuple(shape), int(np.prod(shape, dtype=np.int64)) * itemsize, remedy)
+
+
+def packed_need(what: str, layout: str, shape: tuple[int, int],
+                remedy: str = FEWER_ROWS) -> BufferNeed:
+    """The "data" array of `shape` packed in `layout` (vkq.layouts.packed_nbytes)."""
+    return BufferNeed(what, tuple(shape), layouts.packed_nbytes(layout, shape)["data"], remedy)
+
+
+def weight_needs(bits: int, shape: tuple[int, int], group_size: int | None = None,
+                 has_zeros: bool = False) -> list[BufferNeed]:
+    """The device buffers of a weight `[N, K]`: int8 blocks + wsum (bits=8), or int4 words +
+    float32 scales (+ zeros) (bits=4; fp16 storage needs half, the GEMM's widened copy the
+    same)."""
+    n, k = shape
+    if bits == 8:
+        sizes = layouts.packed_nbytes(layouts.INT8_WEIGHT, shape)
+        return [BufferNeed("int8 weight blocks", (n, k), sizes["data"], SPLIT_LAYER)]
+    words = layouts.packed_nbytes(layouts.INT4_UVEC4, shape)["data"]
+    params = layouts.packed_nbytes(layouts.GROUP_PARAMS_NG, shape, group_size=group_size,
+                                   has_zeros=has_zeros)
+    n_groups = k // group_size
+    return [BufferNeed("int4 weight words", (n, k), words, SPLIT_LAYER),
+            *(BufferNeed(f"int4 group {name}", (n, n_groups), b, SPLIT_LAYER)
+              for name, b in params.items())]

@@ -87,7 +87,8 @@ from vkq import layouts
 from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import Timing, copies_for_l2_cold, time_call
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
-from vkq.ops.common import bias_vector, ceil_div, float_input, grid_2d, wrong_device_input
+from vkq.ops.common import (bias_vector, ceil_div, check_fits, dense_need, float_input, grid_2d,
+                            weight_needs, wrong_device_input)
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight, half_group_params
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
 from vkq.tensor import DENSE, DeviceTensor
@@ -223,6 +224,7 @@ def prepack_q4gsw(weight: PackedTensor, params: PackedTensor, device: Device | N
     arrays = [a for a in (scales, zeros) if a is not None]
     half = stored_param_dtype(scales, zeros, param_dtype) == "float16"
     device = device or default_device()
+    check_fits(device.caps, weight_needs(4, (n, k), gs, zeros is not None))
     bufs = [device.upload(words)]
     try:
         for a in arrays:
@@ -253,27 +255,35 @@ def stored_param_dtype(scales: np.ndarray, zeros: np.ndarray | None,
 def prepack_quantized(w: QuantizedWeight, device: Device) -> Q4gswWeight:
     """Pack a logical int4 QuantizedWeight with the vkq.layouts packers and upload it."""
     n, k = w.shape
+    check_fits(device.caps, weight_needs(4, (n, k), w.group_size, w.zeros is not None))
     return prepack_q4gsw(layouts.pack_int4_weight(np.asarray(w.q)),
                          layouts.pack_group_params(w.scales, w.zeros, w.group_size, k), device)
 
 
 def _device_weight(w: Any, device: Device | None) -> Q4gswWeight:
+    _weight_shape(w)  # a QuantizedWeight or a Q4gswWeight, else TypeError
     if isinstance(w, QuantizedWeight):
         if w.bits != 4:
             raise ValueError(f"q4gsw linear needs int4 weights, got bits={w.bits}")
         device = device or default_device()
         return w.prepacked((FORMAT, VERSION), device, lambda: prepack_quantized(w, device))
-    if isinstance(w, Q4gswWeight):
-        if w.format != FORMAT or w.version != VERSION:
-            raise LayoutError(f"q4gsw linear needs a '{FORMAT}' v{VERSION} weight, got "
-                              f"'{w.format}' v{w.version}; rebuild it with prepack_q4gsw()")
-        if device is not None and device is not w.device:
-            raise ValueError("the weight lives on another device than the one asked for; "
-                             "prepack it on that device")
-        if w.closed:
-            raise ValueError("this Q4gswWeight has been closed")
-        return w
-    raise TypeError(f"w must be a vkq.QuantizedWeight (bits=4) or a Q4gswWeight, got {type(w).__name__}")
+    if w.format != FORMAT or w.version != VERSION:
+        raise LayoutError(f"q4gsw linear needs a '{FORMAT}' v{VERSION} weight, got "
+                          f"'{w.format}' v{w.version}; rebuild it with prepack_q4gsw()")
+    if device is not None and device is not w.device:
+        raise ValueError("the weight lives on another device than the one asked for; "
+                         "prepack it on that device")
+    if w.closed:
+        raise ValueError("this Q4gswWeight has been closed")
+    return w
+
+
+def _weight_shape(w: Any) -> tuple[int, int]:
+    """(N, K) of a weight linear takes, or the TypeError saying what it takes."""
+    if not isinstance(w, (QuantizedWeight, Q4gswWeight)):
+        raise TypeError(f"w must be a vkq.QuantizedWeight (bits=4) or a Q4gswWeight, "
+                        f"got {type(w).__name__}")
+    return w.shape
 
 
 # ----------------------------------------------------------------------------- variants
@@ -615,14 +625,17 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight | Q4gswWeight,
     else:
         x = float_input("x", x)
         shape = x.shape
-    pw = _device_weight(w, device)
-    device = pw.device
-    n, k = pw.shape
+    n, k = _weight_shape(w)
     if len(shape) < 1 or shape[-1] != k:
         raise ValueError(f"x must have shape [..., K] with K = {k} (the weight's), got {tuple(shape)}")
     m = int(np.prod(shape[:-1], dtype=np.int64))
     route(m if m else 1, kernel)  # validates the kernel choice before any work
     b32 = bias_vector(bias, n)
+    target = device or getattr(w, "device", None) or default_device()  # before packing w
+    check_fits(target.caps, [dense_need("float32 output y", (m, n))]
+               + ([] if on_device else [dense_need("float32 activations x", (m, k))]))
+    pw = _device_weight(w, device)
+    device = pw.device
     out_shape = tuple(shape[:-1]) + (n,)
     if on_device:
         y = DeviceTensor.empty(device, DENSE, out_shape, np.float32, {"data": ((m * n,), np.float32)})

@@ -56,7 +56,8 @@ from vkq import layouts
 from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import copies_for_l2_cold, time_call, time_dispatches
 from vkq.layouts import INT8_4H4W, INT8_4W, LayoutError, PackedTensor
-from vkq.ops.common import bias_vector, ceil_div, grid_2d, positive_finite, wrong_device_input
+from vkq.ops.common import (bias_vector, ceil_div, check_fits, grid_2d, packed_need,
+                            positive_finite, weight_needs, wrong_device_input)
 from vkq.quantized_weight import INT8_MAX_K, QuantizedWeight
 from vkq.reference.q8ta import ACTIVATIONS, requant_constants
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
@@ -222,6 +223,7 @@ class PackedWeight:
     per-channel epilogue constants (float32 [N4, 2, 4]: mult block, offs block)."""
 
     def __init__(self, device: Device, w: QuantizedWeight):
+        check_fits(device.caps, weight_needs(8, w.shape))
         packed = layouts.pack_int8_weight(np.asarray(w.q))
         self.n, self.k = w.shape
         self.n4, self.k4 = ceil_div(self.n, 4), ceil_div(self.k, 4)
@@ -348,6 +350,8 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight, bias: np.ndarray | 
         if on_device:
             raise ValueError("x has no rows")
         return np.empty((*x.shape[:-1], n), np.int8)
+    check_fits(device.caps, [packed_need("int8 output y", LAYOUT[path], (m, n))]
+               + ([] if on_device else [packed_need("int8 activations x", LAYOUT[path], (m, k))]))
     weight = prepack(w, device)
     epilogue = weight.epilogue(qp, b)
     out_shape = output_spec(path, m, n)

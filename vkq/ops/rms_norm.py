@@ -7,7 +7,7 @@ import numpy as np
 
 from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import time_call
-from vkq.ops.common import float_input, grid_2d, positive_finite
+from vkq.ops.common import check_fits, dense_need, float_input, grid_2d, positive_finite
 from vkq.runtime import CommandBatch, Device, default_device
 
 
@@ -38,6 +38,7 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float = 1e-6, *,
     rows = int(np.prod(x.shape[:-1], dtype=np.int64))
     if rows == 0:
         return np.empty_like(x)
+    check_fits(device.caps, [dense_need("float32 rows x (and the output)", (rows, width))])
     kernel = device.kernel(pick_variant(width))
     with device.buffer(x.nbytes) as bx, device.buffer(x.nbytes) as by, \
             device.buffer(weight.nbytes) as bw:
