@@ -290,6 +290,46 @@ def test_nan_inf_propagate_like_reference(device, symmetric, kernel):
     assert_like_reference(vkq.linear(x, w, kernel=kernel, device=device), x, w)
 
 
+# ------------------------------------------------------------------ huge activations
+PATHS = ((1, "gemv"), (2, "gemv"), (1, "gemm"), (2, "gemm"))  # GEMV, batch GEMV, GEMM
+
+
+@pytest.mark.parametrize("gs", [32, 16])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("mag", [1e34, 1e35, 1e36])
+def test_huge_activations_give_the_reference_on_every_path(device, mag, symmetric, gs):
+    """|x| up to a few 1e36: x * w and the sums stay finite in fp32, so every path must give
+    the reference within the bound. The symmetric GEMV used to decode nibbles as (u - 8) * 2^s
+    and returned NaN here (its shift-class sums overflowed while the GEMM's did not)."""
+    w = make_weight(24, 256, gs, symmetric, seed=gs)
+    x = (np.random.default_rng(int(np.log10(mag))).standard_normal((2, 256)) * mag
+         ).astype(np.float32)
+    assert np.all(np.isfinite(q4gsw_linear_reference(x, w.q, w.scales, w.zeros, gs)))
+    for m, kernel in PATHS:
+        with vkq.trace() as t:
+            y = vkq.linear(x[:m], w, kernel=kernel, device=device)
+        assert t.kernels[0] == (gemv_name(w, device, m) if kernel == "gemv"
+                                else gemm_kernels(w, m)[0])
+        check(y, x[:m], w, None)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_overflowing_results_are_the_same_inf_on_every_path(device, symmetric):
+    """Where the true result overflows fp32 (every product one sign, |x| = 1e38), every path
+    gives the reference's infinity, with its sign."""
+    q = np.full((8, 64), 7, np.int8)
+    s = np.full((8, 2), 1.0, np.float32)
+    z = None if symmetric else np.full((8, 2), 0.5, np.float32)
+    w = vkq.QuantizedWeight(q, s, z, bits=4, group_size=32)
+    x = np.full((2, 64), 1e38, np.float32)
+    x[1] *= -1
+    with np.errstate(over="ignore"):
+        ref = q4gsw_linear_reference(x, q, s, z, 32).astype(np.float32)
+    assert np.all(ref[0] == np.inf) and np.all(ref[1] == -np.inf)
+    for m, kernel in PATHS:
+        np.testing.assert_array_equal(vkq.linear(x[:m], w, kernel=kernel, device=device), ref[:m])
+
+
 # ------------------------------------------------------------------ bad inputs
 def test_bad_inputs(device):
     w = make_weight(8, 64, 32, True, seed=5)
