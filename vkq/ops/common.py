@@ -114,9 +114,9 @@ def packed_need(what: str, layout: str, shape: tuple[int, int],
 
 def weight_needs(bits: int, shape: tuple[int, int], group_size: int | None = None,
                  has_zeros: bool = False) -> list[BufferNeed]:
-    """The device buffers of a weight `[N, K]`: int8 blocks + wsum (bits=8), or int4 words +
-    float32 scales (+ zeros) (bits=4; fp16 storage needs half, the GEMM's widened copy the
-    same)."""
+    """The device buffers of a weight `[N, K]` that could reach a limit: the int8 blocks
+    (bits=8; its wsum is K times smaller), or the int4 words and float32 scales (+ zeros)
+    (bits=4; fp16 storage needs half of that, the GEMM's widened copy the same)."""
     n, k = shape
     if bits == 8:
         sizes = layouts.packed_nbytes(layouts.INT8_WEIGHT, shape)
