@@ -20,7 +20,7 @@ def tolerance(x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) ->
 
     Every kernel forms y[m, n] as a sum of the K products x_k * w_k in some order (the
     symmetric GEMV sums x_k * (u_k - 8) per group and multiplies by the scale once, which is
-    the same terms times a positive factor; the others multiply by w_k dequantized in fp32,
+    the same terms times one factor of either sign; the others multiply by w_k dequantized in fp32,
     w_k * (1 + d), |d| <= u). Summing K terms in fp32 in any order (sequential, tree,
     subgroup) errs by at most (K - 1) * u * sum_k |x_k w_k| to first order; the product,
     the dequantization, the shift-class recombination (3 adds per word), the scale multiply
@@ -149,6 +149,38 @@ def test_exact_arithmetic_is_bit_exact(device, k, gs, symmetric, params):
         pw.close()
 
 
+@pytest.mark.parametrize("params", ["float16", "float32"])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("gs", [32, 8])
+def test_zero_and_negative_scales(device, gs, symmetric, params):
+    """Checkpoints from other tools: groups with scale 0 (all-zero blocks) and negative scales
+    (ggml Q4_0), in fp16 or float32 storage, on every path (GEMV, batch GEMV, GEMM)."""
+    n, k = 21, 128
+    rng = np.random.default_rng(gs + symmetric)
+    w0 = make_weight(n, k, gs, symmetric, seed=gs, param_dtype="auto")
+    s = w0.scales.copy()
+    s[::3] *= -1                      # every third channel: all scales negative
+    s[1, 0] = s[4, -1] = 0.0          # scale-0 groups
+    s[7] = -0.0
+    s[2, ::2] *= -1                   # mixed signs within a channel
+    w = vkq.QuantizedWeight(w0.q, s, w0.zeros, bits=4, group_size=gs)
+    pw = op.prepack_q4gsw(layouts.pack_int4_weight(w.q),
+                          layouts.pack_group_params(w.scales, w.zeros, gs, k), device, params)
+    assert pw.param_dtype == params   # fp16 storage holds 0, -0 and negative scales exactly
+    try:
+        for m, kernel in ((1, "gemv"), (2, "gemv"), (5, "gemv"), (1, "gemm"), (33, "gemm")):
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            bias = rng.standard_normal(n).astype(np.float32)
+            check(vkq.linear(x, pw, bias, kernel=kernel), x, w, bias)
+        y = vkq.linear(x, w, device=device)  # through QuantizedWeight as well
+        check(y, x, w, None)
+        if symmetric:
+            assert np.all(y[:, 7] == 0)   # a channel of -0 scales contributes nothing
+    finally:
+        pw.close()
+    assert half_params(w)  # "auto" storage of these fp16-exact scales: fp16
+
+
 @pytest.mark.parametrize("m", [1, 2, 5])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 def test_gemv_and_gemm_agree(device, symmetric, m):
@@ -257,6 +289,46 @@ def test_nan_inf_propagate_like_reference(device, symmetric, kernel):
     for i, (j, v) in enumerate(rows):
         x[i, j] = v
     assert_like_reference(vkq.linear(x, w, kernel=kernel, device=device), x, w)
+
+
+# ------------------------------------------------------------------ huge activations
+PATHS = ((1, "gemv"), (2, "gemv"), (1, "gemm"), (2, "gemm"))  # GEMV, batch GEMV, GEMM
+
+
+@pytest.mark.parametrize("gs", [32, 16])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("mag", [1e34, 1e35, 1e36])
+def test_huge_activations_give_the_reference_on_every_path(device, mag, symmetric, gs):
+    """|x| up to a few 1e36: x * w and the sums stay finite in fp32, so every path must give
+    the reference within the bound. The symmetric GEMV used to decode nibbles as (u - 8) * 2^s
+    and returned NaN here (its shift-class sums overflowed while the GEMM's did not)."""
+    w = make_weight(24, 256, gs, symmetric, seed=gs)
+    x = (np.random.default_rng(int(np.log10(mag))).standard_normal((2, 256)) * mag
+         ).astype(np.float32)
+    assert np.all(np.isfinite(q4gsw_linear_reference(x, w.q, w.scales, w.zeros, gs)))
+    for m, kernel in PATHS:
+        with vkq.trace() as t:
+            y = vkq.linear(x[:m], w, kernel=kernel, device=device)
+        assert t.kernels[0] == (gemv_name(w, device, m) if kernel == "gemv"
+                                else gemm_kernels(w, m)[0])
+        check(y, x[:m], w, None)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_overflowing_results_are_the_same_inf_on_every_path(device, symmetric):
+    """Where the true result overflows fp32 (every product one sign, |x| = 1e38), every path
+    gives the reference's infinity, with its sign."""
+    q = np.full((8, 64), 7, np.int8)
+    s = np.full((8, 2), 1.0, np.float32)
+    z = None if symmetric else np.full((8, 2), 0.5, np.float32)
+    w = vkq.QuantizedWeight(q, s, z, bits=4, group_size=32)
+    x = np.full((2, 64), 1e38, np.float32)
+    x[1] *= -1
+    with np.errstate(over="ignore"):
+        ref = q4gsw_linear_reference(x, q, s, z, 32).astype(np.float32)
+    assert np.all(ref[0] == np.inf) and np.all(ref[1] == -np.inf)
+    for m, kernel in PATHS:
+        np.testing.assert_array_equal(vkq.linear(x[:m], w, kernel=kernel, device=device), ref[:m])
 
 
 # ------------------------------------------------------------------ bad inputs

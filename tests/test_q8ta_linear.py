@@ -22,10 +22,11 @@ GEMM_VARIANTS = sorted(op.path_variants(op.GEMM))
 SENTINEL = 0x5A5A5A5A
 
 
-def make_case(rng, m, n, k, *, bias=True, x_range=(-128, 127), w_range=(-127, 127)):
+def make_case(rng, m, n, k, *, bias=True, x_range=(-128, 127), w_range=(-128, 127),
+              s_w=None):
     x = rng.integers(x_range[0], x_range[1] + 1, (m, k), dtype=np.int8)
     q = rng.integers(w_range[0], w_range[1] + 1, (n, k), dtype=np.int8)
-    s_w = rng.uniform(0.002, 0.02, n).astype(np.float32)
+    s_w = rng.uniform(0.002, 0.02, n).astype(np.float32) if s_w is None else s_w
     b = (rng.standard_normal(n) * 4).astype(np.float32) if bias else None
     return x, vkq.QuantizedWeight(q, s_w, bits=8), b
 
@@ -88,8 +89,10 @@ def test_both_kernels_match_reference_for_every_m(device, m):
     np.testing.assert_array_equal(y_gemv, y_gemm)
 
 
-@pytest.mark.parametrize("k", [4, 8, 12, 16, 28, 60, 64, 68, 128, 252, 1028, 4096])
+@pytest.mark.parametrize("k", [1, 3, 4, 5, 8, 12, 16, 28, 37, 60, 64, 68, 128, 252, 1027, 4096])
 def test_k_range(device, k):
+    """Any K: K % 4 != 0 is padded with zero columns by the packers (weights and x), which
+    add 0 to every integer dot and leave wsum alone."""
     rng = np.random.default_rng(k)
     x, w, b = make_case(rng, 5, 13, k)
     p = qparams(s_out=0.02 * np.sqrt(k))
@@ -150,15 +153,16 @@ def test_no_writes_past_the_output_and_padding_is_zero(device, variant):
 def test_integer_accumulators_are_exact(device, variant):
     rng = np.random.default_rng(11)
     m = 1 if "gemv" in variant else 6
-    x, w, _ = make_case(rng, m, 23, 1028)
-    x[0] = -128
-    w_ext = vkq.QuantizedWeight(np.where(np.arange(23)[:, None] % 2 == 0, np.int8(-127),
-                                         w.q).astype(np.int8), w.scales, bits=8)
-    words, tail = _run_into(device, variant, x, w_ext, qparams(), acc_out=True)
-    assert np.all(tail == SENTINEL)
-    acc = words.reshape(m, -1)[:, :23]
-    np.testing.assert_array_equal(acc, q8ta_accumulators(x, w_ext.q))
-    assert acc[0, 0] == 128 * 127 * 1028  # extreme products accumulate exactly
+    for k in (1028, 1027):  # 1027: K padded to 1028 with zero columns
+        x, w, _ = make_case(rng, m, 23, k)
+        x[0] = -128
+        w_ext = vkq.QuantizedWeight(np.where(np.arange(23)[:, None] % 2 == 0, np.int8(-128),
+                                             w.q).astype(np.int8), w.scales, bits=8)
+        words, tail = _run_into(device, variant, x, w_ext, qparams(), acc_out=True)
+        assert np.all(tail == SENTINEL)
+        acc = words.reshape(m, -1)[:, :23]
+        np.testing.assert_array_equal(acc, q8ta_accumulators(x, w_ext.q))
+        assert acc[0, 0] == 128 * 128 * k  # extreme products accumulate exactly
 
 
 # -- epilogue corner cases -------------------------------------------------------------------
@@ -215,6 +219,47 @@ def test_largest_k_uses_33_bit_zero_point_correction(device, kernel):
         np.testing.assert_array_equal(y[0], [expected, -expected, 0, expected])
 
 
+@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
+def test_largest_k_with_minus_128_weights(device, kernel):
+    """K = 131071 (the largest allowed, odd: padded to 131072) with -128 weights: |acc| reaches
+    128*128*K = 2147467264 < 2^31, and the zero-point correction 255*128*K = 4278157440
+    (< 2^32) still converts exactly (q8ta_requant.glsl)."""
+    k = 131071
+    x = np.full((2, k), 127, np.int8)
+    x[1] = -128
+    q = np.full((3, k), -128, np.int8)
+    q[1] = 127
+    q[2, ::2] = 127  # both extremes in one channel
+    w = vkq.QuantizedWeight(q, np.ones(3, np.float32), bits=8)
+    p = qparams(s_x=1.0, zp_x=-128, s_out=4.5e7, zp_out=0)  # corr / s_out = -95.07 for ch 0
+    y = vkq.linear(x, w, None, **p, kernel=kernel, device=device)
+    assert_matches(y, x, w, None, p)
+    assert y[0, 0] == round(-255 * 128 * k / 4.5e7) == -95
+    words, _ = _run_into(device, op.pick_variant(kernel, device.caps, 2, 3, k), x, w, p,
+                         acc_out=True)
+    acc = words.reshape(2, -1)[:, :3]
+    np.testing.assert_array_equal(acc, q8ta_accumulators(x, q))
+    assert acc[1, 0] == 128 * 128 * k
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
+def test_zero_and_negative_weight_scales(device, kernel):
+    """Checkpoints carry per-channel scales of 0 (dead channels) and of either sign: each output
+    is exactly the reference's (mult = s_x*s_w/s_out may be 0 or negative)."""
+    rng = np.random.default_rng(21)
+    s_w = rng.uniform(0.002, 0.02, 9).astype(np.float32)
+    s_w[[1, 4]] = 0.0
+    s_w[[2, 5, 6]] *= -1
+    x, w, b = make_case(rng, 5, 9, 37, s_w=s_w)
+    p = qparams(s_out=1.0)
+    y = vkq.linear(x, w, b, **p, kernel=kernel, device=device)
+    assert_matches(y, x, w, b, p)
+    assert np.ptp(y[:, [1, 4]], axis=0).tolist() == [0, 0]  # scale 0: bias only, every row
+    w_abs = vkq.QuantizedWeight(w.q, np.abs(s_w), bits=8)
+    y_abs = vkq.linear(x, w_abs, b, **p, kernel=kernel, device=device)
+    assert (y[:, [2, 5, 6]] != y_abs[:, [2, 5, 6]]).any()  # the sign was not dropped
+
+
 # -- routing, layouts, device tensors --------------------------------------------------------
 
 
@@ -264,11 +309,14 @@ def test_batch_dims_and_empty_input(device):
     assert vkq.linear(x[:0], w, b, **p, device=device).shape == (0, 11)
 
 
-@pytest.mark.parametrize("layout,m", [("int8_4w", 1), ("int8_4h4w", 6)])
-def test_device_tensors_chain_layers_without_host_round_trip(device, layout, m):
+@pytest.mark.parametrize("layout,m,k,h", [("int8_4w", 1, 40, 36), ("int8_4h4w", 6, 40, 36),
+                                          ("int8_4w", 1, 5, 37), ("int8_4h4w", 6, 3, 1)])
+def test_device_tensors_chain_layers_without_host_round_trip(device, layout, m, k, h):
+    """Two layers on the device; K and the hidden width need not be multiples of 4 (the
+    first layer's padding output channels are 0, the second layer's padding K columns)."""
     rng = np.random.default_rng(9)
-    x, w1, b1 = make_case(rng, m, 36, 40)
-    _, w2, b2 = make_case(rng, 1, 13, 36)
+    x, w1, b1 = make_case(rng, m, h, k)
+    _, w2, b2 = make_case(rng, 1, 13, h)
     p1, p2 = qparams(s_out=0.3, zp_out=-3, activation="relu"), qparams(s_x=0.3, zp_x=-3, s_out=0.2)
     xd = vkq.to_device(x, layout=layout, device=device)
     with vkq.trace() as t:
@@ -317,9 +365,6 @@ def test_bad_inputs_raise_clear_errors(device):
         call(xx=x.astype(np.int16))
     with pytest.raises(ValueError, match="K = 16 .* K = 12"):
         call(xx=np.zeros((2, 16), np.int8))
-    w6 = vkq.QuantizedWeight(np.ones((8, 6), np.int8), np.ones(8, np.float32), bits=8)
-    with pytest.raises(ValueError, match="multiple of 4"):
-        call(xx=np.zeros((2, 6), np.int8), ww=w6)
     with pytest.raises(ValueError, match="131072"):
         op.check_k(131072)
     for name in ("input_scale", "output_scale"):

@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from vkq.execute import run_op
+from vkq.execute import HostTensor, run_op
 from vkq.functional import as_input
 from vkq.fused import FusedWeight
 from vkq.ops import contract
-from vkq.ops.common import bias_vector
+from vkq.ops.common import bias_vector, check_fits, dense_need
 from vkq.ops.q4gsw_linear import Q4gswWeight
 from vkq.quantized_weight import QuantizedWeight
-from vkq.runtime import Device
+from vkq.runtime import Device, default_device
 
 _INT8_QPARAMS = ("input_scale", "input_zero_point", "output_scale", "output_zero_point")
 
@@ -80,13 +80,25 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
     inputs = {"x": as_input("x", x)}
     if residual is not None:
         inputs["residual"] = as_input("residual", residual)
-    b32 = bias_vector(bias, base.shape[0], finite=False)
+    b32 = bias_vector(bias, base.shape[0])
+    _check_sizes(inputs["x"], base, device)
     attrs = {"kernel": kernel, "has_bias": b32 is not None,
              "parts": fused.parts if fused else None, "epilogue": fused.epilogue if fused else None}
     out = run_op(op_name, inputs, attrs, weight=base, constants={"bias": b32}, device=device)
     if fused and fused.epilogue is None:
         return tuple(out[f"y{i}"] for i in range(len(fused.parts)))
     return out["y"]
+
+
+def _check_sizes(x: Any, w: Any, device: Device | None) -> None:
+    """x and y against the device's buffer limits, before the weight is packed."""
+    spec = x.spec
+    if not spec.shape:
+        return
+    target = device or getattr(w, "device", None) or getattr(x, "device", None) or default_device()
+    m, (n, k) = spec.rows, w.shape
+    check_fits(target.caps, [dense_need("float32 output y", (m, n))]
+               + ([dense_need("float32 activations x", (m, k))] if isinstance(x, HostTensor) else []))
 
 
 def _load_linear_op(weight_kind: str, activation: str) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 
 from vkq import layouts
 from vkq.ops.contract import DENSE, TensorSpec
+from vkq.ops.common import check_fits, dense_need, packed_need
 from vkq.runtime import Buffer, Device, default_device
 
 
@@ -128,11 +129,14 @@ def to_device(x: np.ndarray, layout: str = DENSE, device: Device | None = None) 
     if layout == DENSE:
         # float activations are float32 on the device, as the numpy paths convert them
         data = np.ascontiguousarray(x, dtype=np.float32 if x.dtype.kind == "f" else x.dtype)
+        check_fits(device.caps, [dense_need("activations x", data.shape, data.dtype.itemsize)])
         return DeviceTensor(device, DENSE, x.shape, data.dtype, {"data": device.upload(data)},
                             {"data": (data.shape, data.dtype)})
     if layout not in _PACKERS:
         raise ValueError(f"unknown layout {layout!r}; use one of {[DENSE, *_PACKERS]}")
     if x.ndim < 1:
         raise ValueError("an int8 activation needs at least one dimension [..., K]")
+    rows = (int(np.prod(x.shape[:-1], dtype=np.int64)), x.shape[-1])
+    check_fits(device.caps, [packed_need("int8 activations x", layout, rows)])
     packed = _PACKERS[layout](np.asarray(x).reshape(-1, x.shape[-1]))
     return upload_packed(packed, np.int8, device)

@@ -11,3 +11,9 @@
 // NIB_EXPONENT is 0x4B000000 whenever pc.k < 2^31, which the host checks.
 #define NIB_EXPONENT (0x4B000000u | (pc.k >> 31u))
 #define NIB(v, s) (uintBitsToFloat(((v) & (0xFu << (s))) | nib_exp) - (8388608.0 + 8.0 * float(1u << (s))))
+//
+// NIB1(v, s) is u - 8 itself, with no 2^s factor: the same bits under an exponent lowered by
+// s make the float 2^(23-s) + u, and subtracting 2^(23-s) + 8 leaves u - 8 (still one LOP3
+// and one FADD). For code whose nibbles meet x before any scale does: there (u - 8) * 2^s
+// * x overflowed fp32 at |x| ~ 1e34, where x * w itself is far from overflowing.
+#define NIB1(v, s) (uintBitsToFloat(((v) & (0xFu << (s))) | (nib_exp - (uint(s) << 23u))) - (float(1u << (23u - uint(s))) + 8.0))

@@ -4,11 +4,11 @@
 // offs = f32(bias/s_out) come from the host, so no GPU division (not correctly rounded in
 // Vulkan) enters the result.
 //
-// Why the correction cannot be done in plain int32: with |q_x|, |zp_x| <= 128 and
-// |q_w| <= 127, |acc| <= 128*127*K and |zp_x*wsum| <= 128*127*K; both fit int32 for
-// K < 131072 (128*127*131071 = 2130690176 < 2^31), which the host enforces. Their difference
-// sum_k (q_x - zp_x)*q_w reaches 255*127*K, which needs 33 bits above K = 66311, so it is
-// formed with wrapping int32 arithmetic and the lost carry is recovered from the signs.
+// Why the correction cannot be done in plain int32: with |q_x|, |zp_x|, |q_w| <= 128
+// (weights may be -128), |acc| <= 128*128*K and |zp_x*wsum| <= 128*128*K; both fit int32 for
+// K < 131072 (128*128*131071 = 2147467264 < 2^31), which the host enforces. Their difference
+// sum_k (q_x - zp_x)*q_w reaches 255*128*K (< 2^32), which needs 33 bits above K = 65793, so
+// it is formed with wrapping int32 arithmetic and the lost carry is recovered from the signs.
 
 // float(a - b), correctly rounded, for any int32 a and b (the exact difference has 33 bits).
 float exact_difference(int a, int b) {

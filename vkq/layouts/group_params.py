@@ -16,8 +16,9 @@ Formats (both version 1; logical ``shape`` is the weight's ``(N, K)``):
 ``params`` = ``{"group_size": gs, "n_groups": K // gs, "has_zeros": 0 or 1}``.
 
 Rules: ``gs`` is a positive multiple of 8 dividing K (a group never splits a
-32-bit word of 8 nibbles); scales are finite and > 0 after the cast to float32;
-zeros are finite. Dequantization (docs/design.md §2): ``w = (u - 8) * scale + zero``.
+32-bit word of 8 nibbles); scales and zeros are finite after the cast to float32
+(any sign: all-zero groups have scale 0 in many checkpoints, and ggml's Q4_0 blocks
+often carry a negative one). Dequantization (docs/design.md §2): ``w = (u - 8) * scale + zero``.
 There is no padding: ``n_groups * gs == K`` exactly.
 
 Device storage. The parameters are logically float32. Where fp16 holds every one of them
@@ -43,6 +44,7 @@ __all__ = [
     "repack_group_params_ng",
     "fits_half",
     "half_words",
+    "group_params_nbytes",
 ]
 
 GROUP_PARAMS_NG = "group_params_ng"
@@ -75,7 +77,7 @@ def check_group_size(group_size: object, k: object) -> int:
     return k // gs
 
 
-def _float32_params(a: object, name: str, shape: tuple[int, int], positive: bool) -> np.ndarray:
+def _float32_params(a: object, name: str, shape: tuple[int, int]) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype.kind != "f":
@@ -86,12 +88,10 @@ def _float32_params(a: object, name: str, shape: tuple[int, int], positive: bool
     # underflow (0) in float32, which is what the kernel will see.
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(a, dtype=np.float32)
-    with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(out) | (out <= 0) if positive else ~np.isfinite(out)
+    bad = ~np.isfinite(out)
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        rule = "finite and > 0 in float32" if positive else "finite in float32"
-        raise ValueError(f"{name} must be {rule}; {name}{list(idx)} = {float(a[idx])}")
+        raise ValueError(f"{name} must be finite in float32; {name}{list(idx)} = {float(a[idx])}")
     return out
 
 
@@ -110,11 +110,19 @@ def _pack(
         raise ValueError(f"scales must be 2-D, got shape {scales.shape}")
     n = scales.shape[1] if transposed else scales.shape[0]
     shape = (n_groups, n) if transposed else (n, n_groups)
-    arrays = {"scales": _float32_params(scales, "scales", shape, positive=True)}
+    arrays = {"scales": _float32_params(scales, "scales", shape)}
     if zeros is not None:
-        arrays["zeros"] = _float32_params(zeros, "zeros", shape, positive=False)
+        arrays["zeros"] = _float32_params(zeros, "zeros", shape)
     params = {"group_size": int(group_size), "n_groups": n_groups, "has_zeros": int(zeros is not None)}
     return PackedTensor(fmt, VERSION, (n, int(k)), arrays, params)
+
+
+def group_params_nbytes(shape: tuple[int, int], group_size: int, has_zeros: bool) -> dict[str, int]:
+    """Bytes of each float32 array :func:`pack_group_params` makes for a weight of ``shape``
+    ``(N, K)`` (fp16 storage, :func:`half_words`, needs about half)."""
+    n, k = shape
+    per_array = 4 * n * check_group_size(group_size, k)
+    return {"scales": per_array, **({"zeros": per_array} if has_zeros else {})}
 
 
 def pack_group_params(

@@ -33,10 +33,11 @@ from .packed import (
     register_repack_hint,
     require_matrix,
     require_range,
+    row_chunks,
     word_bytes,
 )
 
-__all__ = ["INT4_UVEC4", "pack_int4_weight", "unpack_int4_weight"]
+__all__ = ["INT4_UVEC4", "pack_int4_weight", "unpack_int4_weight", "int4_weight_nbytes"]
 
 INT4_UVEC4 = "int4_uvec4"
 VERSION = 1
@@ -51,19 +52,33 @@ register_repack_hint(
 )
 
 
+def int4_weight_nbytes(shape: tuple[int, int]) -> dict[str, int]:
+    """Bytes of each array :func:`pack_int4_weight` makes for ``q`` of ``shape`` ``(N, K)``."""
+    n, k = shape
+    return {"data": n * ceil_div(k, K_BLOCK) * 16}
+
+
 def pack_int4_weight(q: np.ndarray) -> PackedTensor:
     """Pack int4 weights ``q[N, K]`` (int8 dtype, values in [-8, 7]) into uvec4 words."""
     require_matrix(q, np.int8, "q")
     require_range(q, -8, 7, "q", "int4 weights, stored as q + 8")
     n, k = q.shape
     kb = ceil_div(k, K_BLOCK)
+    data = np.empty((n, kb, 4), np.uint32)
+    for rows in row_chunks(n, 2 * kb * K_BLOCK):  # temporaries: ~2 bytes per nibble of a block
+        data[rows] = _pack_rows(q[rows], kb)
+    return PackedTensor(INT4_UVEC4, VERSION, q.shape, {"data": data}, {})
+
+
+def _pack_rows(q: np.ndarray, kb: int) -> np.ndarray:
+    """uint32 ``(rows, kb, 4)`` words of int4 rows ``q``."""
+    n, k = q.shape
     u = np.full((n, kb * K_BLOCK), OFFSET, dtype=np.uint8)
     u[:, :k] = q + OFFSET  # no overflow: q + 8 is in [0, 15]
     # k = 32b + 8c + 4h + j  ->  axes (n, b, c, h, j); h selects the nibble half.
     u = u.reshape(n, kb, 4, 2, 4)
     packed_bytes = u[:, :, :, 0, :] | (u[:, :, :, 1, :] << 4)  # (n, b, c, j)
-    data = int32_words(packed_bytes)
-    return PackedTensor(INT4_UVEC4, VERSION, q.shape, {"data": data}, {})
+    return int32_words(packed_bytes)
 
 
 def unpack_int4_weight(p: PackedTensor) -> np.ndarray:

@@ -27,10 +27,11 @@ from .packed import (
     int32_words,
     register_repack_hint,
     require_matrix,
+    row_chunks,
     word_bytes,
 )
 
-__all__ = ["INT8_4H4W", "pack_int8_4h4w", "unpack_int8_4h4w"]
+__all__ = ["INT8_4H4W", "pack_int8_4h4w", "unpack_int8_4h4w", "int8_4h4w_nbytes"]
 
 INT8_4H4W = "int8_4h4w"
 VERSION = 1
@@ -45,6 +46,16 @@ def tile_4x4(x: np.ndarray) -> np.ndarray:
     """
     r, c = x.shape
     r4, c4 = ceil_div(r, 4), ceil_div(c, 4)
+    data = np.empty((r4, c4, 4), np.int32)
+    for rows in row_chunks(r, 2 * 4 * c4, multiple=4):  # blocks of whole 4-row tiles
+        data[rows.start // 4: ceil_div(rows.stop, 4)] = _tile_rows(x[rows], c4)
+    return data
+
+
+def _tile_rows(x: np.ndarray, c4: int) -> np.ndarray:
+    """int32 ``(ceil(rows / 4), c4, 4)`` tiles of int8 rows ``x``."""
+    r, c = x.shape
+    r4 = ceil_div(r, 4)
     padded = np.zeros((4 * r4, 4 * c4), dtype=np.int8)
     padded[:r, :c] = x
     # (r4, i, c4, j) -> (r4, c4, i, j): the 4 bytes j of row i become one word.
@@ -58,6 +69,16 @@ def untile_4x4(data: np.ndarray, rows: int, cols: int) -> np.ndarray:
     b = word_bytes(data, np.int8)  # (r4, c4, i, j)
     full = b.transpose(0, 2, 1, 3).reshape(4 * r4, 4 * c4)
     return np.ascontiguousarray(full[:rows, :cols])
+
+
+def tile_4x4_nbytes(rows: int, cols: int) -> int:
+    """Bytes of :func:`tile_4x4`'s result for ``[rows, cols]``."""
+    return ceil_div(rows, 4) * ceil_div(cols, 4) * 16
+
+
+def int8_4h4w_nbytes(shape: tuple[int, int]) -> dict[str, int]:
+    """Bytes of each array :func:`pack_int8_4h4w` makes for ``x`` of ``shape`` ``(M, K)``."""
+    return {"data": tile_4x4_nbytes(*shape)}
 
 
 def pack_int8_4h4w(x: np.ndarray) -> PackedTensor:

@@ -27,12 +27,18 @@ from .packed import (
     word_bytes,
 )
 
-__all__ = ["INT8_4W", "pack_int8_4w", "unpack_int8_4w"]
+__all__ = ["INT8_4W", "pack_int8_4w", "unpack_int8_4w", "int8_4w_nbytes"]
 
 INT8_4W = "int8_4w"
 VERSION = 1
 
 register_repack_hint(INT8_4W, "pack it with vkq.layouts.pack_int8_4w(x) from int8 [M, K]")
+
+
+def int8_4w_nbytes(shape: tuple[int, int]) -> dict[str, int]:
+    """Bytes of each array :func:`pack_int8_4w` makes for ``x`` of ``shape`` ``(M, K)``."""
+    m, k = shape
+    return {"data": m * ceil_div(k, 4) * 4}
 
 
 def pack_int8_4w(x: np.ndarray) -> PackedTensor:

@@ -18,34 +18,41 @@ Extra array
     ``wsum`` int32 of shape ``(4*N4,)``: ``wsum[n] = sum_k q[n, k]`` (0 for padding
     channels), the zero-point correction term ``zp_x * wsum[n]`` of docs/design.md §3.
 
-Values are restricted to [-127, 127]: the symmetric scheme never produces -128,
-and excluding it keeps the weight range symmetric around 0.
+Values span the whole int8 range [-128, 127]: vkq's own quantizer produces
+[-127, 127], but checkpoints from other tools (PyTorch, ExecuTorch) use -128 too, and
+nothing downstream needs the symmetric range (|q_x * q_w| <= 128 * 128, docs/design.md §1).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .int8_4h4w import tile_4x4, untile_4x4
-from .packed import PackedTensor, ceil_div, register_repack_hint, require_matrix, require_range
+from .int8_4h4w import tile_4x4, tile_4x4_nbytes, untile_4x4
+from .packed import PackedTensor, ceil_div, register_repack_hint, require_matrix
 
-__all__ = ["INT8_WEIGHT", "pack_int8_weight", "unpack_int8_weight"]
+__all__ = ["INT8_WEIGHT", "pack_int8_weight", "unpack_int8_weight", "int8_weight_nbytes"]
 
 INT8_WEIGHT = "int8_weight_4n4k"
 VERSION = 1
 
-# Largest K for which |wsum| <= 127 * K cannot overflow int32.
-_MAX_K = (2**31 - 1) // 127
+# Largest K for which |wsum| <= 128 * K cannot overflow int32.
+_MAX_K = (2**31 - 1) // 128
 
 register_repack_hint(
-    INT8_WEIGHT, "pack it with vkq.layouts.pack_int8_weight(q) from int8 [N, K] in [-127, 127]"
+    INT8_WEIGHT, "pack it with vkq.layouts.pack_int8_weight(q) from int8 [N, K]"
 )
 
 
+def int8_weight_nbytes(shape: tuple[int, int]) -> dict[str, int]:
+    """Bytes of each array :func:`pack_int8_weight` makes for ``q`` of ``shape`` ``(N, K)``."""
+    n, k = shape
+    return {"data": tile_4x4_nbytes(n, k), "wsum": 4 * 4 * ceil_div(n, 4)}
+
+
 def pack_int8_weight(q: np.ndarray) -> PackedTensor:
-    """Pack int8 weights ``q[N, K]`` (values in [-127, 127]) into 4n4k blocks plus ``wsum``."""
+    """Pack int8 weights ``q[N, K]`` (any K: padded with zeros to a multiple of 4) into 4n4k
+    blocks plus ``wsum``."""
     require_matrix(q, np.int8, "q")
-    require_range(q, -127, 127, "q", "symmetric int8 weights, docs/design.md §2")
     n, k = q.shape
     if k > _MAX_K:
         raise ValueError(f"K = {k} is too large: wsum = sum_k q[n, k] must fit int32 (K <= {_MAX_K})")

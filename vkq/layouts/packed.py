@@ -117,6 +117,19 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+#: Bytes of temporaries a packer (or vkq.quantize_weight) works through at once: a weight is
+#: processed a block of rows at a time, so packing an N x K matrix costs its packed result
+#: plus about this much, whatever N x K is.
+CHUNK_BYTES = 1 << 24
+
+
+def row_chunks(n: int, row_bytes: int, multiple: int = 1) -> list[slice]:
+    """Slices of ``range(n)`` holding about :data:`CHUNK_BYTES` at ``row_bytes`` per row (at
+    least ``multiple`` rows each, every start a multiple of ``multiple``)."""
+    rows = max(1, CHUNK_BYTES // max(1, row_bytes * multiple)) * multiple
+    return [slice(r, min(r + rows, n)) for r in range(0, n, rows)]
+
+
 def require_matrix(x: object, dtype: np.dtype | type, name: str) -> np.ndarray:
     """Check that ``x`` is a non-empty 2-D ndarray of exactly ``dtype``; return it.
 
@@ -137,6 +150,8 @@ def require_matrix(x: object, dtype: np.dtype | type, name: str) -> np.ndarray:
 
 def require_range(x: np.ndarray, lo: int, hi: int, name: str, why: str) -> None:
     """Raise ValueError naming the first offending element if any ``x`` is outside ``[lo, hi]``."""
+    if x.min() >= lo and x.max() <= hi:  # no mask arrays the size of x in the usual case
+        return
     bad = (x < lo) | (x > hi)
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])

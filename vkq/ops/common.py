@@ -1,9 +1,13 @@
 """Small checks and helpers shared by op modules."""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Iterable
 
 import numpy as np
+
+from vkq import layouts
+from vkq.runtime.buffer import BUFFER_ALIGN
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -38,9 +42,11 @@ def grid_2d(n_groups: int, max_x: int) -> tuple[int, int, int]:
     return (max_x, ceil_div(n_groups, max_x), 1)
 
 
-def bias_vector(bias: Any, n: int, *, finite: bool) -> np.ndarray | None:
-    """None, or a float32 copy of a float bias of shape (n,); `finite` also rejects NaN/Inf
-    (int8 outputs cannot carry them; float outputs propagate them like the reference)."""
+def bias_vector(bias: Any, n: int) -> np.ndarray | None:
+    """None, or a float32 copy of a finite float bias of shape (n,). NaN/Inf are refused by
+    every op alike: int8 outputs cannot carry them, and a float output whose every row is NaN
+    is never what a bias was meant to give (NaN/Inf in float activations still propagate as
+    the references say)."""
     if bias is None:
         return None
     b = np.asarray(bias)
@@ -49,6 +55,76 @@ def bias_vector(bias: Any, n: int, *, finite: bool) -> np.ndarray | None:
     if b.shape != (n,):
         raise ValueError(f"bias must have shape ({n},) (one per output channel), got {b.shape}")
     b = np.ascontiguousarray(b, dtype=np.float32)
-    if finite and not np.all(np.isfinite(b)):
+    if not np.all(np.isfinite(b)):
         raise ValueError("bias must be finite (found NaN or Inf after conversion to float32)")
     return b
+
+
+def wrong_device_input(x: Any, takes: str, instead: str) -> str:
+    """The message for a DeviceTensor `x` holding another kind of activations than an op
+    takes: what the op takes, what x is, and what to pass instead."""
+    return (f"{takes}; this DeviceTensor is {x.dtype} in layout {x.format!r}: "
+            f"pass {instead} instead")
+
+
+# -- buffer sizes against the device's limits ------------------------------------------------------
+#: What to do about a tensor too large for one buffer.
+SPLIT_LAYER = "split the layer along N (or K)"
+FEWER_ROWS = "pass fewer rows (M) per call"
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferNeed:
+    """One buffer an op is about to make: what it holds (`what`, and a `shape` for messages),
+    its bytes, and what the user can do when it is too large (`remedy`)."""
+
+    what: str
+    shape: tuple[int, ...]
+    nbytes: int
+    remedy: str = FEWER_ROWS
+
+
+def check_fits(caps: Any, needs: Iterable[BufferNeed]) -> None:
+    """Refuse, before any packing or upload, a buffer over the device's maxStorageBufferRange
+    (lavapipe: 128 MiB; many GPUs: 4 GiB) or maxMemoryAllocationSize, naming the tensor, the
+    limit and the remedy. Sizes are rounded up as vkq.runtime.Buffer rounds them."""
+    limits = (("maxStorageBufferRange", caps.max_storage_buffer_range),
+              ("maxMemoryAllocationSize", caps.max_memory_allocation_size))
+    for need in needs:
+        size = -(-need.nbytes // BUFFER_ALIGN) * BUFFER_ALIGN
+        for name, limit in limits:
+            if size > limit:
+                dims = " x ".join(str(d) for d in need.shape)
+                raise ValueError(f"{need.what} [{dims}] need {need.nbytes} bytes, over this "
+                                 f"device's {name} of {limit} bytes ({caps.name}); "
+                                 f"{need.remedy}, or use a device with larger limits")
+
+
+def dense_need(what: str, shape: tuple[int, ...], itemsize: int = 4,
+               remedy: str = FEWER_ROWS) -> BufferNeed:
+    """A plain row-major array of `shape` (float32 unless `itemsize` says otherwise)."""
+    return BufferNeed(what, tuple(shape), int(np.prod(shape, dtype=np.int64)) * itemsize, remedy)
+
+
+def packed_need(what: str, layout: str, shape: tuple[int, int],
+                remedy: str = FEWER_ROWS) -> BufferNeed:
+    """The "data" array of `shape` packed in `layout` (vkq.layouts.packed_nbytes)."""
+    return BufferNeed(what, tuple(shape), layouts.packed_nbytes(layout, shape)["data"], remedy)
+
+
+def weight_needs(bits: int, shape: tuple[int, int], group_size: int | None = None,
+                 has_zeros: bool = False) -> list[BufferNeed]:
+    """The device buffers of a weight `[N, K]` that could reach a limit: the int8 blocks
+    (bits=8; its wsum is K times smaller), or the int4 words and float32 scales (+ zeros)
+    (bits=4; fp16 storage needs half of that, the GEMM's widened copy the same)."""
+    n, k = shape
+    if bits == 8:
+        sizes = layouts.packed_nbytes(layouts.INT8_WEIGHT, shape)
+        return [BufferNeed("int8 weight blocks", (n, k), sizes["data"], SPLIT_LAYER)]
+    words = layouts.packed_nbytes(layouts.INT4_UVEC4, shape)["data"]
+    params = layouts.packed_nbytes(layouts.GROUP_PARAMS_NG, shape, group_size=group_size,
+                                   has_zeros=has_zeros)
+    n_groups = k // group_size
+    return [BufferNeed("int4 weight words", (n, k), words, SPLIT_LAYER),
+            *(BufferNeed(f"int4 group {name}", (n, n_groups), b, SPLIT_LAYER)
+              for name, b in params.items())]

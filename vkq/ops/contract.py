@@ -48,6 +48,11 @@ class TensorSpec:
         return cls(tuple(int(s) for s in shape), np.dtype(dtype))
 
     @property
+    def format(self) -> str:
+        """The layout (DeviceTensor's name for it)."""
+        return self.layout
+
+    @property
     def stored_shape(self) -> tuple[int, ...]:
         return self.shape if self.storage_shape is None else self.storage_shape
 

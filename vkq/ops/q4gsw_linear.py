@@ -33,10 +33,10 @@ import numpy as np
 
 from vkq import layouts
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
-from vkq.ops.common import ceil_div, grid_2d
+from vkq.ops.common import ceil_div, check_fits, dense_need, grid_2d, weight_needs, wrong_device_input
 from vkq.ops.contract import DENSE, OPS, Op, Plan, PlannedDispatch, TensorSpec, register, register_linear
 from vkq.ops.elementwise import fused_outputs
-from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
+from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight, half_group_params
 from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
 from vkq.shaderlib import variant_name
@@ -188,6 +188,7 @@ def prepack_q4gsw(weight: PackedTensor, params: PackedTensor, device: Device | N
     arrays = [a for a in (scales, zeros) if a is not None]
     half = stored_param_dtype(scales, zeros, param_dtype) == "float16"
     device = device or default_device()
+    check_fits(device.caps, weight_needs(4, (n, k), gs, zeros is not None))
     bufs = [device.upload(words)]
     try:
         for a in arrays:
@@ -218,27 +219,35 @@ def stored_param_dtype(scales: np.ndarray, zeros: np.ndarray | None,
 def prepack_quantized(w: QuantizedWeight, device: Device) -> Q4gswWeight:
     """Pack a logical int4 QuantizedWeight with the vkq.layouts packers and upload it."""
     n, k = w.shape
+    check_fits(device.caps, weight_needs(4, (n, k), w.group_size, w.zeros is not None))
     return prepack_q4gsw(layouts.pack_int4_weight(np.asarray(w.q)),
                          layouts.pack_group_params(w.scales, w.zeros, w.group_size, k), device)
 
 
 def _device_weight(w: Any, device: Device | None) -> Q4gswWeight:
+    _weight_shape(w)  # a QuantizedWeight or a Q4gswWeight, else TypeError
     if isinstance(w, QuantizedWeight):
         if w.bits != 4:
             raise ValueError(f"q4gsw linear needs int4 weights, got bits={w.bits}")
         device = device or default_device()
         return w.prepacked((FORMAT, VERSION), device, lambda: prepack_quantized(w, device))
-    if isinstance(w, Q4gswWeight):
-        if w.format != FORMAT or w.version != VERSION:
-            raise LayoutError(f"q4gsw linear needs a '{FORMAT}' v{VERSION} weight, got "
-                              f"'{w.format}' v{w.version}; rebuild it with prepack_q4gsw()")
-        if device is not None and device is not w.device:
-            raise ValueError("the weight lives on another device than the one asked for; "
-                             "prepack it on that device")
-        if w.closed:
-            raise ValueError("this Q4gswWeight has been closed")
-        return w
-    raise TypeError(f"w must be a vkq.QuantizedWeight (bits=4) or a Q4gswWeight, got {type(w).__name__}")
+    if w.format != FORMAT or w.version != VERSION:
+        raise LayoutError(f"q4gsw linear needs a '{FORMAT}' v{VERSION} weight, got "
+                          f"'{w.format}' v{w.version}; rebuild it with prepack_q4gsw()")
+    if device is not None and device is not w.device:
+        raise ValueError("the weight lives on another device than the one asked for; "
+                         "prepack it on that device")
+    if w.closed:
+        raise ValueError("this Q4gswWeight has been closed")
+    return w
+
+
+def _weight_shape(w: Any) -> tuple[int, int]:
+    """(N, K) of a weight linear takes, or the TypeError saying what it takes."""
+    if not isinstance(w, (QuantizedWeight, Q4gswWeight)):
+        raise TypeError(f"w must be a vkq.QuantizedWeight (bits=4) or a Q4gswWeight, "
+                        f"got {type(w).__name__}")
+    return w.shape
 
 
 # ----------------------------------------------------------------------------- variants
@@ -486,9 +495,9 @@ class Q4gswLinear(Op):
         x = inputs["x"]
         n, k = weight.shape
         if x.layout != DENSE or x.dtype != np.float32:
-            raise TypeError(f"int4 weight-only linear takes float32 activations; x is "
-                            f"{x.describe()}" + ("; pass the float activations (e.g. "
-                            "vkq.to_device(x_float))" if x.dtype == np.int8 else ""))
+            msg = wrong_device_input(x, "int4 weight-only linear takes float32 activations",
+                                     "vkq.to_device(x_float32)")
+            raise (TypeError if x.layout == DENSE else LayoutError)(msg)
         if not x.shape or x.shape[-1] != k:
             raise ValueError(f"x must have shape [..., K] with K = {k} (the weight's), got {x.shape}")
         m = x.rows

@@ -38,9 +38,11 @@ A device tensor's layout decides the kernel under ``kernel="auto"`` ("int8_4w" -
 "int8_4h4w" -> GEMM); forcing the other kernel raises a `LayoutError` saying how to repack.
 Leading batch dimensions are folded into rows by `vkq.to_device`, so device results are 2-D.
 
-Constraints (checked, with errors naming them): K % 4 == 0 (4 int8 per packed word); K <
-131072 (int8 x int8 sums then fit int32 without saturation, docs/design.md §1); finite scales > 0;
-zero points in [-128, 127]; bias None or finite float [N].
+Constraints (checked, with errors naming them): K < 131072 (int8 x int8 sums then fit int32
+without saturation, docs/design.md §1; any K otherwise: the packers pad K to a multiple of 4 with zeros,
+which add nothing to the integer dot and leave wsum unchanged); finite activation/output
+scales > 0 (weight scales: any finite value); zero points in [-128, 127]; bias None or finite
+float [N].
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ import numpy as np
 
 from vkq import layouts
 from vkq.layouts import INT8_4H4W, INT8_4W, LayoutError, PackedTensor
-from vkq.ops.common import bias_vector, ceil_div, grid_2d, positive_finite
+from vkq.ops.common import (bias_vector, ceil_div, check_fits, grid_2d, packed_need,
+                            positive_finite, weight_needs, wrong_device_input)
 from vkq.quantized_weight import INT8_MAX_K, QuantizedWeight
 from vkq.reference.q8ta import ACTIVATIONS, requant_constants
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
@@ -142,9 +145,6 @@ def _zero_point(name: str, v: Any) -> int:
 
 
 def check_k(k: int) -> None:
-    if k % 4:
-        raise ValueError(f"K = {k}: q8ta_linear needs K to be a multiple of 4 (4 int8 per packed "
-                         f"32-bit word); pad the layer's inputs and weights with zeros")
     if k >= INT8_MAX_K:
         raise ValueError(f"K = {k} is too large: int8 x int8 sums may overflow int32 for "
                          f"K >= {INT8_MAX_K}; split the layer along K")
@@ -196,8 +196,10 @@ def _check_x(x: Any, k: int) -> np.ndarray:
 
 def _check_device_x(x: DeviceTensor, k: int, device: Device) -> int:
     if x.format not in (INT8_4W, INT8_4H4W):
-        raise LayoutError(f"a q8ta_linear device input must be in layout 'int8_4w' or "
-                          f"'int8_4h4w', got {x.format!r}; use vkq.to_device(xq, layout=...)")
+        raise LayoutError(wrong_device_input(
+            x, "int8 linear takes int8 activations in layout 'int8_4w' (M == 1) or 'int8_4h4w'",
+            "vkq.to_device(xq, layout='int8_4w' or 'int8_4h4w') of x quantized with "
+            "(input_scale, input_zero_point), e.g. by vkq.reference.quantize_activation_int8"))
     if x.device is not device:
         raise ValueError("x lives on another vkq Device than the one this call runs on")
     if len(x.shape) != 2 or x.shape[1] != k:
@@ -212,6 +214,7 @@ class PackedWeight:
     per-channel epilogue constants (float32 [N4, 2, 4]: mult block, offs block)."""
 
     def __init__(self, device: Device, w: QuantizedWeight):
+        check_fits(device.caps, weight_needs(8, w.shape))
         packed = layouts.pack_int8_weight(np.asarray(w.q))
         self.n, self.k = w.shape
         self.n4, self.k4 = ceil_div(self.n, 4), ceil_div(self.k, 4)
@@ -320,7 +323,7 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight, bias: np.ndarray | 
     """
     n, k = _check_weight(w)
     qp = QParams.check(input_scale, input_zero_point, output_scale, output_zero_point, activation)
-    b = bias_vector(bias, n, finite=True)
+    b = bias_vector(bias, n)
     on_device = isinstance(x, DeviceTensor)
     device = (x.device if on_device and device is None else device) or default_device()
     if on_device:
@@ -339,6 +342,8 @@ def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight, bias: np.ndarray | 
         if on_device:
             raise ValueError("x has no rows")
         return np.empty((*x.shape[:-1], n), np.int8)
+    check_fits(device.caps, [packed_need("int8 output y", LAYOUT[path], (m, n))]
+               + ([] if on_device else [packed_need("int8 activations x", LAYOUT[path], (m, k))]))
     weight = prepack(w, device)
     epilogue = weight.epilogue(qp, b)
     out_shape = output_spec(path, m, n)

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vkq.ops.common import grid_2d
+from vkq.ops.common import check_fits, dense_need, grid_2d
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
 from vkq.reference.rms_norm import rms_norm_reference
 from vkq.shaderlib import variant_name
@@ -35,6 +35,7 @@ class RmsNorm(Op):
         if width == 0:
             raise ValueError("rms_norm needs a non-empty last axis")
         rows = x.rows
+        check_fits(device.caps, [dense_need("float32 rows x (and the output)", (rows, width))])
         d = PlannedDispatch(pick_variant(width), grid_2d(rows, device.caps.max_workgroup_count[0]),
                             {"t_out": "y", "t_in": "x", "t_weight": "weight"},
                             {"n_rows": rows, "width": width, "eps": float(attrs["eps"])})
