@@ -304,3 +304,24 @@ def test_build_free_cycles_leave_no_live_object(device):
     gc.collect()
     assert device.live_objects() == before
     assert device.memory_stats() == reserved  # freed ranges were reused, no block was added
+
+
+@pytest.mark.parametrize("layout,rows", [("int8_4w", 1), ("int8_4h4w", 5)])
+def test_int8_layers_replay_like_eager(device, layout, rows):
+    rng = np.random.default_rng(9)
+    w1 = vkq.quantize_weight(rng.standard_normal((40, 36)).astype(np.float32), bits=8)
+    w2 = vkq.quantize_weight(rng.standard_normal((24, 40)).astype(np.float32), bits=8)
+    q1 = dict(input_scale=0.05, input_zero_point=3, output_scale=0.4, output_zero_point=-2)
+    q2 = dict(input_scale=0.4, input_zero_point=-2, output_scale=0.9, output_zero_point=1)
+    with vkq.graph() as g:
+        x = g.input("x", (rows, 36), np.int8, layout=layout)
+        h = vkq.linear(x, w1, **q1, activation="relu")
+        g.output("y", vkq.linear(h, w2, np.linspace(-1, 1, 24), **q2))
+    try:
+        for seed in range(3):
+            xq = np.random.default_rng(seed).integers(-128, 128, (rows, 36), dtype=np.int8)
+            h = vkq.linear(vkq.to_device(xq, layout=layout, device=device), w1, **q1, activation="relu")
+            want = vkq.linear(h, w2, np.linspace(-1, 1, 24), **q2).numpy()
+            np.testing.assert_array_equal(g(x=xq)["y"], want)
+    finally:
+        g.close()

@@ -13,9 +13,22 @@ import pytest
 import vkq
 from vkq import layouts
 from vkq.layouts import LayoutError
+from vkq.execute import run_op
+from vkq.ops import contract
 from vkq.ops import q8ta_linear as op
 from vkq.reference.q8ta import (q8ta_accumulators, q8ta_linear_reference,
                                 quantize_activation_int8)
+
+def q8ta(x, w, bias=None, *, variant=None, device=None, kernel="auto", **qp):
+    """vkq.linear for int8 weights, with a forced shader variant (`variant`) when given: the
+    op's own call path (linear_call, then run_op)."""
+    o = contract.get("q8ta_linear")
+    call = o.linear_call(x, w, bias, dict(qp, kernel=kernel, device=device, variant=variant))
+    if call.immediate is not None:
+        return call.immediate
+    return call.finish(run_op(o.name, call.inputs, call.attrs, weight=call.weight,
+                              constants=call.constants, device=device))
+
 
 GEMV_VARIANTS = sorted(op.path_variants(op.GEMV))
 GEMM_VARIANTS = sorted(op.path_variants(op.GEMM))
@@ -109,7 +122,7 @@ def test_every_variant_gives_identical_results(device, variant):
         x, w, b = make_case(rng, m, n, k)
         p = qparams(activation="relu")
         with vkq.trace() as t:
-            y = op.linear(x, w, b, **p, kernel=path, device=device, variant=variant)
+            y = q8ta(x, w, b, **p, kernel=path, device=device, variant=variant)
         assert t.kernels == [variant]
         assert_matches(y, x, w, b, p)
 
@@ -393,9 +406,9 @@ def test_bad_inputs_raise_clear_errors(device):
         vkq.linear(x, w, b, input_scale=0.1, output_scale=0.1, output_zero_point=0, device=device)
     w4 = vkq.quantize_weight(np.ones((8, 32), np.float32), bits=4, group_size=32)
     with pytest.raises(ValueError, match="bits=8"):
-        op.linear(np.zeros((1, 32), np.int8), w4, **p, device=device)
+        q8ta(np.zeros((1, 32), np.int8), w4, **p, device=device)
     with pytest.raises(ValueError, match="does not implement"):
-        op.linear(x, w, b, **p, kernel="gemv", variant=GEMM_VARIANTS[0], device=device)
+        q8ta(x, w, b, **p, kernel="gemv", variant=GEMM_VARIANTS[0], device=device)
 
 
 @pytest.mark.slow

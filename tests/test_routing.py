@@ -1,6 +1,6 @@
 """Every variant routing can pick is declared and runs on the device it was picked for.
 
-Routing runs for real (the ops' `plan`, `q8ta_linear.record`, `pick_variant`,
+Routing runs for real (the ops' `plan`, `pick_variant`,
 `describe_variants`) against a fake device: capabilities from a profile, `kernel()` that
 accepts only declared variants whose required features the profile has, a batch that records
 what was dispatched. No Vulkan device is needed, so every profile is covered on any machine.
@@ -11,6 +11,7 @@ import itertools
 import json
 import types
 
+import numpy as np
 import pytest
 
 from vkq import shaderlib
@@ -151,19 +152,18 @@ def test_q4gsw_fallback_on_16kib_with_shuffles_is_declared():
 @pytest.mark.parametrize("profile", PROFILES, ids=PROFILE_IDS)
 def test_q8ta_routes_to_declared_supported_variants(profile):
     dev = FakeDevice(profile)
-    qp = q8.QParams(0.05, 3, 0.5, -2, False)
+    op = contract.get("q8ta_linear")
+    attrs = {"kernel": "auto", "variant": None, "zp_x": 3, "zp_out": -2, "relu": False}
     routed = set()
     for (n, k), m, kernel in itertools.product(Q8_SHAPES, Q8_MS, KERNELS):
         path = q8.route(kernel, m)
-        variant = q8.pick_variant(path, dev.caps, m, n, k)
-        assert variant in q8.path_variants(path)
-        weight = types.SimpleNamespace(n=n, n4=-(-n // 4), k4=-(-k // 4), data=FakeBuffer(16),
-                                       wsum=FakeBuffer(16))
-        dev.dispatched = []
-        q8.record(FakeBatch(dev), variant, x=FakeBuffer(16), out=FakeBuffer(16), weight=weight,
-                  epilogue=FakeBuffer(16), m=m, qp=qp)
-        assert dev.dispatched == [variant]
-        routed.add(variant)
+        x = contract.TensorSpec((m, k), np.dtype(np.int8), q8.LAYOUT[path])
+        weight = types.SimpleNamespace(n=n, k=k)
+        plan = op.plan({"x": x}, dict(attrs, kernel=kernel), weight, dev)
+        assert len(plan.variants) == 1 and plan.variants[0] in q8.path_variants(path)
+        dev.kernel(plan.variants[0])
+        assert plan.variants[0] == q8.pick_variant(path, dev.caps, m, n, k)
+        routed.add(plan.variants[0])
     assert {q8.pick_variant(p, dev.caps) for p in (q8.GEMV, q8.GEMM)} <= routed
 
 

@@ -14,28 +14,19 @@ Inside `with vkq.graph() as g:` calls on graph values add nodes to `g` instead.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 import numpy as np
 
 from vkq.graph import Value, capturing
 from vkq.ops import contract
-from vkq.ops.contract import Plan, TensorSpec
+from vkq.ops.contract import HostTensor, Plan, TensorSpec
 from vkq.runtime import Buffer, Device, default_device
 from vkq.runtime.buffer import BufferSlice
 from vkq.tensor import DeviceTensor
 
 #: Plans kept per weight (or per weightless op) for repeated eager calls.
 PLAN_CACHE_SIZE = 16
-
-
-@dataclasses.dataclass
-class HostTensor:
-    """A numpy input in its stored form (`data` is the packed array for packed layouts)."""
-
-    spec: TensorSpec
-    data: np.ndarray
 
 
 def spec_of(t: Any) -> TensorSpec:

@@ -9,20 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from vkq.execute import HostTensor, run_op
-from vkq.ops.common import float_input, positive_finite
-from vkq.ops.contract import TensorSpec
+from vkq.execute import run_op
+from vkq.ops.common import float_input, float_tensor, positive_finite
 from vkq.runtime import Device
 
 Tensor = Any  # numpy array | vkq.DeviceTensor | vkq.graph.Value
-
-
-def as_input(name: str, x: Tensor) -> Any:
-    """A DeviceTensor or graph value as is; a host array as a float32 HostTensor."""
-    if hasattr(x, "spec") and not isinstance(x, np.ndarray):
-        return x
-    arr = float_input(name, x)
-    return HostTensor(TensorSpec.dense(arr.shape), arr)
 
 
 def rms_norm(x: Tensor, weight: np.ndarray, eps: float = 1e-6, *,
@@ -36,7 +27,7 @@ def rms_norm(x: Tensor, weight: np.ndarray, eps: float = 1e-6, *,
     Returns:
         float32 shaped like x (numpy for numpy x, else like x).
     """
-    xi = as_input("x", x)
+    xi = float_tensor("x", x)
     w = float_input("weight", weight)
     width = xi.spec.shape[-1] if xi.spec.shape else 0
     if w.shape != (width,):
@@ -47,9 +38,9 @@ def rms_norm(x: Tensor, weight: np.ndarray, eps: float = 1e-6, *,
 
 def add(a: Tensor, b: Tensor, *, device: Device | None = None) -> Tensor:
     """`a + b` for float32 tensors of one shape (a decoder layer's residual add)."""
-    return run_op("add", {"a": as_input("a", a), "b": as_input("b", b)}, device=device)["out"]
+    return run_op("add", {"a": float_tensor("a", a), "b": float_tensor("b", b)}, device=device)["out"]
 
 
 def silu_mul(x: Tensor, *, device: Device | None = None) -> Tensor:
     """SwiGLU's `silu(gate) * up` where `x = [..., 2n]` holds gate then up; result `[..., n]`."""
-    return run_op("silu_mul", {"x": as_input("x", x)}, device=device)["out"]
+    return run_op("silu_mul", {"x": float_tensor("x", x)}, device=device)["out"]

@@ -10,16 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from vkq.execute import HostTensor, run_op
-from vkq.functional import as_input
+from vkq.execute import run_op
 from vkq.fused import FusedWeight
 from vkq.ops import contract
-from vkq.ops.common import bias_vector, check_fits, dense_need
 from vkq.ops.q4gsw_linear import Q4gswWeight
 from vkq.quantized_weight import QuantizedWeight
-from vkq.runtime import Device, default_device
-
-_INT8_QPARAMS = ("input_scale", "input_zero_point", "output_scale", "output_zero_point")
+from vkq.runtime import Device
 
 
 def _weight_kind(w: Any) -> str:
@@ -54,55 +50,25 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
     `with vkq.graph()` (the result is a graph value).
     `kernel`: "auto", "gemv" or "gemm" (forces a path; see the op modules).
     """
-    fused = w if isinstance(w, FusedWeight) else None
-    base = fused.weight if fused else w
+    base = w.weight if isinstance(w, FusedWeight) else w
     kind = _weight_kind(base)
     if kernel not in ("auto", "gemv", "gemm"):
         raise ValueError(f"kernel must be 'auto', 'gemv' or 'gemm', got {kernel!r}")
-    qparams = dict(zip(_INT8_QPARAMS, (input_scale, input_zero_point, output_scale, output_zero_point)))
-    if kind == "int8":
-        if fused or residual is not None:
-            raise ValueError("int8 linear layers take neither fused weights nor residual= yet")
-        from vkq.ops import q8ta_linear
-        missing = [k for k, v in qparams.items() if v is None]
-        if missing:
-            raise TypeError(f"int8 linear needs {', '.join(missing)}")
-        return q8ta_linear.linear(x, base, bias, **qparams, activation=activation, kernel=kernel,
-                                  device=device)
-    given = [k for k, v in qparams.items() if v is not None]
-    if given:
-        raise TypeError(f"int4 weight-only linear takes float activations: {', '.join(given)} "
-                        f"must not be given")
-    if activation != "none":
-        raise ValueError("int4 weight-only linear has no fused activation; fuse gate and up "
-                         "with vkq.fuse_linear(..., epilogue='silu_mul')")
-    op_name = contract.LINEAR_OPS.get((kind, "float")) or _load_linear_op(kind, "float")
-    inputs = {"x": as_input("x", x)}
-    if residual is not None:
-        inputs["residual"] = as_input("residual", residual)
-    b32 = bias_vector(bias, base.shape[0])
-    _check_sizes(inputs["x"], base, device)
-    attrs = {"kernel": kernel, "has_bias": b32 is not None,
-             "parts": fused.parts if fused else None, "epilogue": fused.epilogue if fused else None}
-    out = run_op(op_name, inputs, attrs, weight=base, constants={"bias": b32}, device=device)
-    if fused and fused.epilogue is None:
-        return tuple(out[f"y{i}"] for i in range(len(fused.parts)))
-    return out["y"]
+    op = contract.get(_linear_op(kind, "int8" if kind == "int8" else "float"))
+    call = op.linear_call(x, w, bias, dict(
+        residual=residual, input_scale=input_scale, input_zero_point=input_zero_point,
+        output_scale=output_scale, output_zero_point=output_zero_point, activation=activation,
+        kernel=kernel, device=device))
+    if call.immediate is not None:
+        return call.immediate
+    out = run_op(op.name, call.inputs, call.attrs, weight=call.weight, constants=call.constants,
+                 device=device)
+    return call.finish(out)
 
 
-def _check_sizes(x: Any, w: Any, device: Device | None) -> None:
-    """x and y against the device's buffer limits, before the weight is packed."""
-    spec = x.spec
-    if not spec.shape:
-        return
-    target = device or getattr(w, "device", None) or getattr(x, "device", None) or default_device()
-    m, (n, k) = spec.rows, w.shape
-    check_fits(target.caps, [dense_need("float32 output y", (m, n))]
-               + ([dense_need("float32 activations x", (m, k))] if isinstance(x, HostTensor) else []))
-
-
-def _load_linear_op(weight_kind: str, activation: str) -> str:
-    contract.get("q4gsw_linear")  # imports the op modules, which register their linear ops
+def _linear_op(weight_kind: str, activation: str) -> str:
+    if (weight_kind, activation) not in contract.LINEAR_OPS:
+        contract.get("q4gsw_linear")  # imports the op modules, which register their linear ops
     try:
         return contract.LINEAR_OPS[weight_kind, activation]
     except KeyError:

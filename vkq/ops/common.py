@@ -7,6 +7,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from vkq import layouts
+from vkq.ops.contract import HostTensor, TensorSpec
 from vkq.runtime.buffer import BUFFER_ALIGN
 
 
@@ -58,6 +59,25 @@ def bias_vector(bias: Any, n: int) -> np.ndarray | None:
     if not np.all(np.isfinite(b)):
         raise ValueError("bias must be finite (found NaN or Inf after conversion to float32)")
     return b
+
+
+#: vkq.linear's int8 quantization arguments (only int8 layers take them).
+INT8_QPARAMS = ("input_scale", "input_zero_point", "output_scale", "output_zero_point")
+
+
+def float_tensor(name: str, x: Any) -> Any:
+    """An op's float input: a DeviceTensor or graph value as is (anything with a `spec`), a
+    host array as a float32 HostTensor (float16/64 converted)."""
+    if hasattr(x, "spec") and not isinstance(x, np.ndarray):
+        return x
+    arr = float_input(name, x)
+    return HostTensor(TensorSpec.dense(arr.shape), arr)
+
+
+def tensor_device(x: Any) -> Any:
+    """The device of a DeviceTensor or graph value; None for host arrays (numpy 2 arrays
+    have a `device` attribute of their own: "cpu")."""
+    return x.device if hasattr(x, "spec") and not isinstance(x, np.ndarray) else None
 
 
 def wrong_device_input(x: Any, takes: str, instead: str) -> str:

@@ -75,6 +75,33 @@ class TensorSpec:
 
 
 @dataclasses.dataclass
+class HostTensor:
+    """A host (numpy) input in its stored form: `data` is the packed array for packed layouts."""
+
+    spec: TensorSpec
+    data: np.ndarray
+
+
+def output_y(out: dict[str, Any]) -> Any:
+    return out["y"]
+
+
+@dataclasses.dataclass
+class Call:
+    """One call of an op, as `vkq.execute.run_op` takes it: tensor inputs by role (HostTensor,
+    DeviceTensor or graph value), attributes, the weight, constant host arrays, and `finish`,
+    which turns the outputs by role into what the public function returns."""
+
+    inputs: dict[str, Any]
+    attrs: dict[str, Any]
+    weight: Any = None
+    constants: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    finish: Callable[[dict[str, Any]], Any] = output_y
+    #: a result known without running anything (an empty batch): returned as is
+    immediate: Any = None
+
+
+@dataclasses.dataclass
 class PlannedDispatch:
     """One dispatch of a plan; `buffers` maps each binding name to a role."""
 
@@ -133,6 +160,12 @@ class Op:
     def prepack(self, weight: Any, device: Any) -> Any:
         """Device-resident form of `weight` (None for ops without weights)."""
         return None
+
+    def linear_call(self, x: Any, w: Any, bias: Any, options: Mapping[str, Any]) -> Call:
+        """Linear ops: check `vkq.linear`'s arguments (`options`: its keyword arguments) and
+        say how to run them. `w` is the weight, or a vkq.FusedWeight-like object with
+        `weight`, `parts` and `epilogue`."""
+        raise NotImplementedError(f"{self.name} is not a linear op")
 
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:

@@ -33,8 +33,10 @@ import numpy as np
 
 from vkq import layouts
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
-from vkq.ops.common import ceil_div, check_fits, dense_need, grid_2d, weight_needs, wrong_device_input
-from vkq.ops.contract import DENSE, OPS, Op, Plan, PlannedDispatch, TensorSpec, register, register_linear
+from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_tensor,
+                            grid_2d, tensor_device, weight_needs, wrong_device_input)
+from vkq.ops.contract import (DENSE, OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec,
+                              output_y, register, register_linear)
 from vkq.ops.elementwise import fused_outputs
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight, half_group_params
 from vkq.reference.q4gsw import q4gsw_linear_reference
@@ -489,6 +491,35 @@ class Q4gswLinear(Op):
 
     def prepack(self, weight: Any, device: Device) -> Q4gswWeight:
         return _device_weight(weight, device)
+
+    def linear_call(self, x: Any, w: Any, bias: Any, options: Mapping[str, Any]) -> Call:
+        parts, epilogue = getattr(w, "parts", None), getattr(w, "epilogue", None)
+        base = w.weight if parts else w
+        n, k = _weight_shape(base)
+        given = [q for q in INT8_QPARAMS if options.get(q) is not None]
+        if given:
+            raise TypeError(f"int4 weight-only linear takes float activations: {', '.join(given)} "
+                            f"must not be given")
+        if options.get("activation", "none") != "none":
+            raise ValueError("int4 weight-only linear has no fused activation; fuse gate and up "
+                             "with vkq.fuse_linear(..., epilogue='silu_mul')")
+        inputs = {"x": float_tensor("x", x)}
+        if options.get("residual") is not None:
+            inputs["residual"] = float_tensor("residual", options["residual"])
+        b32 = bias_vector(bias, n)
+        spec = inputs["x"].spec
+        if spec.shape:  # x and y against the device's limits, before the weight is packed
+            device = (options.get("device") or getattr(base, "device", None)
+                      or tensor_device(x) or default_device())
+            check_fits(device.caps, [dense_need("float32 output y", (spec.rows, n))]
+                       + ([dense_need("float32 activations x", (spec.rows, k))]
+                          if isinstance(inputs["x"], HostTensor) else []))
+        attrs = {"kernel": options.get("kernel", "auto"), "has_bias": b32 is not None,
+                 "parts": parts, "epilogue": epilogue}
+        finish = output_y
+        if parts and epilogue is None:
+            finish = lambda out: tuple(out[f"y{i}"] for i in range(len(parts)))  # noqa: E731
+        return Call(inputs, attrs, base, {"bias": b32}, finish)
 
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:

@@ -49,18 +49,20 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from vkq import layouts
 from vkq.layouts import INT8_4H4W, INT8_4W, LayoutError, PackedTensor
-from vkq.ops.common import (bias_vector, ceil_div, check_fits, grid_2d, packed_need,
-                            positive_finite, weight_needs, wrong_device_input)
+from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, grid_2d, packed_need,
+                            positive_finite, tensor_device, weight_needs, wrong_device_input)
+from vkq.ops.contract import (OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec, register,
+                              register_linear)
 from vkq.quantized_weight import INT8_MAX_K, QuantizedWeight
-from vkq.reference.q8ta import ACTIVATIONS, requant_constants
+from vkq.reference.q8ta import ACTIVATIONS, q8ta_linear_reference, requant_constants
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
-from vkq.shaderlib import families, variant_name
+from vkq.shaderlib import families, variant_info, variant_name
 from vkq.tensor import DeviceTensor
 
 GEMV, GEMM = "gemv", "gemm"
@@ -242,6 +244,10 @@ class PackedWeight:
     def closed(self) -> bool:
         return self.data.closed or self.wsum.closed
 
+    def buffers(self) -> dict[str, Buffer]:
+        """Role suffix -> buffer, as plans bind them ("weight.data", "weight.wsum")."""
+        return {"data": self.data, "wsum": self.wsum}
+
     def close(self) -> None:
         for b in (self.data, self.wsum, *self._epilogues.values()):
             b.close()
@@ -267,31 +273,40 @@ def prepack(w: QuantizedWeight, device: Device) -> PackedWeight:
     return w.prepacked(_WEIGHT_KEY, device, lambda: PackedWeight(device, w))
 
 
-# -- dispatch -------------------------------------------------------------------------------------
-def record(batch: CommandBatch, variant: str, *, x: Buffer, out: Buffer, weight: PackedWeight,
-           weight_data: Buffer | None = None, epilogue: Buffer, m: int, qp: QParams,
-           acc_out: bool = False) -> None:
-    """Record one q8ta dispatch. `x`/`out` hold the activations/outputs in the variant's layout
-    (4W for gemv variants, 4H4W for the GEMM); `acc_out=True` (tests) writes the raw int32
-    accumulators as int32 [M, 4*N4] instead of int8 results. `weight_data` substitutes
-    another buffer holding the same packed blocks (benchmarks rotate copies)."""
-    device = batch.device
-    kernel = device.kernel(variant, **({"ACC_OUT": 1} if acc_out else {}))
-    buffers = {"t_out": out, "t_x": x, "t_w": weight_data or weight.data, "t_wsum": weight.wsum,
-               "t_requant": epilogue}
-    push = {"m": m, "n": weight.n, "n4": weight.n4, "k4": weight.k4, "zp_x": qp.zp_x,
-            "zp_out": qp.zp_out, "relu": int(qp.relu)}
+# -- plan and record ------------------------------------------------------------------------------
+def q8ta_dispatch(device: Device, variant: str, m: int, n: int, k: int, zp_x: int, zp_out: int,
+                  relu: bool, acc_out: bool = False) -> PlannedDispatch:
+    """The one dispatch of an [M, K] x [N, K]^T call with `variant` (its path's grid), bound by
+    role: "x", "y", "weight.data", "weight.wsum", "epilogue". `acc_out=True` (tests) writes the
+    raw int32 accumulators as int32 [M, 4*N4] instead of int8 results."""
+    info = variant_info(variant)
+    n4, k4 = ceil_div(n, 4), ceil_div(k, 4)
+    push = {"m": m, "n": n, "n4": n4, "k4": k4, "zp_x": zp_x, "zp_out": zp_out, "relu": int(relu)}
     max_x, max_y, _ = device.caps.max_workgroup_count
-    if kernel.info.template == families()[FAMILY[GEMV]].template:  # the GEMV's grid
-        groups = ceil_div(weight.n4, kernel.info.params["NB"])
-        grid = (min(groups, max_x), min(m, max_y), 1)
+    p = info.params
+    if info.template == families()[FAMILY[GEMV]].template:  # the GEMV's grid
+        grid = (min(ceil_div(n4, p["NB"]), max_x), min(m, max_y), 1)
     else:
-        p = kernel.info.params
-        tiles = ceil_div(ceil_div(m, 4), p["WG_Y"] * p["TM4"]) * ceil_div(weight.n4, p["WG_X"] * p["TN4"])
+        tiles = ceil_div(ceil_div(m, 4), p["WG_Y"] * p["TM4"]) * ceil_div(n4, p["WG_X"] * p["TN4"])
         gx, gy, _ = grid_2d(tiles, max_x)
         grid = (gx, min(gy, max_y), 1)  # the shader loops over tiles past the grid
         push["m4"] = ceil_div(m, 4)
-    batch.dispatch(kernel, grid, buffers=buffers, push=push)
+    return PlannedDispatch(variant, grid, {"t_out": "y", "t_x": "x", "t_w": "weight.data",
+                                           "t_wsum": "weight.wsum", "t_requant": "epilogue"},
+                           push, {"ACC_OUT": 1} if acc_out else {})
+
+
+def record(batch: CommandBatch, variant: str, *, x: Buffer, out: Buffer, weight: PackedWeight,
+           weight_data: Buffer | None = None, epilogue: Buffer, m: int, qp: QParams,
+           acc_out: bool = False) -> None:
+    """Record one q8ta dispatch into a batch (the low-level entry point: tests and the
+    benchmark). `x`/`out` hold the activations/outputs in the variant's layout (4W for gemv
+    variants, 4H4W for the GEMM); `weight_data` substitutes another buffer holding the same
+    packed blocks (benchmarks rotate copies)."""
+    d = q8ta_dispatch(batch.device, variant, m, weight.n, weight.k, qp.zp_x, qp.zp_out, qp.relu, acc_out)
+    buffers = {"x": x, "y": out, "weight.data": weight_data or weight.data, "weight.wsum": weight.wsum,
+               "epilogue": epilogue}
+    OPS[Q8taLinear.name].record(batch, buffers, Plan([d], {}))
 
 
 def output_spec(path: str, m: int, n: int) -> tuple[int, ...]:
@@ -304,66 +319,91 @@ def pack_x(path: str, x2: np.ndarray) -> PackedTensor:
     return layouts.pack_int8_4w(x2) if path == GEMV else layouts.pack_int8_4h4w(x2)
 
 
-def linear(x: np.ndarray | DeviceTensor, w: QuantizedWeight, bias: np.ndarray | None = None, *,
-           input_scale: float, input_zero_point: int, output_scale: float,
-           output_zero_point: int, activation: str = "none", kernel: str = "auto",
-           device: Device | None = None, variant: str | None = None) -> np.ndarray | DeviceTensor:
-    """int8 ``[..., N]`` = requantized ``xq [..., K] . w^T`` (docs/design.md §3; module docstring).
+def _unpack_y(path: str, m: int, n: int, lead: tuple[int, ...]) -> Callable[[dict[str, Any]], np.ndarray]:
+    def finish(out: dict[str, Any]) -> np.ndarray:
+        data = out["y"]
+        y = layouts.UNPACKERS[LAYOUT[path]](PackedTensor(LAYOUT[path], 1, (m, n), {"data": data}))
+        return y.reshape(*lead, n)
+    return finish
 
-    Args:
-        x: int8 numpy array ``[..., K]`` (leading dims fold into M), or a DeviceTensor in
-            "int8_4w" / "int8_4h4w" (then the result is a DeviceTensor in the same layout).
-        w: int8 QuantizedWeight ``[N, K]``.
-        bias: None or float ``[N]``.
-        input_scale, input_zero_point: the activations' quantization (s_x, zp_x).
-        output_scale, output_zero_point: the result's quantization (s_out, zp_out).
-        activation: "none" or "relu" (applied before requantization).
-        kernel: "auto" (GEMV for M == 1), "gemv" or "gemm".
-        variant: force a specific shader variant of the chosen path (tests).
+
+@register
+class Q8taLinear(Op):
+    """int8 ``[M, N]`` = requantized ``xq [M, K] . w^T`` (docs/design.md §3; module docstring).
+
+    Input "x": int8 [M, K] in "int8_4w" (GEMV) or "int8_4h4w" (GEMM). Constant "epilogue":
+    the per-channel float32 constants (epilogue_constants). Attributes: "kernel", "variant"
+    (forces a variant of the path), "zp_x", "zp_out", "relu".
     """
-    n, k = _check_weight(w)
-    qp = QParams.check(input_scale, input_zero_point, output_scale, output_zero_point, activation)
-    b = bias_vector(bias, n)
-    on_device = isinstance(x, DeviceTensor)
-    device = (x.device if on_device and device is None else device) or default_device()
-    if on_device:
-        m = _check_device_x(x, k, device)
-        path = route(kernel, m, x.format)
-    else:
+
+    name = "q8ta_linear"
+    reference = staticmethod(q8ta_linear_reference)
+    constant_roles = ("epilogue",)
+
+    def prepack(self, weight: Any, device: Device) -> PackedWeight:
+        _check_weight(weight)
+        return prepack(weight, device)
+
+    def linear_call(self, x: Any, w: Any, bias: Any, options: Mapping[str, Any]) -> Call:
+        if hasattr(w, "parts") or options.get("residual") is not None:
+            raise ValueError("int8 linear layers take neither fused weights nor residual= yet")
+        missing = [q for q in INT8_QPARAMS if options.get(q) is None]
+        if missing:
+            raise TypeError(f"int8 linear needs {', '.join(missing)}")
+        n, k = _check_weight(w)
+        qp = QParams.check(*(options[q] for q in INT8_QPARAMS), options.get("activation", "none"))
+        b = bias_vector(bias, n)
+        kernel, variant = options.get("kernel", "auto"), options.get("variant")
+        device = options.get("device") or tensor_device(x) or default_device()
+        check_fits(device.caps, weight_needs(8, w.shape))  # before any packing
+        attrs = {"kernel": kernel, "variant": variant, "zp_x": qp.zp_x, "zp_out": qp.zp_out,
+                 "relu": qp.relu}
+        constants = {"epilogue": epilogue_constants(np.asarray(w.scales, np.float32), qp, b)}
+        if hasattr(x, "spec") and not isinstance(x, np.ndarray):  # DeviceTensor or graph value
+            if isinstance(x, DeviceTensor):
+                _check_device_x(x, k, device)
+            m = x.spec.rows
+            path = route(kernel, m, x.spec.layout)
+            check_fits(device.caps, [packed_need("int8 output y", LAYOUT[path], (m, n))])
+            return Call({"x": x}, attrs, w, constants)
         x = _check_x(x, k)
-        m = int(np.prod(x.shape[:-1], dtype=np.int64))
+        lead = x.shape[:-1]
+        m = int(np.prod(lead, dtype=np.int64))
         path = route(kernel, m)
-    if variant is None:
-        variant = pick_variant(path, device.caps, m, n, k)
-    elif variant not in path_variants(path):
+        _check_variant(variant, path)
+        if m == 0:
+            return Call({}, attrs, immediate=np.empty((*lead, n), np.int8))
+        check_fits(device.caps, [packed_need("int8 output y", LAYOUT[path], (m, n)),
+                                 packed_need("int8 activations x", LAYOUT[path], (m, k))])
+        data = pack_x(path, x.reshape(m, k)).arrays["data"]
+        xi = HostTensor(TensorSpec((m, k), np.dtype(np.int8), LAYOUT[path], data.shape, data.dtype), data)
+        return Call({"x": xi}, attrs, w, constants, _unpack_y(path, m, n, lead))
+
+    def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
+             device: Any) -> Plan:
+        x = inputs["x"]
+        if x.layout not in (INT8_4W, INT8_4H4W) or x.dtype != np.int8 or len(x.shape) != 2:
+            raise LayoutError(wrong_device_input(
+                x, "int8 linear takes int8 activations [M, K] in layout 'int8_4w' (M == 1) or "
+                   "'int8_4h4w'", "int8 activations (vkq.to_device(xq, layout='int8_4w'))"))
+        m, k = x.shape
+        if k != weight.k:
+            raise ValueError(f"x has shape {x.shape}; expected [M, {weight.k}] to match the weights' K")
+        path = route(attrs.get("kernel", "auto"), m, x.layout)
+        variant = attrs.get("variant")
+        _check_variant(variant, path)
+        variant = variant or pick_variant(path, device.caps, m, weight.n, weight.k)
+        d = q8ta_dispatch(device, variant, m, weight.n, weight.k, attrs["zp_x"], attrs["zp_out"],
+                          attrs["relu"])
+        y = TensorSpec((m, weight.n), np.dtype(np.int8), LAYOUT[path], output_spec(path, m, weight.n),
+                       np.dtype(np.int32))
+        return Plan([d] if m else [], {"y": y})
+
+
+def _check_variant(variant: str | None, path: str) -> None:
+    if variant is not None and variant not in path_variants(path):
         raise ValueError(f"variant {variant!r} does not implement the {path} path; "
                          f"choose from {sorted(path_variants(path))}")
-    if m == 0:
-        if on_device:
-            raise ValueError("x has no rows")
-        return np.empty((*x.shape[:-1], n), np.int8)
-    check_fits(device.caps, [packed_need("int8 output y", LAYOUT[path], (m, n))]
-               + ([] if on_device else [packed_need("int8 activations x", LAYOUT[path], (m, k))]))
-    weight = prepack(w, device)
-    epilogue = weight.epilogue(qp, b)
-    out_shape = output_spec(path, m, n)
-    if on_device:
-        out = DeviceTensor.empty(device, LAYOUT[path], (m, n), np.int8, {"data": (out_shape, np.int32)})
-        try:
-            with device.batch() as batch:
-                record(batch, variant, x=x.buffer, out=out.buffer, weight=weight,
-                       epilogue=epilogue, m=m, qp=qp)
-        except BaseException:
-            out.close()
-            raise
-        return out
-    packed_x = pack_x(path, x.reshape(m, k))
-    with device.buffer(packed_x.nbytes) as bx, \
-            device.buffer(int(np.prod(out_shape)) * 4) as by:
-        with device.batch() as batch:
-            batch.upload(bx, packed_x.arrays["data"])
-            record(batch, variant, x=bx, out=by, weight=weight, epilogue=epilogue, m=m, qp=qp)
-            result = batch.download(by)
-    data = result.result().view(np.int32).reshape(out_shape)
-    y = layouts.UNPACKERS[LAYOUT[path]](PackedTensor(LAYOUT[path], 1, (m, n), {"data": data}))
-    return y.reshape(*x.shape[:-1], n)
+
+
+register_linear("int8", "int8", Q8taLinear.name)
