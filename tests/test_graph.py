@@ -60,7 +60,7 @@ class Layer:
         x = x + q @ deq(self.o).T
         h = rms_norm_reference(x.astype(np.float32), self.n2, 1e-5).astype(np.float64)
         gu = h @ deq(self.gate_up.weight).T
-        a = silu_mul_reference(gu[:, :INTER], gu[:, INTER:]).astype(np.float64)
+        a = silu_mul_reference(gu[:, 0::2], gu[:, 1::2]).astype(np.float64)  # rows alternate
         return x + a @ deq(self.down).T
 
 

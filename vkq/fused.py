@@ -21,9 +21,10 @@ EPILOGUES = (None, "silu_mul")
 class FusedWeight:
     """One weight `[sum N_i, K]` that stands for several linear layers (module docstring).
 
-    `weight` is the concatenated weight: a QuantizedWeight, or one already on the device (a
-    prepacked Q4gswWeight). `parts` are the N_i; `epilogue` None (one output per part) or
-    "silu_mul" (two equal parts, gate then up: one output silu(gate) * up). Build it with
+    `weight` is the fused weight: a QuantizedWeight, or one already on the device (a
+    prepacked Q4gswWeight). `parts` are the N_i; `epilogue` None (one output per part; the
+    parts' rows follow each other) or "silu_mul" (two equal parts, gate and up, whose rows
+    alternate: gate 0, up 0, gate 1, ...; one output silu(gate) * up). Build it with
     `fuse_linear` from the separate weights.
     """
 
@@ -67,8 +68,18 @@ def fuse_linear(weights: Sequence[QuantizedWeight], epilogue: str | None = None)
                 (first.bits, first.group_size, first.symmetric, first.shape[1]):
             raise ValueError(f"weight {i} differs from weight 0 in bits, group size, symmetry "
                              f"or K: fused weights must agree on all four")
-    zeros = None if first.symmetric else np.concatenate([w.zeros for w in weights])
-    cat = QuantizedWeight(np.concatenate([w.q for w in weights]),
-                          np.concatenate([w.scales for w in weights]), zeros, bits=first.bits,
-                          group_size=first.group_size if first.bits == 4 else None)
+    if epilogue == "silu_mul" and (len(weights) != 2 or weights[0].shape != weights[1].shape):
+        raise ValueError(f"epilogue='silu_mul' fuses gate and up of equal size, got "
+                         f"{[w.shape for w in weights]}")
+    # silu_mul: gate and up rows alternate (gate j, up j), so that one GEMV workgroup holds
+    # both channels of an output; parts otherwise follow each other
+    join = _interleave if epilogue == "silu_mul" else np.concatenate
+    zeros = None if first.symmetric else join([w.zeros for w in weights])
+    cat = QuantizedWeight(join([w.q for w in weights]), join([w.scales for w in weights]), zeros,
+                          bits=first.bits, group_size=first.group_size if first.bits == 4 else None)
     return FusedWeight(cat, [w.shape[0] for w in weights], epilogue)
+
+
+def _interleave(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Rows of equally shaped arrays alternating: a[0], b[0], a[1], b[1], ..."""
+    return np.stack(arrays, axis=1).reshape(-1, *arrays[0].shape[1:])

@@ -19,7 +19,7 @@ WORKGROUP = 256  # elementwise.comp.j2's local size
 
 
 def elementwise_dispatch(op: str, device: Any, rows: int, cols: int, stride: int, off: int,
-                         buffers: dict[str, str]) -> PlannedDispatch:
+                         buffers: dict[str, str], step: int = 1) -> PlannedDispatch:
     """One elementwise.comp.j2 dispatch of `op` ("add", "silu_mul", "copy_cols") over
     [rows, cols] outputs (see the template)."""
     variant = variant_name("elementwise", OP=op)
@@ -27,7 +27,8 @@ def elementwise_dispatch(op: str, device: Any, rows: int, cols: int, stride: int
     if total >= 1 << 32:
         raise ValueError(f"{variant}: {total} elements exceed the kernel's 32-bit index")
     return PlannedDispatch(variant, grid_2d(ceil_div(total, WORKGROUP), device.caps.max_workgroup_count[0]),
-                           buffers, {"rows": rows, "cols": cols, "stride": stride, "off": off})
+                           buffers, {"rows": rows, "cols": cols, "stride": stride, "off": off,
+                                     "step": step})
 
 
 def _dense_f32(role: str, spec: TensorSpec, op: str) -> None:
@@ -71,7 +72,7 @@ class SiluMul(Op):
             raise ValueError(f"silu_mul: the last axis holds gate then up and must be even, got {x.shape}")
         n = x.shape[-1] // 2
         d = elementwise_dispatch("silu_mul", device, x.rows, n, 2 * n, n,
-                                 {"t_out": "out", "t_a": "x"})
+                                 {"t_out": "out", "t_a": "x"}, step=1)
         return Plan([d], {"out": TensorSpec.dense(x.shape[:-1] + (n,))})
 
 
@@ -84,18 +85,24 @@ class FusedOutputs:
     outputs: dict[str, TensorSpec]
     scratch: dict[str, int]
     views: dict[str, tuple[str, int]]
+    #: what the product's kernel does itself: 0 nothing, 1 adds "residual", 2 silu_mul of
+    #: alternating gate/up channels (the q4gsw GEMV's `epilogue` push constant)
+    in_kernel: int = 0
 
 
 def fused_outputs(device: Any, lead: tuple[int, ...], n: int, parts: tuple[int, ...] | None,
-                  epilogue: str | None, residual: TensorSpec | None = None) -> FusedOutputs:
-    """The output stage of a linear op over N = sum(parts) channels with leading dims `lead`:
+                  epilogue: str | None, residual: TensorSpec | None = None,
+                  kernel_epilogues: bool = False) -> FusedOutputs:
+    """The output stage of a linear op over N = sum(parts) channels with leading dims `lead`.
+    `kernel_epilogues`: the product's kernel can add a residual and apply silu_mul itself.
 
-    - plain: the product is the output "y" [*lead, N]; with `residual` the product goes to
-      scratch and "y" = product + residual (one add dispatch);
+    - plain: the product is the output "y" [*lead, N]; with `residual`, "y" = product +
+      residual (in the kernel, or an add dispatch over a scratch product);
     - `parts` (q, k and v fused): outputs "y0", "y1", ... [*lead, n_i]. With one row and
       part offsets the device can bind, they are slices of one buffer (no extra work);
       otherwise copy_cols dispatches take each part's columns out of a scratch product;
-    - `epilogue="silu_mul"` (gate and up fused, two equal parts): "y" = silu(gate) * up.
+    - `epilogue="silu_mul"` (gate and up fused: two equal parts whose rows alternate, gate j
+      then up j): "y" = silu(gate) * up [*lead, N/2], in the kernel or a silu_mul dispatch.
     """
     m = math.prod(lead)
     if epilogue not in (None, "silu_mul"):
@@ -106,18 +113,22 @@ def fused_outputs(device: Any, lead: tuple[int, ...], n: int, parts: tuple[int, 
         _dense_f32("residual", residual, "linear")
         if residual.shape != lead + (n,):
             raise ValueError(f"residual must have shape {lead + (n,)}, got {residual.shape}")
+        y = {"y": TensorSpec.dense(lead + (n,))}
+        if kernel_epilogues:
+            return FusedOutputs("y", [], y, {}, {}, in_kernel=1)
         add = elementwise_dispatch("add", device, m, n, n, 0,
                                    {"t_out": "y", "t_a": "scratch.product", "t_b": "residual"})
-        return FusedOutputs("scratch.product", [add], {"y": TensorSpec.dense(lead + (n,))},
-                            {"scratch.product": 4 * m * n}, {})
+        return FusedOutputs("scratch.product", [add], y, {"scratch.product": 4 * m * n}, {})
     if epilogue == "silu_mul":
         if not parts or len(parts) != 2 or parts[0] != parts[1]:
             raise ValueError(f"epilogue='silu_mul' needs two parts of equal size (gate, up), got {parts}")
         half = parts[0]
-        d = elementwise_dispatch("silu_mul", device, m, half, n, half,
-                                 {"t_out": "y", "t_a": "scratch.product"})
-        return FusedOutputs("scratch.product", [d], {"y": TensorSpec.dense(lead + (half,))},
-                            {"scratch.product": 4 * m * n}, {})
+        y = {"y": TensorSpec.dense(lead + (half,))}
+        if kernel_epilogues:
+            return FusedOutputs("y", [], y, {}, {}, in_kernel=2)
+        d = elementwise_dispatch("silu_mul", device, m, half, n, 1,
+                                 {"t_out": "y", "t_a": "scratch.product"}, step=2)
+        return FusedOutputs("scratch.product", [d], y, {"scratch.product": 4 * m * n}, {})
     if not parts:
         return FusedOutputs("y", [], {"y": TensorSpec.dense(lead + (n,))}, {}, {})
     starts = np.concatenate([[0], np.cumsum(parts)[:-1]]).astype(int)

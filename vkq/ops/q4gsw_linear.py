@@ -394,11 +394,13 @@ def gemv_shape(dev: Device, n: int, k: int, m: int, kernel: str = "auto",
 def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, kernel: str = "auto",
                       gemv_config: GemvConfig | None = None, gemv_subgroup: bool | None = None,
                       gemm_tile: str | None = None, gemm_splits: int | None = None,
-                      out: str = "y") -> tuple[list[PlannedDispatch], dict[str, int]]:
+                      out: str = "y", epilogue: int = 0) -> tuple[list[PlannedDispatch], dict[str, int]]:
     """The dispatches computing `out[:m*N] = x[:m*K] @ dequant(w).T (+ bias)` and the scratch
     they need (role -> bytes). Roles: "x", `out`, "bias" (or "dummy"), "weight.*",
-    "scratch.partials" (split-K). `gemv_config` forces a GEMV workgroup shape, `gemv_subgroup`
-    False its shared-memory-only reduction, `gemm_tile`/`gemm_splits` a GEMM tile / split-K."""
+    "scratch.partials" (split-K), "residual" (`epilogue` 1). `gemv_config` forces a GEMV
+    workgroup shape, `gemv_subgroup` False its shared-memory-only reduction,
+    `gemm_tile`/`gemm_splits` a GEMM tile / split-K. `epilogue` (GEMV only, see the GEMV
+    template): 1 adds the residual, 2 applies silu_mul to alternating gate/up channels."""
     n, k = w.shape
     sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
     cfg = gemv_shape(dev, n, k, m, kernel, gemv_config, sub)
@@ -417,10 +419,15 @@ def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, ke
         if blocks > dev.caps.max_workgroup_count[2]:
             raise ValueError(f"M = {m} needs {blocks} GEMV row blocks, over this device's "
                              f"{dev.caps.max_workgroup_count[2]}; use kernel='gemm' or 'auto'")
-        push = {"n": n, "k": k, "n_groups": w.n_groups, "has_bias": int(has_bias)}
+        if epilogue == 2 and cfg.rows % 2:
+            raise ValueError(f"GEMV shape {cfg.tag} has an odd number of channels: no silu_mul pairs")
+        push = {"n": n, "k": k, "n_groups": w.n_groups, "has_bias": int(has_bias), "epilogue": epilogue}
         if cfg.mr > 1:
             push["m"] = m
+        bufs["t_residual"] = "residual" if epilogue == 1 else "dummy"
         return [PlannedDispatch(name, (gx, gy, blocks), bufs, push, {"GROUP_UNITS": units})], {}
+    if epilogue:
+        raise ValueError("the GEMM applies no epilogue itself: add the residual or silu_mul after it")
     plan = plan_gemm(m, n, k, w.has_zeros, gemm_tile, gemm_splits, w.half_params)
     if plan.float32_params:
         w.float32_params()  # made once, on first use
@@ -507,6 +514,8 @@ class Q4gswLinear(Op):
         if options.get("residual") is not None:
             inputs["residual"] = float_tensor("residual", options["residual"])
         b32 = bias_vector(bias, n)
+        if b32 is not None and epilogue == "silu_mul":  # [b_gate, b_up] in the rows' order
+            b32 = np.ascontiguousarray(b32.reshape(2, -1).T.reshape(-1))
         spec = inputs["x"].spec
         if spec.shape:  # x and y against the device's limits, before the weight is packed
             device = (options.get("device") or getattr(base, "device", None)
@@ -534,10 +543,15 @@ class Q4gswLinear(Op):
         m = x.rows
         choice = {c: attrs[c] for c in _CHOICES if attrs.get(c) is not None}
         route(max(m, 1), choice.get("kernel", "auto"))
+        sub = device.caps.subgroup_shuffle if choice.get("gemv_subgroup") is None else choice["gemv_subgroup"]
+        cfg = gemv_shape(device, n, k, max(m, 1), choice.get("kernel", "auto"),
+                         choice.get("gemv_config"), sub)
         stage = fused_outputs(device, x.shape[:-1], n, attrs.get("parts"), attrs.get("epilogue"),
-                              residual=inputs.get("residual"))
+                              residual=inputs.get("residual"),
+                              kernel_epilogues=cfg is not None and cfg.rows % 2 == 0)
         dispatches, scratch = linear_dispatches(device, weight, m, bool(attrs.get("has_bias")),
-                                                out=stage.product, **choice) if m else ([], {})
+                                                out=stage.product, epilogue=stage.in_kernel,
+                                                **choice) if m else ([], {})
         scratch.update(stage.scratch)
         return Plan(dispatches + (stage.dispatches if m else []), stage.outputs, scratch, stage.views)
 
