@@ -44,6 +44,11 @@ def main() -> None:
         for _ in range(5):
             g(x=x)
         print(f"{model.name} graph: {g.n_dispatches} dispatches | {phases(dev, g, x)}", flush=True)
+        by_kernel: dict[str, list[float]] = {}
+        for row in g.profile(x=x):
+            by_kernel.setdefault(row["kernel"], []).append(row["us"])
+        for name, us in sorted(by_kernel.items(), key=lambda kv: -sum(kv[1])):
+            print(f"   {name:40s} x{len(us):3d}  {sum(us):8.1f} us  ({np.median(us):.2f} each)")
         # the same number of dispatches, reading nothing
         with vkq.graph(dev) as e:
             v = e.input("x", (1, model.hidden))
