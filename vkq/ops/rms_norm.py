@@ -12,9 +12,10 @@ from vkq.reference.rms_norm import rms_norm_reference
 from vkq.shaderlib import variant_name
 
 
-def pick_variant(width: int) -> str:
-    """The vec4 variant where the width is a multiple of 4, else the scalar one."""
-    return variant_name("rms_norm", VEC4=width % 4 == 0)
+def pick_variant(width: int, caps: Any) -> str:
+    """The vec4 variant where the width is a multiple of 4, else the scalar one; with subgroup
+    reductions where the device has subgroup arithmetic."""
+    return variant_name("rms_norm", VEC4=width % 4 == 0, SUBGROUP=bool(caps.subgroup_arithmetic))
 
 
 @register
@@ -36,11 +37,12 @@ class RmsNorm(Op):
             raise ValueError("rms_norm needs a non-empty last axis")
         rows = x.rows
         check_fits(device.caps, [dense_need("float32 rows x (and the output)", (rows, width))])
-        d = PlannedDispatch(pick_variant(width), grid_2d(rows, device.caps.max_workgroup_count[0]),
+        d = PlannedDispatch(pick_variant(width, device.caps), grid_2d(rows, device.caps.max_workgroup_count[0]),
                             {"t_out": "y", "t_in": "x", "t_weight": "weight"},
                             {"n_rows": rows, "width": width, "eps": float(attrs["eps"])})
         return Plan([d] if rows else [], {"y": TensorSpec.dense(x.shape)})
 
 
 def describe_variants(caps: object) -> dict[str, str]:
-    return {"rms_norm (width % 4 == 0)": pick_variant(4), "rms_norm (other widths)": pick_variant(3)}
+    return {"rms_norm (width % 4 == 0)": pick_variant(4, caps),
+            "rms_norm (other widths)": pick_variant(3, caps)}

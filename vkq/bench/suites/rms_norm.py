@@ -18,7 +18,7 @@ def bench_rms_norm(ctx: BenchContext) -> Iterator[Row]:
     shapes = [(1, 4096), (64, 4096)] if ctx.quick else [(1, 4096), (32, 4096), (512, 4096), (2048, 8192)]
     for rows, width in shapes:
         x = np.random.default_rng(0).standard_normal((rows, width), dtype=np.float32)
-        kernel = dev.kernel(pick_variant(width))
+        kernel = dev.kernel(pick_variant(width, dev.caps))
         with dev.upload(x) as bx, dev.upload(x[0]) as bw, dev.buffer(x.nbytes) as by:
             def record(b: CommandBatch, i: int) -> None:
                 b.dispatch(kernel, grid_2d(rows, dev.caps.max_workgroup_count[0]),
