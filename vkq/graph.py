@@ -24,6 +24,7 @@ buffers instead (valid until the next replay) and does not wait.
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any, Mapping
 
@@ -232,6 +233,10 @@ class Graph:
             self._out_staging[name] = staging
             commands.append(Copy(ranges[id(v)], staging, v.spec.nbytes))
         self._out_ranges = {name: ranges[id(v)] for name, v in self._outputs.items()}
+        # zero-copy views of the staging buffers, made once (valid while the graph is open)
+        self._in_views = {n: b.view() for n, b in self._in_staging.items()}
+        self._out_views = {n: self._out_staging[n].view(v.spec.stored_dtype)
+                           for n, v in self._outputs.items()}
         self._program = Program(dev, commands, timestamps="span")
         self._commands = commands
 
@@ -338,8 +343,7 @@ class Graph:
                                               else BufferSlice(self._out_ranges[n], 0, v.spec.nbytes))
                     for n, v in self._outputs.items()}
         self.device.wait(program.serial)
-        return {n: _from_storage(v.spec, self._out_staging[n].view(v.spec.stored_dtype))
-                for n, v in self._outputs.items()}
+        return {n: _from_storage(v.spec, self._out_views[n]) for n, v in self._outputs.items()}
 
     def gpu_ns(self) -> float:
         """GPU time of the last replay (timestamps around the whole program)."""
@@ -397,7 +401,7 @@ class Graph:
                 batch = batch or self.device.batch(wait=False)
                 batch.copy(value.buffer, staging, spec.nbytes)
                 continue
-            staging.view()[: spec.nbytes] = _to_storage(name, spec, value).view(np.uint8).reshape(-1)
+            self._in_views[name][: spec.nbytes] = _to_storage(name, spec, value).view(np.uint8).reshape(-1)
         return batch
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -487,7 +491,7 @@ def _to_storage(name: str, spec: TensorSpec, value: Any) -> np.ndarray:
 
 
 def _from_storage(spec: TensorSpec, data: np.ndarray) -> np.ndarray:
-    data = data[: int(np.prod(spec.stored_shape))].reshape(spec.stored_shape).copy()
+    data = data[: math.prod(spec.stored_shape)].reshape(spec.stored_shape).copy()
     if spec.layout == DENSE:
         return data
     packed = layouts.PackedTensor(spec.layout, 1, spec.shape, {"data": data}, dict(spec.params))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Iterable
 
 import numpy as np
@@ -123,7 +124,7 @@ def check_fits(caps: Any, needs: Iterable[BufferNeed]) -> None:
 def dense_need(what: str, shape: tuple[int, ...], itemsize: int = 4,
                remedy: str = FEWER_ROWS) -> BufferNeed:
     """A plain row-major array of `shape` (float32 unless `itemsize` says otherwise)."""
-    return BufferNeed(what, tuple(shape), int(np.prod(shape, dtype=np.int64)) * itemsize, remedy)
+    return BufferNeed(what, tuple(shape), math.prod(int(d) for d in shape) * itemsize, remedy)
 
 
 def packed_need(what: str, layout: str, shape: tuple[int, int],

@@ -223,7 +223,8 @@ def record_commands(cmd: Any, commands: Sequence[Command], sets: Sequence[Any], 
     (tests use it to prove a missing barrier is caught). `host_read` ends with a barrier that
     makes the writes visible to the host (downloads, host-visible outputs).
     """
-    barriers = plan_barriers(commands) if barriers is None else barriers
+    if barriers is None:  # one command needs none besides the leading barrier
+        barriers = plan_barriers(commands) if len(commands) > 1 else [False] * len(commands)
     memory_barrier(cmd, _COMPUTE | _TRANSFER, _write_access(_COMPUTE | _TRANSFER),
                    _COMPUTE | _TRANSFER, _ALL_ACCESS, keep)
     count = 1

@@ -17,7 +17,7 @@ from vkq.runtime.capabilities import (PIPELINE_STATISTICS_EXTENSION, Capabilitie
 from vkq.runtime.instance import Instance, choose_device
 from vkq.runtime.kernel import Kernel
 from vkq.runtime.memory import MemoryPool
-from vkq.runtime.submission import Submission
+from vkq.runtime.submission import Submission, submit_info_for
 from vkq.runtime.vk import VulkanError, check, cstrings, ffi, lib, new
 
 #: Finished submissions kept for reuse (more are destroyed).
@@ -215,14 +215,15 @@ class Device:
         """Submit a recorded one-shot submission; it is recycled once it has finished."""
         return self.submit_commands(sub.cmd, sub.fence_ptr, lambda: self._recycle(sub))
 
-    def submit_commands(self, cmd: Any, fence_ptr: Any, on_done: Callable[[], None] | None = None) -> int:
+    def submit_commands(self, cmd: Any, fence_ptr: Any, on_done: Callable[[], None] | None = None,
+                        submit_info: Any = None) -> int:
         """Submit a recorded command buffer with an unsignaled fence (`VkFence*`); returns
-        its serial for `wait`. `on_done` runs once the GPU has finished it."""
+        its serial for `wait`. `on_done` runs once the GPU has finished it. `submit_info`: a
+        VkSubmitInfo for `cmd` kept by a caller that submits it again and again."""
         self._check_open()
-        cmds = ffi.new("VkCommandBuffer[]", [cmd])
-        submit = new("VkSubmitInfo", None, sType=lib.VK_STRUCTURE_TYPE_SUBMIT_INFO,
-                     commandBufferCount=1, pCommandBuffers=cmds)
-        check(lib.vkQueueSubmit(self.queue, 1, submit, fence_ptr[0]), "vkQueueSubmit")
+        if submit_info is None:
+            submit_info = submit_info_for(cmd)
+        check(lib.vkQueueSubmit(self.queue, 1, submit_info[0], fence_ptr[0]), "vkQueueSubmit")
         self._serial += 1
         self._in_flight.append(_InFlight(self._serial, fence_ptr, on_done))
         return self._serial

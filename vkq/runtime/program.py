@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from vkq.runtime.commands import (Command, Dispatch, Timestamps, allocate_descriptor_sets,
                                   create_descriptor_pool, plan_barriers, record_commands)
-from vkq.runtime.submission import allocate_command_buffer, create_fence
+from vkq.runtime.submission import allocate_command_buffer, create_fence, submit_info_for
 from vkq.runtime.vk import check, ffi, lib, new
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ class Program:
         self._keep = keep
         self._cmd = cmd
         self._fence_ptr = ffi.new("VkFence*", fence)
+        self._submit_info = submit_info_for(cmd)
         self._timestamps = timestamps
         self._n_queries = n_queries
         self._queries = queries
@@ -98,7 +99,8 @@ class Program:
             raise RuntimeError("this program has been closed")
         if self.serial > self.device._completed:
             self.device.wait(self.serial)  # one fence: a program runs once at a time
-        self.serial = self.device.submit_commands(self._cmd, self._fence_ptr)
+        self.serial = self.device.submit_commands(self._cmd, self._fence_ptr,
+                                                  submit_info=self._submit_info)
         return self.serial
 
     def run(self) -> None:

@@ -36,6 +36,14 @@ def allocate_command_buffer(device_handle: Any, command_pool: Any) -> Any:
     return out[0]
 
 
+def submit_info_for(cmd: Any) -> tuple[Any, Any]:
+    """(VkSubmitInfo of one command buffer, the array it points to): keep both alive."""
+    cmds = ffi.new("VkCommandBuffer[]", [cmd])
+    info = new("VkSubmitInfo", None, sType=lib.VK_STRUCTURE_TYPE_SUBMIT_INFO,
+               commandBufferCount=1, pCommandBuffers=cmds)
+    return info, cmds
+
+
 class Submission:
     """Owned by its Device; `keep` holds the cdata the recorded commands point to until the
     GPU is done with them."""
