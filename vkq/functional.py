@@ -1,4 +1,5 @@
-"""Public elementwise and normalization ops: `vkq.rms_norm`, `vkq.add`, `vkq.silu_mul`.
+"""Public elementwise, normalization and lookup ops: `vkq.rms_norm`, `vkq.add`,
+`vkq.silu_mul`, `vkq.take_rows`.
 
 Each takes numpy arrays (result: numpy), DeviceTensors (result: a DeviceTensor, returned
 without waiting for the GPU) or, inside `with vkq.graph() as g:`, graph values.
@@ -39,6 +40,20 @@ def rms_norm(x: Tensor, weight: np.ndarray, eps: float = 1e-6, *,
 def add(a: Tensor, b: Tensor, *, device: Device | None = None) -> Tensor:
     """`a + b` for float32 tensors of one shape (a decoder layer's residual add)."""
     return run_op("add", {"a": float_tensor("a", a), "b": float_tensor("b", b)}, device=device)["out"]
+
+
+def take_rows(table: Tensor, index: Any, rows: int = 1, *, device: Device | None = None) -> Tensor:
+    """Rows `[index, index + rows)` of a float32 table `[T, W]` (an embedding lookup; a row of
+    a cos/sin table). `index` is an int, or inside a graph a `g.param(...)` that each replay
+    sets. Keep large tables on the device (`vkq.to_device`): a host table is uploaded per
+    eager call."""
+    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 0:
+        raise ValueError(f"rows must be an integer >= 0, got {rows!r}")
+    if not hasattr(index, "slot") and (isinstance(index, bool) or not isinstance(index, (int, np.integer))):
+        raise TypeError(f"index must be an integer or a graph parameter, got {index!r}")
+    return run_op("take_rows", {"table": float_tensor("table", table)},
+                  {"index": index if hasattr(index, "slot") else int(index), "rows": int(rows)},
+                  device=device)["y"]
 
 
 def silu_mul(x: Tensor, *, device: Device | None = None) -> Tensor:

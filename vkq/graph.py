@@ -76,6 +76,22 @@ class Value:
         return f"<vkq graph value {self.name}: {self.spec.describe()}>"
 
 
+class Param:
+    """A uint32 scalar that each replay sets (`g(..., name=value)`): a token id, a decode
+    position. It lives in the graph's parameter buffer, which shaders read, so replays with
+    new values run the same recorded commands. Ops that index with it bound its range."""
+
+    def __init__(self, graph: "Graph", name: str, slot: int):
+        self.graph, self.name, self.slot = graph, name, slot
+        self.upper: int | None = None  # values must be < upper (set by the ops using it)
+
+    def bound(self, upper: int) -> None:
+        self.upper = upper if self.upper is None else min(self.upper, upper)
+
+    def __repr__(self) -> str:
+        return f"<vkq graph param {self.name} (slot {self.slot})>"
+
+
 class _Node:
     def __init__(self, index: int, op: contract.Op, inputs: dict[str, Value], attrs: dict[str, Any],
                  weight: Any, constants: dict[str, np.ndarray], plan: Plan):
@@ -123,6 +139,8 @@ class Graph:
         self._program: Program | None = None
         self._profile_program: Program | None = None
         self._weights: list[Any] = []
+        self._params: dict[str, Param] = {}
+        self._external: dict[int, tuple[Value, DeviceTensor]] = {}  # id(Value) -> captured tensor
         self._checked_closes = -1
 
     # -- capture ------------------------------------------------------------------------------
@@ -155,6 +173,14 @@ class Graph:
         self._inputs[name] = v
         return v
 
+    def param(self, name: str) -> Param:
+        """A uint32 scalar input: replays take `name=value` (e.g. the token id or position)."""
+        self._check_capturing()
+        if name in self._inputs or name in self._params:
+            raise GraphError(f"input {name!r} is declared twice")
+        p = self._params[name] = Param(self, name, len(self._params))
+        return p
+
     def output(self, name: str, value: Value) -> None:
         """Return `value` from replays under `name`."""
         self._check_capturing()
@@ -179,13 +205,19 @@ class Graph:
             raise GraphError(f"{op.name}: graph values are used outside their graph's with-block")
         if device is not None and device is not self.device:
             raise GraphError(f"{op.name}: device={device!r} differs from the graph's device")
-        for role, t in inputs.items():
+        for role, t in list(inputs.items()):
+            if isinstance(t, DeviceTensor):  # captured by reference: read at every replay
+                inputs[role] = self._capture_tensor(op.name, role, t)
+                continue
             if not isinstance(t, Value):
-                what = "a DeviceTensor" if isinstance(t, DeviceTensor) else "a host array"
-                raise GraphError(f"{op.name}: input {role!r} is {what}; inside a graph capture, "
-                                 f"activations must be graph values (declare them with g.input)")
+                raise GraphError(f"{op.name}: input {role!r} is a host array; inside a graph "
+                                 f"capture, activations are graph values (declare them with "
+                                 f"g.input) or DeviceTensors")
             if t.graph is not self:
                 raise GraphError(f"{op.name}: input {role!r} is a value of another graph")
+        for name, a in attrs.items():
+            if isinstance(a, Param) and a.graph is not self:
+                raise GraphError(f"{op.name}: attribute {name!r} is a parameter of another graph")
         wdev = getattr(weight, "device", None)
         if wdev is not None and wdev is not self.device:
             raise GraphError(f"{op.name}: the weight lives on another device than the graph")
@@ -198,6 +230,18 @@ class Graph:
         if pw is not None:
             self._weights.append(pw)
         return dict(node.outputs)
+
+    def _capture_tensor(self, op: str, role: str, t: DeviceTensor) -> Value:
+        if t.device is not self.device:
+            raise GraphError(f"{op}: input {role!r} lives on another device than the graph")
+        if t.closed:
+            raise GraphError(f"{op}: input {role!r} is a closed DeviceTensor")
+        for v, held in self._external.values():
+            if held is t:
+                return v
+        v = Value(self, t.spec, f"<device tensor {role}>", None)
+        self._external[id(v)] = (v, t)
+        return v
 
     # -- build --------------------------------------------------------------------------------
     def build(self) -> None:
@@ -216,7 +260,10 @@ class Graph:
     def _build(self) -> None:
         dev = self.device
         self._dummy = dev.dummy_buffer()
+        self._params_buffer = self._own(Buffer(dev, 4 * max(1, len(self._params)), host_visible=True))
+        self._params_view = self._params_buffer.view(np.uint32)
         ranges = self._place_values()
+        ranges.update({vid: t.buffer for vid, (_, t) in self._external.items()})
         commands: list[Command] = []
         self._in_staging: dict[str, Buffer] = {}
         for name, v in self._inputs.items():
@@ -268,7 +315,7 @@ class Graph:
         items: list[tuple[Any, tuple[int, int, int]]] = []
         for node in self._nodes:
             for role, v in node.outputs.items():
-                if id(v) in base_of or id(v) in dedicated:
+                if id(v) in base_of or id(v) in dedicated or id(v) in self._external:
                     continue
                 items.append((id(v), (node.index, last_use.get(id(v), node.index), v.spec.nbytes)))
             for role, nbytes in node.plan.scratch.items():
@@ -294,7 +341,7 @@ class Graph:
         return ranges
 
     def _node_buffers(self, node: _Node, ranges: dict[Any, Any]) -> dict[str, Any]:
-        bufs: dict[str, Any] = {"dummy": self._dummy}
+        bufs: dict[str, Any] = {"dummy": self._dummy, "params": self._params_buffer}
         for role, v in node.inputs.items():
             bufs[role] = ranges[id(v)]
         for role, v in node.outputs.items():
@@ -378,18 +425,25 @@ class Graph:
                 if getattr(w, "closed", False):
                     raise GraphError("a weight used by this graph was released after capture "
                                      "(w.release() / close()); capture the graph again")
+            for _, t in self._external.values():
+                if t.closed:
+                    raise GraphError("a DeviceTensor captured by this graph has been closed; "
+                                     "capture the graph again")
             self._checked_closes = closes
         return self._program
 
     def _write_inputs(self, inputs: Mapping[str, Any]) -> Any:
         """Copy host inputs into staging; DeviceTensor inputs get a device copy batch (returned,
         submitted before the program)."""
-        names, expected = set(inputs), set(self._inputs)
+        names, expected = set(inputs), set(self._inputs) | set(self._params)
         if names != expected:
             missing, extra = sorted(expected - names), sorted(names - expected)
             raise GraphError(f"graph inputs are {sorted(expected)}; missing {missing}, unknown {extra}")
         batch = None
         for name, value in inputs.items():
+            if name in self._params:
+                self._params_view[self._params[name].slot] = _param_value(self._params[name], value)
+                continue
             spec = self._inputs[name].spec
             staging = self._in_staging[name]
             if isinstance(value, DeviceTensor):
@@ -447,6 +501,15 @@ class _Recorder:
     def copy(self, src: Any, dst: Any, nbytes: int | None = None) -> None:
         nbytes = min(src.nbytes, dst.nbytes) if nbytes is None else nbytes
         self.commands.append(Copy(src, dst, nbytes, label=self.label))
+
+
+def _param_value(p: Param, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise GraphError(f"parameter {p.name!r} takes an integer, got {value!r}")
+    upper = (1 << 32) if p.upper is None else p.upper
+    if not 0 <= int(value) < upper:
+        raise GraphError(f"parameter {p.name!r} must be in [0, {upper}), got {int(value)}")
+    return int(value)
 
 
 def _scratch_key(node: _Node, role: str) -> tuple[str, int, str]:

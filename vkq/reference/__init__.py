@@ -4,6 +4,7 @@ from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.reference.q8ta import (q8ta_accumulators, q8ta_linear_reference,
                                 quantize_activation_int8)
 from vkq.reference.rms_norm import rms_norm_reference
+from vkq.reference.take_rows import take_rows_reference
 
 __all__ = ["add_reference", "silu_mul_reference", "q4gsw_linear_reference", "q8ta_accumulators", "q8ta_linear_reference",
-           "quantize_activation_int8", "rms_norm_reference"]
+           "quantize_activation_int8", "rms_norm_reference", "take_rows_reference"]

@@ -1,0 +1,53 @@
+"""take_rows (take_rows.comp.j2): rows [index, index + rows) of a float32 table [T, W].
+
+The index is an attribute: an int, or a graph parameter (anything with a `slot`: the
+graph's `g.param(...)`), whose value each replay writes into the graph's parameter buffer
+(role "params"), so the recorded commands never change.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from vkq.ops.common import ceil_div, grid_2d
+from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
+from vkq.reference.take_rows import take_rows_reference
+from vkq.shaderlib import variant_name
+
+NO_SLOT = 0xFFFFFFFF
+
+
+@register
+class TakeRows(Op):
+    """Input "table" dense float32 [T, W]; attributes "index" (int or graph parameter) and
+    "rows"; output "y" [rows, W]."""
+
+    name = "take_rows"
+    reference = staticmethod(take_rows_reference)
+
+    def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
+             device: Any) -> Plan:
+        table = inputs["table"]
+        if table.layout != "dense" or table.dtype != np.float32 or len(table.shape) != 2:
+            raise TypeError(f"take_rows: the table must be a dense float32 [T, W] tensor, got "
+                            f"{table.describe()}")
+        t, w = table.shape
+        rows, index = int(attrs["rows"]), attrs["index"]
+        slot = getattr(index, "slot", None)
+        if slot is None:
+            if not 0 <= int(index) <= t - rows:
+                raise IndexError(f"take_rows: rows [{index}, {int(index) + rows}) of a table of {t} rows")
+        elif hasattr(index, "bound"):
+            index.bound(t - rows + 1)  # a replay's value must keep the rows in the table
+        if t * w >= 1 << 32:
+            raise ValueError(f"take_rows: a table of {t} x {w} floats exceeds the 32-bit index")
+        total = rows * w
+        d = PlannedDispatch(variant_name("take_rows"),
+                            grid_2d(ceil_div(total, 256), device.caps.max_workgroup_count[0]),
+                            {"t_out": "y", "t_table": "table",
+                             "t_params": "params" if slot is not None else "dummy"},
+                            {"rows": rows, "width": w, "table_rows": t,
+                             "index": 0 if slot is not None else int(index),
+                             "index_slot": NO_SLOT if slot is None else int(slot)})
+        return Plan([d] if total else [], {"y": TensorSpec.dense((rows, w))})
