@@ -92,7 +92,7 @@ CASES = [(512, gs) for gs in (32, 64, 128, 256, 512)] + [(528, gs) for gs in (8,
 # float32 parameters change only how a parameter is loaded (PARAM in group_params.glsl; the
 # group index is the same expression), so they run at one group size per mode here, and at
 # four more bit-exactly in test_exact_arithmetic_is_bit_exact. Each group size is a pipeline
-# per kernel (a spec constant): the full cross product compiled 32 more, ~20 s of lavapipe
+# per kernel (a spec constant): the full cross product compiled 31 more, ~20 s of lavapipe
 # compilation on a cold shader cache, for no group index the cases below do not reach.
 P32_GROUP_SIZES = (64, 48)
 ACCURACY_CASES = [(k, gs, sym, "auto") for k, gs in CASES for sym in (True, False)] + \
