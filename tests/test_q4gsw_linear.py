@@ -88,11 +88,22 @@ def gemm_kernels(w: vkq.QuantizedWeight, m: int) -> list[str]:
 # K = 528 (16 nibbles of padding in the last word): groups of 8/16/24/48 nibbles ("comp"
 # mode) and gs = K.
 CASES = [(512, gs) for gs in (32, 64, 128, 256, 512)] + [(528, gs) for gs in (8, 16, 24, 48, 528)]
+# Every group size runs with fp16 parameters (quantize_weight's default, and the harder load:
+# two per word, the last word half padding where a row has an odd number of groups).
+# float32 parameters change only how a parameter is loaded (PARAM in group_params.glsl; the
+# group index is the same expression), so they run at one group size per mode here, and at
+# four more bit-exactly in test_exact_arithmetic_is_bit_exact. Each group size is a pipeline
+# per kernel (a spec constant): the full cross product compiled 31 more, ~20 s of lavapipe
+# compilation on a cold shader cache, for no group index the cases below do not reach.
+P32_GROUP_SIZES = (64, 48)
+ACCURACY_CASES = [(k, gs, sym, "auto") for k, gs in CASES for sym in (True, False)] + \
+                 [(k, gs, sym, "float32") for k, gs in CASES if gs in P32_GROUP_SIZES
+                  for sym in (True, False)]
 
 
-@pytest.mark.parametrize("params", ["auto", "float32"], ids=["p16", "p32"])
-@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
-@pytest.mark.parametrize("k,gs", CASES, ids=[f"K{k}-gs{gs}" for k, gs in CASES])
+@pytest.mark.parametrize("k,gs,symmetric,params", ACCURACY_CASES, ids=[
+    f"K{k}-gs{gs}-{'sym' if sym else 'asym'}-{'p32' if params == 'float32' else 'p16'}"
+    for k, gs, sym, params in ACCURACY_CASES])
 def test_matches_reference(device, k, gs, symmetric, params):
     n = 37  # not a multiple of 4 (GEMV rows per workgroup) nor of 8
     w = make_weight(n, k, gs, symmetric, seed=k + gs, param_dtype=params)
@@ -603,10 +614,21 @@ def test_gemm_128_row_tile(device, symmetric, m):
         check(y, x, w, bias)
 
 
-@pytest.mark.parametrize("params", ["auto", "float32"], ids=["p16", "p32"])
-@pytest.mark.parametrize("choice,k,gs,symmetric", GUARD_CASES, ids=[
-    "-".join(str(getattr(v, "tag", v)) for v in c.values()) + f"-K{k}-gs{gs}"
-    for c, k, gs, _ in GUARD_CASES])
+def guard_param_dtypes(choice: dict) -> tuple[str, ...]:
+    """fp16 parameters ("auto") everywhere; float32 ones too for the routed GEMV, the
+    fallback and every GEMM tile. The parameter type changes only how a parameter is loaded
+    (PARAM in group_params.glsl), never an index into x, y or the bias, which is what the
+    guards watch; so the tuning shapes, each one more pipeline per type, run with fp16 only."""
+    cfg = choice.get("gemv_config")
+    return ("auto",) if cfg not in (None, op.GEMV_FALLBACK) else ("auto", "float32")
+
+
+GUARD_RUNS = [(c, k, gs, sym, p) for c, k, gs, sym in GUARD_CASES for p in guard_param_dtypes(c)]
+
+
+@pytest.mark.parametrize("choice,k,gs,symmetric,params", GUARD_RUNS, ids=[
+    ("p32-" if p == "float32" else "p16-") + "-".join(str(getattr(v, "tag", v)) for v in c.values())
+    + f"-K{k}-gs{gs}" for c, k, gs, _, p in GUARD_RUNS])
 def test_no_out_of_bounds_access(device, choice, k, gs, symmetric, params):
     # fp16 parameters: 67 channels x an odd number of groups (K = 1320, gs = 8 or 24) leave
     # the last parameter word half padding.
