@@ -12,7 +12,7 @@ import numpy as np
 
 from vkq.execute import run_op
 from vkq.fused import FusedWeight
-from vkq.ops import contract
+from vkq.ops import contract, op_modules
 from vkq.ops.q4gsw_linear import Q4gswWeight
 from vkq.quantized_weight import QuantizedWeight
 from vkq.runtime import Device
@@ -68,7 +68,7 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
 
 def _linear_op(weight_kind: str, activation: str) -> str:
     if (weight_kind, activation) not in contract.LINEAR_OPS:
-        contract.get("q4gsw_linear")  # imports the op modules, which register their linear ops
+        op_modules()  # importing the op modules registers their linear ops
     try:
         return contract.LINEAR_OPS[weight_kind, activation]
     except KeyError:
