@@ -116,7 +116,7 @@ def _vkq_rows(ctx: BenchContext, model: ModelShape, asym: bool) -> Iterator[Row]
     stack = VkqStack(dev, model, asym)
     x = np.random.default_rng(3).standard_normal((1, model.hidden)).astype(np.float32)
     nbytes = stack.weight_bytes + 4 * model.hidden * 2
-    note = "attention excluded; per token"
+    note = f"attention excluded; per token; {nbytes / 1e9:.2f} GB/token"
     try:
         with vkq.graph(dev) as g:
             xin = g.input("x", (1, model.hidden))

@@ -83,7 +83,8 @@ def torch_decode_rows(ctx: BenchContext, model: Any, gs: int, eps: float) -> Ite
         step, nbytes, dtype = _stack(torch, model, kind, gs, eps)
         x = torch.randn(1, model.hidden, dtype=dtype, device="cuda")
         nbytes += 4 * model.hidden
-        note = f"peer, {'bf16 x, g' + str(gs) + ' asymmetric' if kind == 'int4' else 'fp16'}; attention excluded; per token"
+        note = (f"peer, {'bf16 x, g' + str(gs) + ' asymmetric' if kind == 'int4' else 'fp16'}; "
+                f"attention excluded; per token; {nbytes / 1e9:.2f} GB/token")
 
         def eager() -> float:
             t = time.perf_counter()
