@@ -10,7 +10,6 @@ import numpy as np
 
 import vkq
 from vkq.bench.suites.decode import MODELS, VkqStack
-from vkq.runtime.vk import ffi, lib
 
 
 def phases(dev, g, x, n=20):

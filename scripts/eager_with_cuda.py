@@ -2,7 +2,6 @@
 context in the same process (torch's peers create one in `vkq bench --compare torch`)."""
 from __future__ import annotations
 
-import sys
 
 import vkq
 from vkq.bench import BenchContext

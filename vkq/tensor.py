@@ -34,14 +34,6 @@ class DeviceTensor:
         self.params = dict(params or {})
 
     @classmethod
-    def empty(cls, device: Device, format: str, shape: tuple[int, ...], dtype: Any,
-              array_specs: Mapping[str, tuple[tuple[int, ...], Any]],
-              params: Mapping[str, int] | None = None) -> "DeviceTensor":
-        """Uninitialised buffers for an op's output."""
-        bufs = {k: device.buffer(int(np.prod(s)) * np.dtype(d).itemsize) for k, (s, d) in array_specs.items()}
-        return cls(device, format, shape, dtype, bufs, array_specs, params)
-
-    @classmethod
     def from_spec(cls, device: Device, spec: TensorSpec, buffer: Any) -> "DeviceTensor":
         """A tensor over `buffer` (a Buffer it then owns, or a slice of one) as `spec` says."""
         t = cls.__new__(cls)  # the spec is already normalized: skip __init__'s conversions

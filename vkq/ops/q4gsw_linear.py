@@ -38,7 +38,7 @@ from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, den
 from vkq.ops.contract import (DENSE, OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec,
                               output_y, register, register_linear)
 from vkq.ops.elementwise import fused_outputs
-from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight, half_group_params
+from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
 from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
 from vkq.shaderlib import variant_name

@@ -33,17 +33,15 @@ if TYPE_CHECKING:
 
 
 class Download:
-    """Bytes that a batch copies out of a buffer; readable once the batch has completed."""
+    """Bytes that a batch copies out of a buffer (through host-visible staging); readable
+    once the batch has completed."""
 
-    def __init__(self, staging: Buffer | None, source: Range, nbytes: int):
-        self._staging, self._source, self.nbytes = staging, source, nbytes
+    def __init__(self, staging: Buffer, nbytes: int):
+        self._staging, self.nbytes = staging, nbytes
         self._data: np.ndarray | None = None
 
     def _collect(self) -> None:
-        if self._staging is not None:
-            self._data = self._staging.view()[: self.nbytes].copy()
-        else:
-            self._data = self._source.view()[: self.nbytes].copy()
+        self._data = self._staging.view()[: self.nbytes].copy()
 
     def result(self) -> np.ndarray:
         if self._data is None:
@@ -87,7 +85,7 @@ class CommandBatch:
         nbytes = src.nbytes if nbytes is None else nbytes
         staging = self._staging_buffer(nbytes)
         self.commands.append(Copy(src, staging, nbytes))
-        d = Download(staging, src, nbytes)
+        d = Download(staging, nbytes)
         self._downloads.append(d)
         return d
 
