@@ -56,6 +56,10 @@ def run_op(op_name: str, inputs: Mapping[str, Any], attrs: Mapping[str, Any] | N
     device = _device_of(inputs, weight, device)
     pw = op.prepack(weight, device) if weight is not None else None
     plan = _cached_plan(op, {role: spec_of(t) for role, t in inputs.items()}, attrs, pw, device)
+    for role in plan.writes:
+        if not isinstance(inputs[role], DeviceTensor):
+            raise TypeError(f"{op.name} updates {role!r} in place: pass a vkq.DeviceTensor "
+                            f"(vkq.to_device), not a host array")
     download = not any(isinstance(t, DeviceTensor) for t in inputs.values())
     return _run_eager(op, plan, inputs, pw, constants, device, download)
 

@@ -223,6 +223,10 @@ class Graph:
             raise GraphError(f"{op.name}: the weight lives on another device than the graph")
         pw = op.prepack(weight, self.device) if weight is not None else None
         plan = op.plan({r: v.spec for r, v in inputs.items()}, attrs, pw, self.device)
+        for role in plan.writes:
+            if id(inputs[role]) not in self._external:
+                raise GraphError(f"{op.name} updates {role!r} in place: inside a graph that must "
+                                 f"be a DeviceTensor (captured by reference), not a graph value")
         node = _Node(len(self._nodes), op, inputs, attrs, pw, dict(constants), plan)
         for role, spec in plan.outputs.items():
             node.outputs[role] = Value(self, spec, f"%{node.index}.{role}", node.index)

@@ -141,6 +141,9 @@ class Plan:
     #: output role -> (base role, byte offset): outputs that are parts of another output
     #: (a fused q/k/v projection's three results are parts of one buffer)
     views: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
+    #: input roles the op updates in place (a KV cache): they must be DeviceTensors, which
+    #: graphs capture by reference, so the state persists from one call or replay to the next
+    writes: frozenset[str] = frozenset()
 
     @property
     def variants(self) -> list[str]:
