@@ -143,6 +143,17 @@ class Q4gswWeight:
             self._wide = wide
         return self._wide[0], self._wide[1] if self.has_zeros else None
 
+    def copy(self) -> "Q4gswWeight":
+        """A distinct device copy (copied on the GPU, no host traffic): the same values at
+        other addresses, e.g. one per layer of a model built from one random layer."""
+        bufs = [self.device.buffer(b.nbytes) if b is not None else None
+                for b in (self.weight, self.scales, self.zeros)]
+        with self.device.batch() as b:
+            for src, dst in zip((self.weight, self.scales, self.zeros), bufs):
+                if src is not None:
+                    b.copy(src, dst)
+        return Q4gswWeight(self.device, self.shape, self.group_size, *bufs, param_dtype=self.param_dtype)
+
     def close(self) -> None:
         for b in self._buffers() + (self._wide or []):
             b.close()

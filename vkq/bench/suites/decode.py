@@ -63,7 +63,7 @@ class VkqStack:
         copies = {}
         for i, (name, (n, k)) in enumerate(lin.items()):
             base = prepack_quantized(random_weight(n, k, GROUP_SIZE, asym, seed=i), device)
-            copies[name] = _copies(device, base, model.layers)
+            copies[name] = _copies(base, model.layers)
         rng = np.random.default_rng(7)
         for layer in range(model.layers):
             self.layers.append({

@@ -20,7 +20,7 @@ from vkq.ops.common import ceil_div
 from vkq.ops.q4gsw_linear import (GemvConfig, Q4gswWeight, gemv_shape, plan_gemm,
                                   prepack_quantized, record_linear)
 from vkq.quantized_weight import QuantizedWeight, half_group_params
-from vkq.runtime import Buffer, CommandBatch, Device, default_device
+from vkq.runtime import Buffer, CommandBatch, default_device
 from vkq.shaderlib import families
 
 #: docs/design.md §6 decode shapes (N, K) and the GEMM batch sizes.
@@ -48,19 +48,10 @@ def random_weight(n: int, k: int, group_size: int, asym: bool, seed: int = 0,
     return QuantizedWeight(q, scales, zeros, bits=4, group_size=group_size)
 
 
-def _copies(dev: Device, pw: Q4gswWeight, count: int) -> list[Q4gswWeight]:
-    """`count` distinct device copies of a packed weight (GPU copies, no host traffic), so
-    timed calls can rotate through them L2-cold (docs/design.md §6)."""
-    out = [pw]
-    for _ in range(count - 1):
-        bufs = [dev.buffer(b.nbytes) if b is not None else None
-                for b in (pw.weight, pw.scales, pw.zeros)]
-        with dev.batch() as b:
-            for src, dst in zip((pw.weight, pw.scales, pw.zeros), bufs):
-                if src is not None:
-                    b.copy(src, dst)
-        out.append(Q4gswWeight(dev, pw.shape, pw.group_size, *bufs, param_dtype=pw.param_dtype))
-    return out
+def _copies(pw: Q4gswWeight, count: int) -> list[Q4gswWeight]:
+    """`count` distinct device copies of a packed weight (the first is `pw`), so timed calls
+    can rotate through them L2-cold (docs/design.md §6)."""
+    return [pw] + [pw.copy() for _ in range(count - 1)]
 
 
 class _Problem:
@@ -72,7 +63,7 @@ class _Problem:
         self.m, self.n, self.k, self.gs = m, n, k, gs
         self.qw = random_weight(n, k, gs, asym, half_params=half_params)
         base = prepack_quantized(self.qw, dev)
-        self.weights = _copies(dev, base, copies_for_l2_cold(base.nbytes, ctx.l2_bytes))
+        self.weights = _copies(base, copies_for_l2_cold(base.nbytes, ctx.l2_bytes))
         self.x = np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)
         self.bx = dev.upload(self.x)
         self.by = dev.buffer(4 * m * n)
