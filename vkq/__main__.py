@@ -119,6 +119,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from vkq.models.llama import CONFIGS, LlamaModel, LlamaWeights, benchmark
+    config = CONFIGS[args.config]
+    with Device(args.device, selector_origin="--device") as dev:
+        print(f"device: {dev.caps.name}; {args.config} with random int4 g32 weights", flush=True)
+        big = config.layers * config.hidden * config.intermediate > 1 << 26
+        weights = (LlamaWeights.random_on_device(config, dev) if big else LlamaWeights.random(config))
+        need = args.prompt_tokens + args.tokens + 1
+        model = LlamaModel(weights, dev, max_seq=max(args.max_seq, need))
+        r = benchmark(model, args.prompt_tokens, args.tokens)
+        print(f"prefill: {args.prompt_tokens} tokens, {r['prefill_tok_s']:.1f} tok/s")
+        print(f"decode:  {args.tokens} tokens, {r['decode_tok_s']:.1f} tok/s "
+              f"(GPU {r['decode_gpu_ms']:.3f} ms per token)")
+        model.close()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = OneLineParser(prog=PROG, description="Vulkan compute kernels for quantized linear layers.")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -154,6 +171,23 @@ def parser() -> argparse.ArgumentParser:
                     help="specialization constants, applied to every variant (after the variants)")
     st.add_argument("--device", help=DEVICE_HELP)
     st.set_defaults(run=cmd_stats)
+
+    from vkq.models.llama import CONFIGS
+    gen = sub.add_parser("generate", help="run a Llama model (random int4 weights) and print "
+                                          "prefill and decode tokens per second")
+    gen.add_argument("--config", choices=sorted(CONFIGS), default="tiny",
+                     help="model shape (default: %(default)s)")
+    gen.add_argument("--random-weights", action="store_true", default=True,
+                     help="random int4 g32 weights (the only source for now: checkpoints are "
+                          "not read yet)")
+    gen.add_argument("--tokens", type=positive_int, default=32,
+                     help="decode steps to time (default: %(default)s)")
+    gen.add_argument("--prompt-tokens", type=positive_int, default=16,
+                     help="random prompt length for the prefill (default: %(default)s)")
+    gen.add_argument("--max-seq", type=positive_int, default=2048,
+                     help="KV cache positions (default: %(default)s)")
+    gen.add_argument("--device", help=DEVICE_HELP)
+    gen.set_defaults(run=cmd_generate)
     return ap
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-ORDER = ("rms_norm", "q4gsw_linear", "q8ta_linear", "eager", "decode")
+ORDER = ("rms_norm", "q4gsw_linear", "q8ta_linear", "eager", "decode", "llama")
 
 
 def load() -> None:

@@ -1,0 +1,1 @@
+"""Models built from vkq ops (vkq.models.llama)."""

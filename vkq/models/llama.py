@@ -1,0 +1,288 @@
+"""A Llama decoder on vkq: configuration, random int4 weights, an eager prefill and a decode
+step captured once and replayed per token.
+
+    model = LlamaModel(LlamaWeights.random(CONFIGS["tiny"]), max_seq=256)
+    logits = model.prefill([1, 2, 3])                # the prompt, eagerly (M = 3 rows)
+    tokens = model.generate(next_token, 16)          # 16 replays of one decode graph
+
+Per layer: rms_norm -> q/k/v (one fused int4 linear) -> RoPE on q and k -> k, v appended to
+the layer's device-resident KV cache -> grouped-query attention over the cache -> o
+(+ residual) -> rms_norm -> gate/up (one fused int4 linear with silu(gate) * up) -> down
+(+ residual). Then the final rms_norm, the lm_head (int4) and a greedy argmax on the device.
+The decode graph takes the token and its position as graph parameters (the parameter
+buffer), so every step replays the same recorded commands. Hugging Face Llama conventions
+throughout (rotate-half RoPE with Llama 3 frequency scaling; q/k/v and gate/up rows in the
+order documented on LlamaLayer).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+import vkq
+from vkq.quantized_weight import QuantizedWeight, half_group_params
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """The shape of a Llama model (the fields of a Hugging Face config.json that matter)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    rope_theta: float = 500000.0
+    #: Llama 3 frequency scaling: (factor, low_freq_factor, high_freq_factor,
+    #: original_max_position_embeddings), or None
+    rope_scaling: tuple[float, float, float, int] | None = None
+    rms_eps: float = 1e-5
+    tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def scaling_dict(self) -> dict[str, float] | None:
+        if self.rope_scaling is None:
+            return None
+        f, lo, hi, orig = self.rope_scaling
+        return {"factor": f, "low_freq_factor": lo, "high_freq_factor": hi,
+                "original_max_position_embeddings": orig}
+
+
+#: Named configurations (Hugging Face's Llama-3.2-1B and Meta-Llama-3-8B, and a tiny one).
+CONFIGS = {
+    "tiny": LlamaConfig(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=96,
+                        vocab=97, rope_scaling=(8.0, 1.0, 4.0, 64)),
+    "llama-3.2-1b": LlamaConfig(hidden=2048, layers=16, heads=32, kv_heads=8, head_dim=64,
+                                intermediate=8192, vocab=128256, rope_scaling=(32.0, 1.0, 4.0, 8192),
+                                tie_embeddings=True),
+    "llama-3-8b": LlamaConfig(hidden=4096, layers=32, heads=32, kv_heads=8, head_dim=128,
+                              intermediate=14336, vocab=128256),
+}
+
+
+@dataclasses.dataclass
+class LlamaLayer:
+    """One decoder layer's weights. `qkv` is q, k and v's rows in that order ([q_dim + 2 *
+    kv_dim, hidden]); `gate_up` has gate and up rows alternating (gate 0, up 0, gate 1, ...),
+    the order vkq.fuse_linear(..., epilogue="silu_mul") gives. Linear weights are
+    QuantizedWeights, or Q4gswWeights already on the device."""
+
+    attn_norm: np.ndarray
+    qkv: Any
+    o: Any
+    mlp_norm: np.ndarray
+    gate_up: Any
+    down: Any
+
+
+@dataclasses.dataclass
+class LlamaWeights:
+    config: LlamaConfig
+    embed: np.ndarray            # float32 [vocab, hidden]
+    layers: list[LlamaLayer]
+    final_norm: np.ndarray
+    lm_head: Any                 # [vocab, hidden]
+
+    @classmethod
+    def random(cls, config: LlamaConfig, seed: int = 0, group_size: int = 32,
+               symmetric: bool = True) -> "LlamaWeights":
+        """Random int4 weights, distinct per layer, scaled so that activations stay near unit
+        size through the stack (host-side: for small configs; see `random_on_device`)."""
+        rng = np.random.default_rng(seed)
+        c = config
+        layers = [LlamaLayer(_norm(rng, c.hidden), _int4(rng, c.q_dim + 2 * c.kv_dim, c.hidden, group_size, symmetric),
+                             _int4(rng, c.hidden, c.q_dim, group_size, symmetric), _norm(rng, c.hidden),
+                             _int4(rng, 2 * c.intermediate, c.hidden, group_size, symmetric),
+                             _int4(rng, c.hidden, c.intermediate, group_size, symmetric))
+                  for _ in range(c.layers)]
+        embed = rng.standard_normal((c.vocab, c.hidden)).astype(np.float32)
+        head = _int4(rng, c.vocab, c.hidden, group_size, symmetric)
+        return cls(c, embed, layers, _norm(rng, c.hidden), head)
+
+    @classmethod
+    def random_on_device(cls, config: LlamaConfig, device: vkq.Device, seed: int = 0,
+                         group_size: int = 32, symmetric: bool = True) -> "LlamaWeights":
+        """Random int4 weights for large configs: one random layer packed on the host, each
+        layer a device copy of it (distinct memory, so every layer is read from DRAM as in a
+        real model; the values repeat, which does not change the work)."""
+        from vkq.ops.q4gsw_linear import prepack_quantized
+        base = cls.random(dataclasses.replace(config, layers=1, vocab=1), seed, group_size,
+                          symmetric).layers[0]
+        first = {f: prepack_quantized(getattr(base, f), device) for f in _LINEARS}
+        layers = []
+        for i in range(config.layers):
+            w = first if i == 0 else {f: pw.copy() for f, pw in first.items()}
+            layers.append(LlamaLayer(base.attn_norm, w["qkv"], w["o"], base.mlp_norm, w["gate_up"],
+                                     w["down"]))
+        rng = np.random.default_rng(seed + 1)
+        embed = rng.standard_normal((config.vocab, config.hidden)).astype(np.float32)
+        head = prepack_quantized(_int4(rng, config.vocab, config.hidden, group_size, symmetric), device)
+        return cls(config, embed, layers, base.attn_norm, head)
+
+
+_LINEARS = ("qkv", "o", "gate_up", "down")
+
+
+def _norm(rng: np.random.Generator, n: int) -> np.ndarray:
+    return (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+
+def _int4(rng: np.random.Generator, n: int, k: int, group_size: int, symmetric: bool) -> QuantizedWeight:
+    """Random int4 values with fp16 scales of about 1 / (4.6 sqrt(K)): outputs near unit size
+    for unit-size inputs (int4 values uniform in [-8, 7] have a standard deviation of 4.6)."""
+    q = rng.integers(-8, 8, size=(n, k), dtype=np.int8)
+    g = k // group_size
+    s = rng.uniform(0.8, 1.2, size=(n, g)).astype(np.float32) / (4.6 * math.sqrt(k))
+    z = None if symmetric else (0.1 * s * rng.standard_normal((n, g))).astype(np.float32)
+    s, z = half_group_params(s, z)
+    return QuantizedWeight(q, s, z, bits=4, group_size=group_size)
+
+
+class LlamaModel:
+    """A Llama model on one device with its KV caches (module docstring)."""
+
+    def __init__(self, weights: LlamaWeights, device: vkq.Device | None = None, max_seq: int = 2048):
+        c = self.config = weights.config
+        self.device = device or vkq.default_device()
+        if max_seq < 1:
+            raise ValueError(f"max_seq must be >= 1, got {max_seq}")
+        self.max_seq = max_seq
+        self.embed_host = np.ascontiguousarray(weights.embed, np.float32)
+        if self.embed_host.shape != (c.vocab, c.hidden):
+            raise ValueError(f"embedding must be [{c.vocab}, {c.hidden}], got {self.embed_host.shape}")
+        self.embed = vkq.to_device(self.embed_host, device=self.device)
+        self.rope = vkq.RopeTable(c.head_dim, max_seq, theta=c.rope_theta, scaling=c.scaling_dict())
+        self.layers = [dict(attn_norm=L.attn_norm, mlp_norm=L.mlp_norm,
+                            qkv=vkq.FusedWeight(L.qkv, (c.q_dim, c.kv_dim, c.kv_dim)), o=L.o,
+                            gate_up=vkq.FusedWeight(L.gate_up, (c.intermediate,) * 2, "silu_mul"),
+                            down=L.down)
+                       for L in weights.layers]
+        self.final_norm = weights.final_norm
+        self.lm_head = weights.lm_head
+        zeros = np.zeros((max_seq, c.kv_dim), np.float32)
+        self.k_cache = [vkq.to_device(zeros, device=self.device) for _ in weights.layers]
+        self.v_cache = [vkq.to_device(zeros, device=self.device) for _ in weights.layers]
+        self.pos = 0
+        self._step: vkq.Graph | None = None
+
+    # -- the layer stack, on DeviceTensors (eager) or graph values (capture) ---------------------
+    def _forward(self, x: Any, pos: Any, rows: int) -> Any:
+        c = self.config
+        for L, kc, vc in zip(self.layers, self.k_cache, self.v_cache):
+            h = vkq.rms_norm(x, L["attn_norm"], eps=c.rms_eps)
+            q, k, v = vkq.linear(h, L["qkv"])
+            q = vkq.rope(q, self.rope, pos, c.heads)
+            k = vkq.rope(k, self.rope, pos, c.kv_heads)
+            vkq.kv_write(kc, k, pos)
+            vkq.kv_write(vc, v, pos)
+            a = vkq.attention(q, kc, vc, pos, c.heads, c.kv_heads)
+            x = vkq.linear(a, L["o"], residual=x)
+            h = vkq.rms_norm(x, L["mlp_norm"], eps=c.rms_eps)
+            x = vkq.linear(vkq.linear(h, L["gate_up"]), L["down"], residual=x)
+        last = vkq.take_rows(x, rows - 1) if rows > 1 else x
+        return vkq.linear(vkq.rms_norm(last, self.final_norm, eps=c.rms_eps), self.lm_head)
+
+    def _check_room(self, n: int) -> None:
+        if self.pos + n > self.max_seq:
+            raise ValueError(f"the context would reach {self.pos + n} positions, past the KV "
+                             f"cache's {self.max_seq} (LlamaModel(max_seq=...))")
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        """Run the prompt (eagerly, all its rows at once); returns the last position's logits."""
+        tokens = self._tokens(tokens)
+        if not len(tokens):
+            raise ValueError("prefill needs at least one token")
+        self._check_room(len(tokens))
+        x = vkq.to_device(self.embed_host[tokens], device=self.device)
+        logits = self._forward(x, self.pos, len(tokens)).numpy()[0]
+        self.pos += len(tokens)
+        return logits
+
+    def step_graph(self) -> vkq.Graph:
+        """The decode step, captured once: parameters "token" and "pos"; outputs "logits" and
+        "next" (the greedy next token)."""
+        if self._step is None:
+            with vkq.graph(self.device) as g:
+                token, pos = g.param("token"), g.param("pos")
+                logits = self._forward(vkq.take_rows(self.embed, token), pos, 1)
+                g.output("logits", logits)
+                g.output("next", vkq.argmax(logits))
+            self._step = g
+        return self._step
+
+    def step(self, token: int) -> tuple[int, np.ndarray]:
+        """One decode step (a graph replay): (greedy next token, logits)."""
+        self._check_room(1)
+        out = self.step_graph()(token=int(token), pos=self.pos)
+        self.pos += 1
+        return int(out["next"][0]), out["logits"][0]
+
+    def generate(self, token: int, n: int) -> list[int]:
+        """`n` greedy decode steps starting from `token`; the tokens produced."""
+        out = []
+        for _ in range(n):
+            token, _ = self.step(token)
+            out.append(token)
+        return out
+
+    def reset(self) -> None:
+        """Forget the context (the caches are overwritten from position 0 on)."""
+        self.pos = 0
+
+    def _tokens(self, tokens: Sequence[int]) -> np.ndarray:
+        t = np.asarray(tokens)
+        if t.ndim != 1 or t.dtype.kind not in "iu":
+            raise ValueError(f"tokens must be a 1-D sequence of integers, got {t.dtype} {t.shape}")
+        if len(t) and (t.min() < 0 or t.max() >= self.config.vocab):
+            raise ValueError(f"token ids must be in [0, {self.config.vocab}), got "
+                             f"[{int(t.min())}, {int(t.max())}]")
+        return t.astype(np.int64)
+
+    def close(self) -> None:
+        if self._step is not None:
+            self._step.close()
+            self._step = None
+        for t in self.k_cache + self.v_cache + [self.embed]:
+            t.close()
+        self.rope.release()
+
+
+def benchmark(model: LlamaModel, prompt_len: int, decode_tokens: int) -> dict[str, float]:
+    """Prefill tok/s for a prompt of `prompt_len` random tokens, then decode tok/s (wall, and
+    the GPU span of the decode graph) over `decode_tokens` steps."""
+    rng = np.random.default_rng(0)
+    model.reset()
+    prompt = rng.integers(0, model.config.vocab, prompt_len)
+    t = time.perf_counter()
+    logits = model.prefill(prompt)
+    prefill_s = time.perf_counter() - t
+    token = int(np.argmax(logits))
+    token, _ = model.step(token)  # captures the decode graph (not timed)
+    spans = []
+    t = time.perf_counter()
+    for _ in range(decode_tokens):
+        token, _ = model.step(token)
+        if model.device.caps.timestamps:
+            spans.append(model.step_graph().gpu_ns())
+    decode_s = time.perf_counter() - t
+    return {"prefill_tok_s": prompt_len / prefill_s, "decode_tok_s": decode_tokens / decode_s,
+            "decode_gpu_ms": float(np.median(spans)) / 1e6 if spans else float("nan")}
