@@ -6,9 +6,10 @@ constant host arrays. Eager calls plan, record into one batch and submit it:
 
 - with numpy inputs, the inputs are uploaded, the op runs and the outputs are downloaded in
   that one submission, which the call waits for;
-- with DeviceTensor inputs, the outputs are new DeviceTensors and the call returns as soon
-  as the work is submitted: chained calls pipeline, and the host waits only when a result
-  is read (`DeviceTensor.numpy()`).
+- with DeviceTensor inputs, the outputs are new DeviceTensors and the call returns without
+  waiting: its commands join the device's open batch (`Device.open_batch`), which is
+  submitted every few dozen calls or before anything is read, so chained calls pipeline and
+  share submissions, and the host waits only when a result is read (`DeviceTensor.numpy()`).
 
 Inside `with vkq.graph() as g:` calls on graph values add nodes to `g` instead.
 """
@@ -153,14 +154,17 @@ def _run_eager(op: contract.Op, plan: Plan, inputs: Mapping[str, Any], pw: Any,
             if isinstance(b, Buffer):
                 b.close()
         raise
+    if not download:  # DeviceTensors in and out: joins the device's open batch (no submit yet)
+        device.open_batch().absorb(batch)
+        device._flush_if_full()
+        return {role: DeviceTensor.from_spec(device, spec, outs[role])
+                for role, spec in plan.outputs.items()}
     batch.submit()
-    if download:
-        result = {}
-        for role, d in downloads.items():
-            spec = plan.outputs[role]
-            result[role] = d.result().view(spec.stored_dtype).reshape(spec.stored_shape)
-        for b in outs.values():
-            if isinstance(b, Buffer):
-                b.close()
-        return result
-    return {role: DeviceTensor.from_spec(device, spec, outs[role]) for role, spec in plan.outputs.items()}
+    result = {}
+    for role, d in downloads.items():
+        spec = plan.outputs[role]
+        result[role] = d.result().view(spec.stored_dtype).reshape(spec.stored_shape)
+    for b in outs.values():
+        if isinstance(b, Buffer):
+            b.close()
+    return result

@@ -93,6 +93,18 @@ class CommandBatch:
         nbytes = min(src.nbytes, dst.nbytes) if nbytes is None else nbytes
         self.commands.append(Copy(src, dst, nbytes))
 
+    def absorb(self, other: "CommandBatch") -> None:
+        """Take over the commands (and what they need kept alive) of an unsubmitted batch
+        recorded completely, e.g. one eager call joining the device's open batch."""
+        if other._submitted or other._downloads:
+            raise RuntimeError("only an unsubmitted batch without downloads can be absorbed")
+        self.commands.extend(other.commands)
+        self._staging.extend(other._staging)
+        self._keepalive.extend(other._keepalive)
+        self.kernel_names.extend(other.kernel_names)
+        other.commands, other._staging, other._keepalive, other.kernel_names = [], [], [], []
+        other._submitted = True
+
     def keep(self, obj: Any) -> None:
         """Hold `obj` (e.g. a temporary Buffer) until the batch's work is done."""
         self._keepalive.append(obj)

@@ -23,6 +23,8 @@ from vkq.runtime.vk import VulkanError, check, cstrings, ffi, lib, new
 
 #: How long a wait polls its fence before blocking (seconds): see Device._spin.
 SPIN_S = 0.004
+#: Eager calls recorded before the open batch is submitted anyway (see Device.open_batch).
+OPEN_BATCH_DISPATCHES = 32
 #: Finished submissions kept for reuse (more are destroyed).
 KEEP_SUBMISSIONS = 8
 
@@ -62,6 +64,8 @@ class Device:
         self._in_flight: collections.deque[_InFlight] = collections.deque()
         self._retired: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
         self.buffer_closes = 0  # Buffer.close() calls so far (graphs watch it)
+        self._open: CommandBatch | None = None  # eager calls not submitted yet (open_batch)
+        self._flushing = False
         self._serial = 0       # last submitted
         self._completed = 0    # every submission up to this serial has finished
         self.handle = None
@@ -218,12 +222,39 @@ class Device:
         """Submit a recorded one-shot submission; it is recycled once it has finished."""
         return self.submit_commands(sub.cmd, sub.fence_ptr, lambda: self._recycle(sub))
 
+    def open_batch(self) -> CommandBatch:
+        """The batch that eager calls on DeviceTensors record into: submitted (not waited
+        for) when it holds OPEN_BATCH_DISPATCHES dispatches, or before anything else is
+        submitted or waited for, so results are read in order. One submission then serves
+        many chained calls (each otherwise paid for its own submit, command buffer and fence)."""
+        self._check_open()
+        if self._open is None:
+            self._open = CommandBatch(self, wait=False)
+        return self._open
+
+    def flush(self) -> None:
+        """Submit the eager calls recorded so far (see open_batch); does not wait."""
+        batch, self._open = self._open, None
+        if batch is not None:
+            self._flushing = True
+            try:
+                batch.submit()
+            finally:
+                self._flushing = False
+
+    def _flush_if_full(self) -> None:
+        if self._open is not None and len(self._open.kernel_names) >= OPEN_BATCH_DISPATCHES:
+            self.flush()
+
     def submit_commands(self, cmd: Any, fence_ptr: Any, on_done: Callable[[], None] | None = None,
                         submit_info: Any = None) -> int:
         """Submit a recorded command buffer with an unsignaled fence (`VkFence*`); returns
         its serial for `wait`. `on_done` runs once the GPU has finished it. `submit_info`: a
-        VkSubmitInfo for `cmd` kept by a caller that submits it again and again."""
+        VkSubmitInfo for `cmd` kept by a caller that submits it again and again. Eager
+        calls recorded before (open_batch) are submitted first."""
         self._check_open()
+        if self._open is not None and not self._flushing:
+            self.flush()
         if submit_info is None:
             submit_info = submit_info_for(cmd)
         check(lib.vkQueueSubmit(self.queue, 1, submit_info[0], fence_ptr[0]), "vkQueueSubmit")
@@ -249,7 +280,10 @@ class Device:
             self._finish(item)
 
     def wait(self, serial: int | None = None) -> None:
-        """Wait until the submission `serial` (default: everything submitted) has finished."""
+        """Wait until the submission `serial` (default: everything submitted, the eager calls
+        recorded so far included) has finished."""
+        if serial is None:
+            self.flush()
         target = self._serial if serial is None else serial
         while self._in_flight and self._in_flight[0].serial <= target:
             item = self._in_flight[0]
@@ -292,7 +326,9 @@ class Device:
 
     def retire(self, free: Callable[[], None]) -> None:
         """Run `free` (releasing memory or objects) once the work submitted so far has finished."""
-        if self._in_flight:
+        if self._open is not None:  # recorded, not yet submitted: it will be the next serial
+            self._retired.append((self._serial + 1, free))
+        elif self._in_flight:
             self._retired.append((self._serial, free))
         else:
             free()
@@ -323,6 +359,7 @@ class Device:
     def close(self) -> None:
         if self.handle is None:
             return
+        self.flush()
         lib.vkDeviceWaitIdle(self.handle)
         while self._in_flight:
             self._finish(self._in_flight.popleft())
