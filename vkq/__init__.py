@@ -15,6 +15,7 @@ try:
     from vkq.graph import Graph, GraphError, graph
     from vkq.fused import FusedWeight, fuse_linear
     from vkq.linear import linear
+    from vkq.llama_ops import RopeTable, argmax, rope
     from vkq.quantized_weight import QuantizedWeight, quantize_weight
     from vkq.runtime import Device, UnsupportedDevice, default_device, set_default_device, trace
     from vkq.shaderlib import ShaderError
@@ -31,4 +32,4 @@ except RuntimeError as e:
 __version__ = "0.1.0"
 __all__ = ["Device", "DeviceTensor", "FusedWeight", "Graph", "GraphError", "QuantizedWeight", "ShaderError",
            "UnsupportedDevice", "add", "default_device", "fuse_linear", "graph", "linear", "quantize_weight",
-           "rms_norm", "set_default_device", "silu_mul", "take_rows", "to_device", "trace"]
+           "rms_norm", "set_default_device", "silu_mul", "take_rows", "to_device", "trace", "RopeTable", "argmax", "rope"]
