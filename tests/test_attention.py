@@ -55,7 +55,8 @@ def check(y, q, k, v, pos, n_heads, n_kv) -> None:
     assert y.shape == ref.shape and y.dtype == np.float32
     err = np.abs(y.astype(np.float64) - ref)
     tol = tolerance(q, k, v, pos, n_heads, n_kv)
-    assert np.all(err <= tol), f"worst excess {np.max(err - tol)} at {np.unravel_index(np.argmax(err - tol), err.shape)}"
+    worst = np.unravel_index(np.argmax(err - tol), err.shape)
+    assert np.all(err <= tol), f"worst excess {np.max(err - tol)} at {worst}"
 
 
 def inputs(rows: int, cache_rows: int, n_heads: int, n_kv: int, d: int, seed: int,
@@ -167,6 +168,16 @@ def test_long_chunks_of_several_tiles(device):
           cache_rows - rows, n_heads, n_kv)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_llama_decode_over_a_long_cache(device, dtype):
+    """Llama-3-8B's heads over an 8192-row cache, at a 2048 context and the full one."""
+    q, k, v = inputs(1, 8192, 32, 8, 128, seed=13, dtype=dtype)
+    kd, vd = on_device(device, k, v)
+    for pos in (2047, 8191):
+        check(vkq.attention(q, kd, vd, pos, 32, 8).numpy(), q, k, v, pos, 32, 8)
+
+
 def test_chunking_fills_a_gpu_for_decode():
     """Llama-3-8B decode (32 heads, 8 kv heads, D = 128) over an 8192-row cache: 4 heads a
     block, chunks of one tile, TARGET_WORKGROUPS in all, a quarter of them (4 per SM of an
@@ -219,8 +230,10 @@ def test_decode_graph_replays_equal_eager_bit_for_bit(device, dtype):
         vc = vkq.kv_write(caches[1], v, pos)
         g.output("y", vkq.attention(q, kc, vc, pos, n_heads, n_kv))
     try:
-        assert g.kernel_names[-2:] == [f"attention_{np.dtype(dtype).name.replace('float', 'f')}_vec4_partial",
-                                       "attention_combine_vec4" + ("_subgroup" if device.caps.subgroup_arithmetic else "")]
+        kind = np.dtype(dtype).name.replace("float", "f")
+        sub = "_subgroup" if device.caps.subgroup_arithmetic else ""
+        assert g.kernel_names == [f"kv_write_{kind}", f"kv_write_{kind}", f"attention_{kind}_vec4_partial",
+                                  f"attention_combine_vec4{sub}"]
         rng = np.random.default_rng(7)
         host_k = np.zeros((cache_rows, width), dtype)
         host_v = host_k.copy()
@@ -229,7 +242,8 @@ def test_decode_graph_replays_equal_eager_bit_for_bit(device, dtype):
             y = g(q=qs, k=ks, v=vs, pos=p)["y"]
             vkq.kv_write(caches[2], ks, p)
             vkq.kv_write(caches[3], vs, p)
-            np.testing.assert_array_equal(y, vkq.attention(qs, caches[2], caches[3], p, n_heads, n_kv).numpy())
+            eager = vkq.attention(qs, caches[2], caches[3], p, n_heads, n_kv).numpy()
+            np.testing.assert_array_equal(y, eager)
             host_k = kv_write_reference(host_k, ks, p)
             host_v = kv_write_reference(host_v, vs, p)
             if p % 13 == 0 or p == cache_rows - 1:

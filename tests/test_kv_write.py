@@ -96,7 +96,7 @@ def test_graph_replays_write_at_the_parameter(device):
 def test_errors(device):
     cache = vkq.kv_cache(S, W, device=device)
     x = np.zeros((2, W), np.float32)
-    with pytest.raises(IndexError, match=r"position 23 is out of range: rows \[pos, pos \+ 2\) of a cache of 24"):
+    with pytest.raises(IndexError, match=r"position 23 is out of range: rows \[pos, pos \+ 2\) of a cache"):
         vkq.kv_write(cache, x, S - 1)
     with pytest.raises(IndexError, match="position -1"):
         vkq.kv_write(cache, x, -1)
