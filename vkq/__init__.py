@@ -11,6 +11,7 @@ substring); `vkq.Device(...)` opens others, and every op takes `device=`.
 import sys
 
 try:
+    from vkq.attention import attention, kv_cache, kv_write
     from vkq.functional import add, rms_norm, silu_mul, take_rows
     from vkq.graph import Graph, GraphError, graph
     from vkq.fused import FusedWeight, fuse_linear
@@ -30,6 +31,8 @@ except RuntimeError as e:
     raise
 
 __version__ = "0.1.0"
-__all__ = ["Device", "DeviceTensor", "FusedWeight", "Graph", "GraphError", "QuantizedWeight", "ShaderError",
-           "UnsupportedDevice", "add", "default_device", "fuse_linear", "graph", "linear", "quantize_weight",
-           "rms_norm", "set_default_device", "silu_mul", "take_rows", "to_device", "trace", "RopeTable", "argmax", "rope"]
+__all__ = ["Device", "DeviceTensor", "FusedWeight", "Graph", "GraphError", "QuantizedWeight",
+           "RopeTable", "ShaderError", "UnsupportedDevice", "add", "argmax", "attention",
+           "default_device", "fuse_linear", "graph", "kv_cache", "kv_write", "linear",
+           "quantize_weight", "rms_norm", "rope", "set_default_device", "silu_mul", "take_rows",
+           "to_device", "trace"]
