@@ -359,3 +359,20 @@ def test_take_rows_eager(device):
         vkq.take_rows(table, 9, rows=2, device=device)
     with pytest.raises(TypeError, match="index must be an integer"):
         vkq.take_rows(table, 1.0, device=device)
+
+
+def test_an_output_read_after_later_dispatches_is_synchronized(device):
+    """y is written, a dispatch reads it behind a barrier, then the output copy reads y: that
+    barrier must make y visible to the copy too (sync validation reported it when barriers
+    reached the next command's stage only)."""
+    w = weight(32, HIDDEN, 7)
+    with vkq.graph() as g:
+        y = vkq.linear(g.input("x", (1, HIDDEN)), w)
+        g.output("y", y)
+        g.output("z", vkq.add(y, y))
+    try:
+        x = np.random.default_rng(3).standard_normal((1, HIDDEN)).astype(np.float32)
+        out = g(x=x)
+        np.testing.assert_array_equal(out["z"], out["y"] + out["y"])
+    finally:
+        g.close()

@@ -5,9 +5,9 @@ Both the one-shot `CommandBatch` and the replayable `Program` (graphs) record th
 when it touches bytes that an earlier command since the last barrier wrote (read-after-write,
 write-after-write) or read (write-after-read), compared by (VkBuffer, byte range). Independent
 dispatches (the q, k and v projections of one layer) therefore run without a barrier between
-them. The barrier is as narrow as the commands allow (compute-shader or transfer stages and
-accesses, not ALL_COMMANDS/MEMORY, which on the H100 made each link of a dispatch chain cost
-about 3 us more).
+them. The barrier waits for the stages that ran since the last one and makes their writes
+visible to compute and transfer (not ALL_COMMANDS/MEMORY, which on the H100 made each link
+of a dispatch chain cost about 3 us more).
 """
 from __future__ import annotations
 
@@ -131,15 +131,6 @@ def _write_access(stages: int) -> int:
     return bits
 
 
-def _read_write_access(stages: int) -> int:
-    bits = 0
-    if stages & _COMPUTE:
-        bits |= lib.VK_ACCESS_SHADER_READ_BIT | lib.VK_ACCESS_SHADER_WRITE_BIT
-    if stages & _TRANSFER:
-        bits |= lib.VK_ACCESS_TRANSFER_READ_BIT | lib.VK_ACCESS_TRANSFER_WRITE_BIT
-    return bits
-
-
 _BARRIERS: dict[tuple[int, int], Any] = {}
 
 
@@ -238,8 +229,12 @@ def record_commands(cmd: Any, commands: Sequence[Command], sets: Sequence[Any], 
     compute_bit = lib.VK_SHADER_STAGE_COMPUTE_BIT
     for op, need in zip(commands, barriers):
         if need:
+            # The destination is every stage a later command may use, not just this one's: the
+            # hazard plan forgets the writes before a barrier, so the barrier must make them
+            # visible to a copy after a dispatch after it too (sync validation caught a graph
+            # output copy reading what a dispatch wrote before a compute-only barrier).
             memory_barrier(cmd, stages_since or _COMPUTE, _write_access(write_stages_since or stages_since),
-                           op.stage, _read_write_access(op.stage), keep)
+                           _COMPUTE | _TRANSFER, _ALL_ACCESS, keep)
             count += 1
             stages_since = write_stages_since = 0
         stages_since |= op.stage
