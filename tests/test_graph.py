@@ -20,6 +20,7 @@ from vkq.ops.q4gsw_linear import prepack_quantized
 from vkq.reference import rms_norm_reference, silu_mul_reference
 from vkq.runtime import take_validation_messages
 from vkq.runtime.commands import Copy, Dispatch, plan_barriers
+from vkq.runtime.env import validation_requested
 from vkq.runtime.program import Program
 
 HIDDEN, Q, KV, INTER = 64, 64, 32, 96
@@ -187,6 +188,7 @@ def test_barrier_plan_by_byte_range():
     assert plan_barriers(cmds) == [False, False, True, True, False]
 
 
+@pytest.mark.skipif(not validation_requested(), reason="validation off (VKQ_VALIDATION=0)")
 def test_missing_barrier_is_caught_by_sync_validation(device):
     """Guards the guard: a program recorded without its barriers makes the validation
     layer report a hazard, so the suite would catch a barrier the planner wrongly dropped."""
