@@ -35,6 +35,7 @@ def test_chain_with_closes_equals_numpy_calls(device):
 def test_calls_are_submitted_in_batches(device):
     w = weight(64, 64, 3)
     h = vkq.to_device(np.ones((1, 64), np.float32), device=device)
+    vkq.linear(h, w).numpy()  # the weight's upload (its own submissions on a discrete GPU)
     device.synchronize()
     before = device._serial
     for _ in range(device_module.OPEN_BATCH_DISPATCHES * 2):

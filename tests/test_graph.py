@@ -228,7 +228,7 @@ def test_replay_errors(device, layers):
         g(x=np.zeros((2, HIDDEN), np.float32))
     with pytest.raises(GraphError, match="must be float32"):
         g(x=np.zeros((1, HIDDEN), np.int32))
-    with vkq.Device("llvmpipe", validation=False) as other:
+    with vkq.Device(str(device.index), validation=False) as other:  # a second logical device
         with pytest.raises(GraphError, match="another device"):
             g(x=vkq.to_device(x, device=other))
     g.close()
@@ -274,7 +274,7 @@ def test_capture_errors(device, layers):
             g2.input("x", (1, HIDDEN))
             g2.input("x", (1, HIDDEN))
     pw = prepack_quantized(w, device)  # a weight already on the default device
-    with vkq.Device("llvmpipe", validation=False) as other:
+    with vkq.Device(str(device.index), validation=False) as other:
         with pytest.raises(GraphError, match="another device"):
             with vkq.graph(other) as g3:
                 g3.output("y", vkq.linear(g3.input("x", (1, HIDDEN)), pw))

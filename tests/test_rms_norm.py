@@ -16,8 +16,9 @@ def _tolerance(x: np.ndarray, w: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     # square root, plus a few ulps for the products; scale by |y|. (The kernel's scaling of
     # each row by a power of two is exact and adds nothing.)
     width = x.shape[-1]
+    # + inversesqrt's own error: Vulkan allows 2 ulp (NVIDIA's is not correctly rounded).
     ref = np.abs(rms_norm_reference(x, w, eps))
-    return ref * (width * 2.0 ** -24 + 8 * 2.0 ** -24) + 1e-30
+    return ref * (width * 2.0 ** -24 + 12 * 2.0 ** -24) + 1e-30
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -47,7 +48,10 @@ def test_huge_and_tiny_rows(device, width):
     two near the row's max |x|; and a row with one huge value among small ones."""
     rng = np.random.default_rng(width)
     mags = [1e19, 2e19, 1e25, 1e30, 1e35, 1e37, 3e38, 1e-30, 1e-37, 1.0]
-    x = (rng.uniform(-1, 1, (len(mags) + 1, width)) * np.array(mags + [1.0])[:, None])
+    # |values| in [0.5, 1) * magnitude: no subnormal inputs (GPUs may flush those to zero,
+    # which Vulkan allows; this test is about the range of the sum of squares)
+    signs = rng.choice([-1.0, 1.0], (len(mags) + 1, width))
+    x = rng.uniform(0.5, 1, (len(mags) + 1, width)) * signs * np.array(mags + [1.0])[:, None]
     x[-1, width // 2] = 1e36  # one huge value: the rest is ~1e-36 of it
     x = x.astype(np.float32)
     w = rng.standard_normal(width).astype(np.float32)
@@ -77,7 +81,8 @@ def test_inf_and_nan_rows_follow_the_reference(device):
     ref = rms_norm_reference(x, w)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
     assert np.isnan(ref[0, 2]) and np.all(ref[0, [0, 1, 3]] == 0) and np.all(np.isnan(ref[1]))
-    np.testing.assert_array_equal(y[~np.isnan(ref)], ref[~np.isnan(ref)])
+    # within inversesqrt's 2 ulp (Vulkan's bound; lavapipe is exact, NVIDIA is not)
+    np.testing.assert_allclose(y[~np.isnan(ref)], ref[~np.isnan(ref)], rtol=4 * 2.0 ** -23, atol=0)
 
 
 def test_reference_scaling_is_the_textbook_formula():
