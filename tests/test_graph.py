@@ -357,7 +357,7 @@ def test_take_rows_eager(device):
     table = np.arange(40, dtype=np.float32).reshape(10, 4)
     np.testing.assert_array_equal(vkq.take_rows(table, 3, rows=2, device=device), table[3:5])
     np.testing.assert_array_equal(vkq.take_rows(vkq.to_device(table), 9).numpy(), table[9:])
-    with pytest.raises(IndexError, match=r"rows \[9, 11\)"):
+    with pytest.raises(IndexError, match=r"positions \[9, 11\) are out of a table of 10 rows"):
         vkq.take_rows(table, 9, rows=2, device=device)
     with pytest.raises(TypeError, match="index must be an integer"):
         vkq.take_rows(table, 1.0, device=device)

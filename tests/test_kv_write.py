@@ -96,9 +96,9 @@ def test_graph_replays_write_at_the_parameter(device):
 def test_errors(device):
     cache = vkq.kv_cache(S, W, device=device)
     x = np.zeros((2, W), np.float32)
-    with pytest.raises(IndexError, match=r"position 23 is out of range: rows \[pos, pos \+ 2\) of a cache"):
+    with pytest.raises(IndexError, match=r"positions \[23, 25\) are out of a cache"):
         vkq.kv_write(cache, x, S - 1)
-    with pytest.raises(IndexError, match="position -1"):
+    with pytest.raises(IndexError, match=r"positions \[-1, "):
         vkq.kv_write(cache, x, -1)
     with pytest.raises(ValueError, match="x rows have 8 values, the cache's 16"):
         vkq.kv_write(cache, np.zeros((1, 8), np.float32), 0)

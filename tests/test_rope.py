@@ -211,7 +211,7 @@ def test_the_device_copy_is_made_once_per_device(device):
 # -- misuse ---------------------------------------------------------------------------------------
 def test_positions_past_the_table_are_refused(device, small_table):
     x = np.zeros((3, 64), np.float32)
-    with pytest.raises(IndexError, match=r"positions \[298, 301\) of a table of 300"):
+    with pytest.raises(IndexError, match=r"positions \[298, 301\) are out of a table of 300"):
         vkq.rope(x, small_table, 298, 1, device=device)
     with pytest.raises(IndexError, match=r"positions \[-1, 2\)"):
         vkq.rope(x, small_table, -1, 1, device=device)

@@ -12,6 +12,7 @@ import numpy as np
 
 from vkq.execute import run_op
 from vkq.ops.common import float_input, float_tensor, positive_finite
+from vkq.ops.positions import check_position
 from vkq.runtime import Device
 
 Tensor = Any  # numpy array | vkq.DeviceTensor | vkq.graph.Value
@@ -49,11 +50,8 @@ def take_rows(table: Tensor, index: Any, rows: int = 1, *, device: Device | None
     eager call."""
     if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 0:
         raise ValueError(f"rows must be an integer >= 0, got {rows!r}")
-    if not hasattr(index, "slot") and (isinstance(index, bool) or not isinstance(index, (int, np.integer))):
-        raise TypeError(f"index must be an integer or a graph parameter, got {index!r}")
     return run_op("take_rows", {"table": float_tensor("table", table)},
-                  {"index": index if hasattr(index, "slot") else int(index), "rows": int(rows)},
-                  device=device)["y"]
+                  {"index": check_position(index, "index"), "rows": int(rows)}, device=device)["y"]
 
 
 def silu_mul(x: Tensor, *, device: Device | None = None) -> Tensor:

@@ -12,6 +12,7 @@ import numpy as np
 
 from vkq.execute import run_op
 from vkq.ops.common import float_tensor
+from vkq.ops.positions import check_position
 from vkq.rope_table import RopeTable
 from vkq.runtime import Device
 
@@ -41,11 +42,9 @@ def rope(x: Tensor, table: RopeTable, pos: Any, n_heads: int, *,
         raise TypeError(f"table must be a vkq.RopeTable, got {type(table).__name__}")
     if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)) or n_heads < 1:
         raise ValueError(f"n_heads must be an integer >= 1, got {n_heads!r}")
-    if not hasattr(pos, "slot") and (isinstance(pos, bool) or not isinstance(pos, (int, np.integer))):
-        raise TypeError(f"pos must be an integer or a graph parameter, got {pos!r}")
     return run_op("rope", {"x": float_tensor("x", x)},
-                  {"pos": pos if hasattr(pos, "slot") else int(pos), "n_heads": int(n_heads)},
-                  weight=table, device=device)["y"]
+                  {"pos": check_position(pos), "n_heads": int(n_heads)}, weight=table,
+                  device=device)["y"]
 
 
 def argmax(x: Tensor, *, device: Device | None = None) -> Tensor:

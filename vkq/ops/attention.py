@@ -126,9 +126,7 @@ class Attention(Op):
         n_heads, n_kv = int(attrs["n_heads"]), int(attrs["n_kv_heads"])
         dim = _head_dim(q, k, v, n_heads, n_kv)
         rows, cache_rows = q.shape[0], k.shape[0]
-        push, params_role = position_args(self.name, attrs["pos"], cache_rows - rows + 1,
-                                          f"query rows at [pos, pos + {rows}) of a cache of "
-                                          f"{cache_rows} rows")
+        push, params_role = position_args(self.name, attrs["pos"], rows, cache_rows, "cache")
         if rows == 0:
             return Plan([], {"y": TensorSpec.dense(q.shape)})
         kp = kernel_params()

@@ -55,8 +55,7 @@ class KvWrite(Op):
                              f"32-bit word), got {width}")
         if max_seq * width >= 1 << 32:
             raise ValueError(f"kv_write: a cache of {max_seq} x {width} exceeds the 32-bit index")
-        push, params = position_args(self.name, attrs["pos"], max_seq - rows + 1,
-                                     f"rows [pos, pos + {rows}) of a cache of {max_seq} rows")
+        push, params = position_args(self.name, attrs["pos"], rows, max_seq, "cache")
         units = width // 2 if kind == "f16" else width  # the shader's elements: halves go in pairs
         total = rows * units
         d = PlannedDispatch(variant_name("kv_write", KV=kind),

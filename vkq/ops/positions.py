@@ -9,26 +9,28 @@ from typing import Any
 NO_SLOT = 0xFFFFFFFF
 
 
-def position_args(op: str, pos: Any, upper: int, what: str) -> tuple[dict[str, int], str]:
-    """Push constants ("pos", "pos_slot") and the role of the parameter binding for a
-    position that must lie in [0, upper) (upper >= 1: the op checked that its rows fit at
-    all). An int out of range is an IndexError now (`what`
-    describes the rows it would address); a graph parameter is bounded, so a replay with a
-    value out of range is refused before anything runs."""
+def position_args(op: str, pos: Any, rows: int, capacity: int, what: str) -> tuple[dict[str, int], str]:
+    """Push constants ("pos", "pos_slot") and the role of the parameter binding for `rows`
+    consecutive positions starting at `pos` in a `what` ("table", "cache") of `capacity`
+    rows (the op checked rows <= capacity). An int out of range is an IndexError now; a
+    graph parameter is bounded, so a replay with a value out of range is refused before
+    anything runs."""
+    upper = capacity - rows + 1
     slot = getattr(pos, "slot", None)
     if slot is None:
         if not 0 <= int(pos) < upper:
-            raise IndexError(f"{op}: position {int(pos)} is out of range: {what}")
+            raise IndexError(f"{op}: positions [{int(pos)}, {int(pos) + rows}) are out of a "
+                             f"{what} of {capacity} rows")
         return {"pos": int(pos), "pos_slot": NO_SLOT}, "dummy"
     if hasattr(pos, "bound"):
         pos.bound(upper)
     return {"pos": 0, "pos_slot": int(slot)}, "params"
 
 
-def check_position(pos: Any) -> Any:
+def check_position(pos: Any, name: str = "pos") -> Any:
     """`pos` as the ops take it: an int, or a graph parameter as is (TypeError otherwise)."""
     if hasattr(pos, "slot"):
         return pos
     if isinstance(pos, bool) or not hasattr(pos, "__index__"):
-        raise TypeError(f"pos must be an integer or a graph parameter, got {pos!r}")
+        raise TypeError(f"{name} must be an integer or a graph parameter, got {pos!r}")
     return int(pos)

@@ -14,11 +14,11 @@ import numpy as np
 
 from vkq.ops.common import ceil_div, grid_2d
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
+from vkq.ops.positions import position_args
 from vkq.reference.rope import rope_reference
 from vkq.rope_table import DeviceRopeTable, RopeTable
 from vkq.shaderlib import variant_name
 
-NO_SLOT = 0xFFFFFFFF
 WORKGROUP = 256  # rope.comp.j2's local size
 
 
@@ -46,34 +46,19 @@ class Rope(Op):
         if width != n_heads * head_dim:
             raise ValueError(f"rope: x has {width} columns, not n_heads * head_dim = {n_heads} * "
                              f"{head_dim} = {n_heads * head_dim}")
-        slot = _check_positions(attrs["pos"], rows, table_rows)
+        if rows > table_rows:
+            raise IndexError(f"rope: {rows} rows need positions past the table's {table_rows}")
+        pos, params = position_args(self.name, attrs["pos"], rows, table_rows, "table")
         if rows * width >= 1 << 32:
             raise ValueError(f"rope: {rows} x {width} floats exceed the kernel's 32-bit index")
         pairs = rows * width // 2
         d = PlannedDispatch(variant_name("rope"),
                             grid_2d(ceil_div(pairs, WORKGROUP), device.caps.max_workgroup_count[0]),
                             {"t_out": "y", "t_in": "x", "t_cos": "weight.cos", "t_sin": "weight.sin",
-                             "t_params": "params" if slot is not None else "dummy"},
+                             "t_params": params},
                             {"rows": rows, "n_heads": n_heads, "half_dim": head_dim // 2,
-                             "table_rows": table_rows,
-                             "pos": 0 if slot is not None else int(attrs["pos"]),
-                             "pos_slot": NO_SLOT if slot is None else int(slot)})
+                             "table_rows": table_rows, **pos})
         return Plan([d] if pairs else [], {"y": TensorSpec.dense(x.shape)})
-
-
-def _check_positions(pos: Any, rows: int, table_rows: int) -> int | None:
-    """The parameter slot of a graph parameter `pos` (bounded so that replays keep the rows
-    in the table), or None for an int `pos`, checked here."""
-    slot = getattr(pos, "slot", None)
-    if rows > table_rows:
-        raise IndexError(f"rope: {rows} rows need positions past the table's {table_rows}")
-    if slot is None:
-        if not 0 <= int(pos) <= table_rows - rows:
-            raise IndexError(f"rope: positions [{pos}, {int(pos) + rows}) of a table of "
-                             f"{table_rows} positions")
-    elif hasattr(pos, "bound"):
-        pos.bound(table_rows - rows + 1)
-    return slot
 
 
 def describe_variants(caps: object) -> dict[str, str]:

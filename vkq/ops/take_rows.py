@@ -12,11 +12,9 @@ import numpy as np
 
 from vkq.ops.common import ceil_div, grid_2d
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
+from vkq.ops.positions import position_args
 from vkq.reference.take_rows import take_rows_reference
 from vkq.shaderlib import variant_name
-
-NO_SLOT = 0xFFFFFFFF
-
 
 @register
 class TakeRows(Op):
@@ -33,21 +31,15 @@ class TakeRows(Op):
             raise TypeError(f"take_rows: the table must be a dense float32 [T, W] tensor, got "
                             f"{table.describe()}")
         t, w = table.shape
-        rows, index = int(attrs["rows"]), attrs["index"]
-        slot = getattr(index, "slot", None)
-        if slot is None:
-            if not 0 <= int(index) <= t - rows:
-                raise IndexError(f"take_rows: rows [{index}, {int(index) + rows}) of a table of {t} rows")
-        elif hasattr(index, "bound"):
-            index.bound(t - rows + 1)  # a replay's value must keep the rows in the table
+        rows = int(attrs["rows"])
+        if rows > t:
+            raise IndexError(f"take_rows: {rows} rows of a table of {t} rows")
+        pos, params = position_args(self.name, attrs["index"], rows, t, "table")
         if t * w >= 1 << 32:
             raise ValueError(f"take_rows: a table of {t} x {w} floats exceeds the 32-bit index")
         total = rows * w
         d = PlannedDispatch(variant_name("take_rows"),
                             grid_2d(ceil_div(total, 256), device.caps.max_workgroup_count[0]),
-                            {"t_out": "y", "t_table": "table",
-                             "t_params": "params" if slot is not None else "dummy"},
-                            {"rows": rows, "width": w, "table_rows": t,
-                             "index": 0 if slot is not None else int(index),
-                             "index_slot": NO_SLOT if slot is None else int(slot)})
+                            {"t_out": "y", "t_table": "table", "t_params": params},
+                            {"rows": rows, "width": w, "table_rows": t, **pos})
         return Plan([d] if total else [], {"y": TensorSpec.dense((rows, w))})
