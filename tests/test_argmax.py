@@ -73,13 +73,19 @@ def test_a_llama3_vocabulary_row(device):
     np.testing.assert_array_equal(vkq.argmax(x, device=device), [VOCAB - 1])
 
 
-def test_the_shared_memory_tree(device, monkeypatch):
-    # the variant of devices without subgroup arithmetic, on this device
-    monkeypatch.setattr(device, "caps", dataclasses.replace(device.caps, subgroup_arithmetic=False))
-    x = special_rows(1001)  # a width no other test plans (eager plans are cached per shape)
+@pytest.mark.parametrize("subgroup,invocations,variant", [
+    (False, 256, "argmax"), (False, 1024, "argmax_wg1024"),
+    (True, 256, "argmax_subgroup"), (True, 1024, "argmax_subgroup_wg1024")])
+def test_every_variant(device, monkeypatch, subgroup, invocations, variant):
+    # the variants of devices with and without subgroup arithmetic and 1024-wide workgroups
+    if invocations > device.caps.max_workgroup_invocations or (subgroup and not device.caps.subgroup_arithmetic):
+        pytest.skip("this device cannot run that variant")
+    monkeypatch.setattr(device, "caps", dataclasses.replace(
+        device.caps, subgroup_arithmetic=subgroup, max_workgroup_invocations=invocations))
+    x = special_rows(1001 + invocations + subgroup)  # a width no other test plans (plans are cached per shape)
     with vkq.trace() as t:
         y = vkq.argmax(x, device=device)
-    assert t.kernels == ["argmax"]
+    assert t.kernels == [variant]
     np.testing.assert_array_equal(y, np.argmax(x, axis=-1))
 
 

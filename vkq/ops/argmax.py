@@ -13,8 +13,10 @@ from vkq.shaderlib import variant_name
 
 
 def pick_variant(caps: Any) -> str:
-    """Subgroup reductions where the device has subgroup arithmetic, else a shared-memory tree."""
-    return variant_name("argmax", SUBGROUP=bool(caps.subgroup_arithmetic))
+    """Subgroup reductions where the device has subgroup arithmetic, else a shared-memory
+    tree; workgroups of 1024 where the device allows them (a long row is one workgroup's)."""
+    wide = getattr(caps, "max_workgroup_invocations", 0) >= 1024
+    return variant_name("argmax", SUBGROUP=bool(caps.subgroup_arithmetic), WIDE=wide)
 
 
 @register
