@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from vkq.runtime import (Device, Instance, UnsupportedDevice, VulkanError, VulkanUnavailable,
                          choose_device)
 from vkq.runtime.env import EnvironmentVariableError
@@ -120,20 +122,57 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import time
+
     from vkq.models.llama import CONFIGS, LlamaModel, LlamaWeights, benchmark
-    config = CONFIGS[args.config]
+    from vkq.models.safetensors import CheckpointError
+    prompt = _token_ids(args.prompt_ids) if args.prompt_ids else None
+    if prompt is not None and not args.checkpoint:
+        raise CommandError("--prompt-ids needs --checkpoint (random weights generate noise)")
     with Device(args.device, selector_origin="--device") as dev:
-        print(f"device: {dev.caps.name}; {args.config} with random int4 g32 weights", flush=True)
-        big = config.layers * config.hidden * config.intermediate > 1 << 26
-        weights = (LlamaWeights.random_on_device(config, dev) if big else LlamaWeights.random(config))
-        need = args.prompt_tokens + args.tokens + 1
+        if args.checkpoint:
+            print(f"device: {dev.caps.name}; {args.checkpoint}, linears quantized to int4 g32",
+                  flush=True)
+            try:
+                weights = LlamaWeights.from_hf(args.checkpoint, progress=lambda m: print(
+                    f"  quantizing {m}", file=sys.stderr, flush=True))
+            except CheckpointError as e:
+                raise CommandError(str(e)) from None
+        else:
+            config = CONFIGS[args.config]
+            print(f"device: {dev.caps.name}; {args.config} with random int4 g32 weights", flush=True)
+            big = config.layers * config.hidden * config.intermediate > 1 << 26
+            weights = LlamaWeights.random_on_device(config, dev) if big else LlamaWeights.random(config)
+        need = (len(prompt) if prompt else args.prompt_tokens) + args.tokens + 1
         model = LlamaModel(weights, dev, max_seq=max(args.max_seq, need))
-        r = benchmark(model, args.prompt_tokens, args.tokens)
-        print(f"prefill: {args.prompt_tokens} tokens, {r['prefill_tok_s']:.1f} tok/s")
-        print(f"decode:  {args.tokens} tokens, {r['decode_tok_s']:.1f} tok/s "
-              f"(GPU {r['decode_gpu_ms']:.3f} ms per token)")
-        model.close()
+        try:
+            if prompt is not None:
+                t = time.perf_counter()
+                token = int(np.argmax(model.prefill(prompt)))
+                start = time.perf_counter()
+                out = [token] + model.generate(token, args.tokens - 1)
+                end = time.perf_counter()
+                print("generated:", ",".join(map(str, out)))
+                print(f"prefill {len(prompt) / (start - t):.1f} tok/s, decode "
+                      f"{(len(out) - 1) / max(end - start, 1e-9):.1f} tok/s")
+            else:
+                r = benchmark(model, args.prompt_tokens, args.tokens)
+                print(f"prefill: {args.prompt_tokens} tokens, {r['prefill_tok_s']:.1f} tok/s")
+                print(f"decode:  {args.tokens} tokens, {r['decode_tok_s']:.1f} tok/s "
+                      f"(GPU {r['decode_gpu_ms']:.3f} ms per token)")
+        finally:
+            model.close()
     return 0
+
+
+def _token_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise CommandError(f"--prompt-ids {text!r}: expected comma-separated integers") from None
+    if not ids:
+        raise CommandError("--prompt-ids: no token ids given")
+    return ids
 
 
 def parser() -> argparse.ArgumentParser:
@@ -176,10 +215,13 @@ def parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="run a Llama model (random int4 weights) and print "
                                           "prefill and decode tokens per second")
     gen.add_argument("--config", choices=sorted(CONFIGS), default="tiny",
-                     help="model shape (default: %(default)s)")
-    gen.add_argument("--random-weights", action="store_true", default=True,
-                     help="random int4 g32 weights (the only source for now: checkpoints are "
-                          "not read yet)")
+                     help="model shape for random int4 g32 weights (default: %(default)s)")
+    gen.add_argument("--checkpoint", metavar="DIR",
+                     help="a Hugging Face Llama folder (config.json + *.safetensors) instead of "
+                          "random weights; its linears are quantized to int4 g32")
+    gen.add_argument("--prompt-ids", metavar="IDS",
+                     help="with --checkpoint: comma-separated prompt token ids; prints the "
+                          "generated ids (no tokenizer yet)")
     gen.add_argument("--tokens", type=positive_int, default=32,
                      help="decode steps to time (default: %(default)s)")
     gen.add_argument("--prompt-tokens", type=positive_int, default=16,

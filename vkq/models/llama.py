@@ -17,14 +17,17 @@ order documented on LlamaLayer).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 import vkq
-from vkq.quantized_weight import QuantizedWeight, half_group_params
+from vkq.models.safetensors import CheckpointError, open_folder
+from vkq.quantized_weight import QuantizedWeight, half_group_params, quantize_weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +122,50 @@ class LlamaWeights:
         return cls(c, embed, layers, _norm(rng, c.hidden), head)
 
     @classmethod
+    def from_hf(cls, folder: str | Path, group_size: int = 32, symmetric: bool = True,
+                progress: Callable[[str], None] | None = None) -> "LlamaWeights":
+        """A Hugging Face Llama folder (config.json + *.safetensors, F32/F16/BF16), its linear
+        layers quantized to int4 with `group_size` (q/k/v and gate/up fused as LlamaLayer
+        says). Reads one tensor at a time (numpy memory maps; no torch). CheckpointError says
+        what does not fit."""
+        folder = Path(folder)
+        config = config_from_hf(folder)
+        files = open_folder(folder)
+        c = config
+
+        def tensor(name: str, shape: tuple[int, ...]) -> np.ndarray:
+            if name not in files:
+                raise CheckpointError(f"{folder}: missing tensor {name!r}")
+            got = files[name].shape(name)
+            if got != shape:
+                raise CheckpointError(f"{folder}: tensor {name!r} has shape {list(got)}, the config "
+                                      f"says {list(shape)}")
+            return files[name].float32(name)
+
+        def int4(a: np.ndarray) -> QuantizedWeight:
+            return quantize_weight(a, bits=4, group_size=group_size, symmetric=symmetric)
+
+        layers = []
+        for i in range(c.layers):
+            if progress is not None:
+                progress(f"layer {i + 1}/{c.layers}")
+            p = f"model.layers.{i}."
+            qkv = np.concatenate([tensor(p + "self_attn.q_proj.weight", (c.q_dim, c.hidden)),
+                                  tensor(p + "self_attn.k_proj.weight", (c.kv_dim, c.hidden)),
+                                  tensor(p + "self_attn.v_proj.weight", (c.kv_dim, c.hidden))])
+            gate = tensor(p + "mlp.gate_proj.weight", (c.intermediate, c.hidden))
+            up = tensor(p + "mlp.up_proj.weight", (c.intermediate, c.hidden))
+            layers.append(LlamaLayer(
+                tensor(p + "input_layernorm.weight", (c.hidden,)), int4(qkv),
+                int4(tensor(p + "self_attn.o_proj.weight", (c.hidden, c.q_dim))),
+                tensor(p + "post_attention_layernorm.weight", (c.hidden,)),
+                int4(np.stack([gate, up], axis=1).reshape(2 * c.intermediate, c.hidden)),
+                int4(tensor(p + "mlp.down_proj.weight", (c.hidden, c.intermediate)))))
+        embed = tensor("model.embed_tokens.weight", (c.vocab, c.hidden))
+        head = embed if c.tie_embeddings else tensor("lm_head.weight", (c.vocab, c.hidden))
+        return cls(c, embed, layers, tensor("model.norm.weight", (c.hidden,)), int4(head))
+
+    @classmethod
     def random_on_device(cls, config: LlamaConfig, device: vkq.Device, seed: int = 0,
                          group_size: int = 32, symmetric: bool = True) -> "LlamaWeights":
         """Random int4 weights for large configs: one random layer packed on the host, each
@@ -140,6 +187,45 @@ class LlamaWeights:
 
 
 _LINEARS = ("qkv", "o", "gate_up", "down")
+
+
+def config_from_hf(folder: str | Path) -> LlamaConfig:
+    """The LlamaConfig of a Hugging Face folder's config.json (Llama architectures only)."""
+    path = Path(folder) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read it ({e})") from None
+    arch = cfg.get("architectures") or [cfg.get("model_type", "?")]
+    if cfg.get("model_type") != "llama" and "LlamaForCausalLM" not in arch:
+        raise CheckpointError(f"{path}: architecture {arch} is not a Llama (LlamaForCausalLM)")
+    for key, want in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
+        if cfg.get(key, want) != want:
+            raise CheckpointError(f"{path}: {key} = {cfg[key]!r}; vkq's Llama supports {want!r}")
+    try:
+        heads = int(cfg["num_attention_heads"])
+        scaling = cfg.get("rope_scaling")
+        rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise CheckpointError(f"{path}: rope_scaling type {rope_type!r} is not supported "
+                                  f"(default or llama3)")
+        return LlamaConfig(
+            hidden=int(cfg["hidden_size"]), layers=int(cfg["num_hidden_layers"]), heads=heads,
+            kv_heads=int(cfg.get("num_key_value_heads", heads)),
+            head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
+            intermediate=int(cfg["intermediate_size"]), vocab=int(cfg["vocab_size"]),
+            rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            rope_scaling=None if rope_type == "default" else (
+                float(scaling["factor"]), float(scaling["low_freq_factor"]),
+                float(scaling["high_freq_factor"]), int(scaling["original_max_position_embeddings"])),
+            rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+    except KeyError as e:
+        raise CheckpointError(f"{path}: missing {e.args[0]!r}") from None
+    except ValueError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def _norm(rng: np.random.Generator, n: int) -> np.ndarray:
