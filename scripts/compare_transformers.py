@@ -1,0 +1,79 @@
+"""Developer check (GPU machine, needs torch + transformers): vkq's Llama decoder against
+Hugging Face `transformers`' LlamaForCausalLM holding the same (dequantized int4) weights in
+float32. Prints, per config, the largest logit difference relative to the logits' scale over
+a prompt and N greedy steps, and whether the greedy tokens agree.
+
+    python3 scripts/compare_transformers.py tiny llama-3.2-1b --steps 32
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from vkq.models.llama import CONFIGS, LlamaModel, LlamaWeights
+
+
+def hf_model(w: LlamaWeights):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    c = w.config
+    scaling = None
+    if c.rope_scaling is not None:
+        f, lo, hi, orig = c.rope_scaling
+        scaling = {"rope_type": "llama3", "factor": f, "low_freq_factor": lo,
+                   "high_freq_factor": hi, "original_max_position_embeddings": orig}
+    cfg = LlamaConfig(hidden_size=c.hidden, num_hidden_layers=c.layers, num_attention_heads=c.heads,
+                      num_key_value_heads=c.kv_heads, head_dim=c.head_dim,
+                      intermediate_size=c.intermediate, vocab_size=c.vocab, rope_theta=c.rope_theta,
+                      rope_scaling=scaling, rms_norm_eps=c.rms_eps, tie_word_embeddings=False,
+                      max_position_embeddings=4096, attn_implementation="eager")
+    model = LlamaForCausalLM(cfg).to(torch.float32)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))  # noqa: E731
+    sd = {"model.embed_tokens.weight": t(w.embed), "model.norm.weight": t(w.final_norm),
+          "lm_head.weight": t(w.lm_head.dequantize())}
+    for i, L in enumerate(w.layers):
+        p = f"model.layers.{i}."
+        qkv, gu = L.qkv.dequantize(), L.gate_up.dequantize()
+        sd.update({p + "self_attn.q_proj.weight": t(qkv[:c.q_dim]),
+                   p + "self_attn.k_proj.weight": t(qkv[c.q_dim:c.q_dim + c.kv_dim]),
+                   p + "self_attn.v_proj.weight": t(qkv[c.q_dim + c.kv_dim:]),
+                   p + "self_attn.o_proj.weight": t(L.o.dequantize()),
+                   p + "mlp.gate_proj.weight": t(gu[0::2]), p + "mlp.up_proj.weight": t(gu[1::2]),
+                   p + "mlp.down_proj.weight": t(L.down.dequantize()),
+                   p + "input_layernorm.weight": t(L.attn_norm),
+                   p + "post_attention_layernorm.weight": t(L.mlp_norm)})
+    model.load_state_dict(sd, strict=True)
+    return model.cuda().eval()
+
+
+def compare(name: str, steps: int) -> None:
+    import torch
+    w = LlamaWeights.random(CONFIGS[name], seed=1)
+    prompt = [int(t) for t in np.random.default_rng(2).integers(0, w.config.vocab, 8)]
+    model = LlamaModel(w, max_seq=len(prompt) + steps + 1)
+    vk_logits = [model.prefill(prompt)]
+    tokens = list(prompt)
+    for _ in range(steps):
+        tokens.append(int(np.argmax(vk_logits[-1])))
+        vk_logits.append(model.step(tokens[-1])[1])
+    model.close()
+    hf = hf_model(w)
+    with torch.no_grad():
+        ref = hf(torch.tensor([tokens], device="cuda")).logits[0].double().cpu().numpy()
+    ref = ref[len(prompt) - 1:]  # the logits after the prompt and after each decoded token
+    vk = np.stack(vk_logits).astype(np.float64)
+    err = np.abs(vk - ref).max() / np.abs(ref).max()
+    same = [int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(vk, ref)]
+    print(f"{name}: {len(prompt)}-token prompt + {steps} greedy steps: max |logit diff| / max "
+          f"|logit| = {err:.2e}; greedy tokens agree at {sum(same)}/{len(same)} positions",
+          flush=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("configs", nargs="+", choices=sorted(CONFIGS))
+    ap.add_argument("--steps", type=int, default=32)
+    args = ap.parse_args()
+    for name in args.configs:
+        compare(name, args.steps)
