@@ -27,7 +27,7 @@ def hf_model(w: LlamaWeights):
                       num_key_value_heads=c.kv_heads, head_dim=c.head_dim,
                       intermediate_size=c.intermediate, vocab_size=c.vocab, rope_theta=c.rope_theta,
                       rope_scaling=scaling, rms_norm_eps=c.rms_eps, tie_word_embeddings=False,
-                      max_position_embeddings=4096, attn_implementation="eager")
+                      max_position_embeddings=131072, attn_implementation="eager")
     model = LlamaForCausalLM(cfg).to(torch.float32)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))  # noqa: E731
     sd = {"model.embed_tokens.weight": t(w.embed), "model.norm.weight": t(w.final_norm),
