@@ -160,3 +160,29 @@ def test_generate_command_on_a_checkpoint(device, tmp_path):
         assert ids == [first] + model.generate(first, 3)
     finally:
         model.close()
+
+
+def test_generate_with_text_through_the_tokenizer(device, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    path, _ = folder(tmp_path)
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(97)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path / "tokenizer.json"))
+    env = dict(os.environ, VKQ_VALIDATION="0")
+    cmd = [sys.executable, "-m", "vkq", "generate", "--checkpoint", str(path), "--tokens", "4"]
+    text = subprocess.run(cmd + ["--prompt", "w3 w50 w7"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    ids = subprocess.run(cmd + ["--prompt-ids", "3,50,7"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert text.returncode == 0 and ids.returncode == 0, text.stderr + ids.stderr
+    generated = lambda out: out.split("generated:")[1].split()[0]  # noqa: E731
+    assert generated(text.stdout) == generated(ids.stdout)
+    want = tok.decode([int(t) for t in generated(ids.stdout).split(",")])
+    assert f"text: {want}" in text.stdout
+    (path / "tokenizer.json").unlink()
+    err = subprocess.run(cmd + ["--prompt", "w3"], capture_output=True, text=True, env=env, timeout=300)
+    assert err.returncode != 0 and "has no tokenizer.json; pass --prompt-ids" in err.stderr
+    assert "Traceback" not in err.stderr

@@ -124,11 +124,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import time
 
-    from vkq.models.llama import CONFIGS, LlamaModel, LlamaWeights, benchmark
+    from vkq.models.llama import CONFIGS, LlamaModel, LlamaWeights, benchmark, load_tokenizer
     from vkq.models.safetensors import CheckpointError
-    prompt = _token_ids(args.prompt_ids) if args.prompt_ids else None
-    if prompt is not None and not args.checkpoint:
-        raise CommandError("--prompt-ids needs --checkpoint (random weights generate noise)")
+    if (args.prompt_ids or args.prompt) and not args.checkpoint:
+        raise CommandError("--prompt and --prompt-ids need --checkpoint (random weights generate noise)")
+    tokenizer = None
+    if args.prompt:
+        try:
+            tokenizer = load_tokenizer(args.checkpoint)
+        except CheckpointError as e:
+            raise CommandError(str(e)) from None
+        if tokenizer is None:
+            raise CommandError(f"--prompt: {args.checkpoint} has no tokenizer.json; pass --prompt-ids")
+        prompt = tokenizer.encode(args.prompt).ids
+    else:
+        prompt = _token_ids(args.prompt_ids) if args.prompt_ids else None
     with Device(args.device, selector_origin="--device") as dev:
         if args.checkpoint:
             print(f"device: {dev.caps.name}; {args.checkpoint}, linears quantized to int4 g32",
@@ -153,6 +163,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 out = [token] + model.generate(token, args.tokens - 1)
                 end = time.perf_counter()
                 print("generated:", ",".join(map(str, out)))
+                if tokenizer is not None:
+                    print("text:", tokenizer.decode(out))
                 print(f"prefill {len(prompt) / (start - t):.1f} tok/s, decode "
                       f"{(len(out) - 1) / max(end - start, 1e-9):.1f} tok/s")
             else:
@@ -221,7 +233,10 @@ def parser() -> argparse.ArgumentParser:
                           "random weights; its linears are quantized to int4 g32")
     gen.add_argument("--prompt-ids", metavar="IDS",
                      help="with --checkpoint: comma-separated prompt token ids; prints the "
-                          "generated ids (no tokenizer yet)")
+                          "generated ids")
+    gen.add_argument("--prompt", metavar="TEXT",
+                     help="with --checkpoint: prompt text, encoded and the output decoded by the "
+                          "folder's tokenizer.json (needs the `tokenizers` package)")
     gen.add_argument("--tokens", type=positive_int, default=32,
                      help="decode steps to time (default: %(default)s)")
     gen.add_argument("--prompt-tokens", type=positive_int, default=16,

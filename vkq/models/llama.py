@@ -189,6 +189,23 @@ class LlamaWeights:
 _LINEARS = ("qkv", "o", "gate_up", "down")
 
 
+def load_tokenizer(folder: str | Path) -> Any:
+    """The folder's tokenizer.json as a `tokenizers.Tokenizer` (the `tokenizers` package),
+    or None when the folder has none."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.exists():
+        return None
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise CheckpointError(f"{path}: reading it needs the `tokenizers` package "
+                              f"(pip install tokenizers, or vkq[llama])") from None
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the library raises its own exception types
+        raise CheckpointError(f"{path}: not a readable tokenizer ({e})") from None
+
+
 def config_from_hf(folder: str | Path) -> LlamaConfig:
     """The LlamaConfig of a Hugging Face folder's config.json (Llama architectures only)."""
     path = Path(folder) / "config.json"
