@@ -253,3 +253,37 @@ def test_bad_arguments(device, small_table):
 def test_bad_tables(args, kwargs, error, message):
     with pytest.raises(error, match=message):
         vkq.RopeTable(*args, **kwargs)
+
+
+def test_into_a_cache_equals_rope_then_kv_write(device, small_table):
+    """out=cache: the keys' RoPE written straight to cache rows pos.. (one dispatch) gives the
+    same cache as rope followed by kv_write, eagerly and in graph replays."""
+    d = small_table.head_dim
+    rng = np.random.default_rng(11)
+    k = rng.standard_normal((3, 2 * d)).astype(np.float32)
+    a = vkq.kv_cache(40, 2 * d, device=device)
+    b = vkq.kv_cache(40, 2 * d, device=device)
+    vkq.rope(k, small_table, 7, 2, out=a)
+    vkq.kv_write(b, vkq.rope(k, small_table, 7, 2, device=device), 7)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not a.numpy()[:7].any() and not a.numpy()[10:].any()
+    with vkq.graph() as g:
+        pos = g.param("pos")
+        x = g.input("k", (1, 2 * d))
+        vkq.rope(x, small_table, pos, 2, out=a)
+        g.output("k", x)
+    try:
+        for p in (0, 39, 20):
+            g(k=k[:1], pos=p)
+            vkq.kv_write(b, vkq.rope(k[:1], small_table, p, 2, device=device), p)
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        with pytest.raises(GraphError, match=r"must be in \[0, 40\)"):
+            g(k=k[:1], pos=40)  # the cache (40 rows) bounds the position, not the table
+    finally:
+        g.close()
+    with pytest.raises(IndexError, match=r"positions \[38, 41\) are out of a cache of 40 rows"):
+        vkq.rope(k, small_table, 38, 2, out=a)
+    with pytest.raises(ValueError, match="the cache must be a dense float32"):
+        vkq.rope(k, small_table, 0, 2, out=vkq.kv_cache(40, d, device=device))
+    with pytest.raises(TypeError, match="updates 'cache' in place"):
+        vkq.rope(k, small_table, 0, 2, out=np.zeros((40, 2 * d), np.float32))

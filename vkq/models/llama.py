@@ -294,8 +294,7 @@ class LlamaModel:
             h = vkq.rms_norm(x, L["attn_norm"], eps=c.rms_eps)
             q, k, v = vkq.linear(h, L["qkv"])
             q = vkq.rope(q, self.rope, pos, c.heads)
-            k = vkq.rope(k, self.rope, pos, c.kv_heads)
-            vkq.kv_write(kc, k, pos)
+            vkq.rope(k, self.rope, pos, c.kv_heads, out=kc)  # RoPE'd keys straight into the cache
             vkq.kv_write(vc, v, pos)
             a = vkq.attention(q, kc, vc, pos, c.heads, c.kv_heads)
             x = vkq.linear(a, L["o"], residual=x)

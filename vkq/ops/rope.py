@@ -46,18 +46,29 @@ class Rope(Op):
         if width != n_heads * head_dim:
             raise ValueError(f"rope: x has {width} columns, not n_heads * head_dim = {n_heads} * "
                              f"{head_dim} = {n_heads * head_dim}")
-        if rows > table_rows:
-            raise IndexError(f"rope: {rows} rows need positions past the table's {table_rows}")
-        pos, params = position_args(self.name, attrs["pos"], rows, table_rows, "table")
+        cache = inputs.get("cache")
+        capacity, what = table_rows, "table"
+        if cache is not None:  # the output goes to rows pos.. of a KV cache, in place
+            if cache.layout != "dense" or cache.dtype != np.float32 or len(cache.shape) != 2 \
+                    or cache.shape[1] != width:
+                raise ValueError(f"rope: the cache must be a dense float32 [max_seq, {width}] "
+                                 f"tensor, got {cache.describe()}")
+            if cache.shape[0] < table_rows:
+                capacity, what = cache.shape[0], "cache"
+        if rows > capacity:
+            raise IndexError(f"rope: {rows} rows need positions past the {what}'s {capacity}")
+        pos, params = position_args(self.name, attrs["pos"], rows, capacity, what)
         if rows * width >= 1 << 32:
             raise ValueError(f"rope: {rows} x {width} floats exceed the kernel's 32-bit index")
         pairs = rows * width // 2
         d = PlannedDispatch(variant_name("rope"),
                             grid_2d(ceil_div(pairs, WORKGROUP), device.caps.max_workgroup_count[0]),
-                            {"t_out": "y", "t_in": "x", "t_cos": "weight.cos", "t_sin": "weight.sin",
-                             "t_params": params},
+                            {"t_out": "cache" if cache is not None else "y", "t_in": "x",
+                             "t_cos": "weight.cos", "t_sin": "weight.sin", "t_params": params},
                             {"rows": rows, "n_heads": n_heads, "half_dim": head_dim // 2,
-                             "table_rows": table_rows, **pos})
+                             "table_rows": table_rows, **pos, "to_cache": int(cache is not None)})
+        if cache is not None:
+            return Plan([d] if pairs else [], {}, writes=frozenset({"cache"}))
         return Plan([d] if pairs else [], {"y": TensorSpec.dense(x.shape)})
 
 
