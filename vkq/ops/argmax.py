@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vkq.ops.common import check_fits, dense_need, grid_2d
+from vkq.ops.common import check_fits, dense_need, grid_2d, require_dense_f32
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
 from vkq.reference.argmax import argmax_reference
 from vkq.shaderlib import variant_name
@@ -29,8 +29,7 @@ class Argmax(Op):
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
         x = inputs["x"]
-        if x.layout != "dense" or x.dtype != np.float32 or len(x.shape) != 2:
-            raise TypeError(f"argmax: x must be a dense float32 [M, N] tensor, got {x.describe()}")
+        require_dense_f32(self.name, "x", x, "[M, N]")
         rows, width = x.shape
         if width == 0:
             raise ValueError("argmax of an empty row: x must have N >= 1 columns")

@@ -17,10 +17,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-import numpy as np
-
-from vkq.ops.common import ceil_div, check_fits, dense_need
-from vkq.ops.contract import DENSE, Op, Plan, PlannedDispatch, TensorSpec, register
+from vkq.ops.common import ceil_div, check_fits, dense_need, require_dense_f32
+from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
 from vkq.ops.kv_write import cache_kind
 from vkq.ops.positions import position_args
 from vkq.reference.attention import attention_reference
@@ -65,9 +63,7 @@ def chunking(rows: int, n_blocks: int, cache_rows: int, tile: int, kernel: str) 
 
 def _head_dim(q: TensorSpec, k: TensorSpec, v: TensorSpec, n_heads: int, n_kv: int) -> int:
     """D, after checking the tensors' kinds, that the heads divide and that q, k and v agree."""
-    if q.layout != DENSE or q.dtype != np.float32 or len(q.shape) != 2:
-        raise TypeError(f"attention: q must be a dense float32 [T, n_heads * head_dim] tensor, "
-                        f"got {q.describe()}")
+    require_dense_f32("attention", "q", q, "[T, n_heads * head_dim]")
     if n_heads <= 0 or n_kv <= 0 or n_heads % n_kv:
         raise ValueError(f"attention: n_heads ({n_heads}) must be a positive multiple of "
                          f"n_kv_heads ({n_kv})")

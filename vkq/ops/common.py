@@ -75,6 +75,16 @@ def float_tensor(name: str, x: Any) -> Any:
     return HostTensor(TensorSpec.dense(arr.shape), arr)
 
 
+def require_dense_f32(op: str, what: str, spec: TensorSpec, dims: str = "") -> None:
+    """TypeError unless `spec` is a dense float32 tensor: 2-D when `dims` (its shape's
+    description, e.g. "[M, N]") is given, at least 1-D with "[..., W]", any shape otherwise."""
+    ndim_ok = (len(spec.shape) == 2 if dims and not dims.startswith("[...") else
+               bool(spec.shape) if dims else True)
+    if spec.layout != "dense" or spec.dtype != np.float32 or not ndim_ok:
+        shape = f" {dims}" if dims else ""
+        raise TypeError(f"{op}: {what} must be a dense float32{shape} tensor, got {spec.describe()}")
+
+
 def tensor_device(x: Any) -> Any:
     """The device of a DeviceTensor or graph value; None for host arrays (numpy 2 arrays
     have a `device` attribute of their own: "cpu")."""

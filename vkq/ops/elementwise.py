@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vkq.ops.common import ceil_div, grid_2d
+from vkq.ops.common import ceil_div, grid_2d, require_dense_f32
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
 from vkq.reference.elementwise import add_reference, silu_mul_reference
 from vkq.runtime.memory import RANGE_ALIGN
@@ -31,11 +31,6 @@ def elementwise_dispatch(op: str, device: Any, rows: int, cols: int, stride: int
                                      "step": step})
 
 
-def _dense_f32(role: str, spec: TensorSpec, op: str) -> None:
-    if spec.layout != "dense" or spec.dtype.kind != "f" or spec.dtype.itemsize != 4:
-        raise TypeError(f"{op}: {role} must be a dense float32 tensor, got {spec.describe()}")
-
-
 @register
 class Add(Op):
     """out = a + b (same shape; the residual add of a decoder layer)."""
@@ -46,8 +41,8 @@ class Add(Op):
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
         a, b = inputs["a"], inputs["b"]
-        _dense_f32("a", a, self.name)
-        _dense_f32("b", b, self.name)
+        require_dense_f32(self.name, "a", a)
+        require_dense_f32(self.name, "b", b)
         if a.shape != b.shape:
             raise ValueError(f"add: shapes differ: {a.shape} and {b.shape}")
         cols = a.shape[-1] if a.shape else 1
@@ -67,7 +62,7 @@ class SiluMul(Op):
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
         x = inputs["x"]
-        _dense_f32("x", x, self.name)
+        require_dense_f32(self.name, "x", x)
         if not x.shape or x.shape[-1] % 2:
             raise ValueError(f"silu_mul: the last axis holds gate then up and must be even, got {x.shape}")
         n = x.shape[-1] // 2
@@ -110,7 +105,7 @@ def fused_outputs(device: Any, lead: tuple[int, ...], n: int, parts: tuple[int, 
     if residual is not None:
         if parts or epilogue:
             raise ValueError("residual= applies to a plain linear, not to fused parts or epilogues")
-        _dense_f32("residual", residual, "linear")
+        require_dense_f32("linear", "residual", residual)
         if residual.shape != lead + (n,):
             raise ValueError(f"residual must have shape {lead + (n,)}, got {residual.shape}")
         y = {"y": TensorSpec.dense(lead + (n,))}

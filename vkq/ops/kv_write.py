@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vkq.ops.common import ceil_div, grid_2d
+from vkq.ops.common import ceil_div, grid_2d, require_dense_f32
 from vkq.ops.contract import DENSE, Op, Plan, PlannedDispatch, TensorSpec, register
 from vkq.ops.positions import position_args
 from vkq.reference.kv_write import kv_write_reference
@@ -42,8 +42,7 @@ class KvWrite(Op):
              device: Any) -> Plan:
         cache, x = inputs["cache"], inputs["x"]
         kind = cache_kind("cache", cache, self.name)
-        if x.layout != DENSE or x.dtype != np.float32 or len(x.shape) != 2:
-            raise TypeError(f"kv_write: x must be a dense float32 [T, width] tensor, got {x.describe()}")
+        require_dense_f32(self.name, "x", x, "[T, width]")
         max_seq, width = cache.shape
         rows = x.shape[0]
         if x.shape[1] != width:

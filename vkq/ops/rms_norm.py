@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
-
-from vkq.ops.common import check_fits, dense_need, grid_2d
+from vkq.ops.common import check_fits, dense_need, grid_2d, require_dense_f32
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
 from vkq.reference.rms_norm import rms_norm_reference
 from vkq.shaderlib import variant_name
@@ -30,8 +28,7 @@ class RmsNorm(Op):
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
         x = inputs["x"]
-        if x.layout != "dense" or x.dtype != np.float32 or not x.shape:
-            raise TypeError(f"rms_norm: x must be a dense float32 tensor [..., W], got {x.describe()}")
+        require_dense_f32(self.name, "x", x, "[..., W]")
         width = x.shape[-1]
         if width == 0:
             raise ValueError("rms_norm needs a non-empty last axis")

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vkq.ops.common import ceil_div, grid_2d
+from vkq.ops.common import ceil_div, grid_2d, require_dense_f32
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
 from vkq.ops.positions import position_args
 from vkq.reference.rope import rope_reference
@@ -38,9 +38,7 @@ class Rope(Op):
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
         x = inputs["x"]
-        if x.layout != "dense" or x.dtype != np.float32 or len(x.shape) != 2:
-            raise TypeError(f"rope: x must be a dense float32 [T, n_heads * head_dim] tensor, got "
-                            f"{x.describe()}")
+        require_dense_f32(self.name, "x", x, "[T, n_heads * head_dim]")
         rows, width = x.shape
         n_heads, head_dim, table_rows = int(attrs["n_heads"]), weight.head_dim, weight.max_positions
         if width != n_heads * head_dim:

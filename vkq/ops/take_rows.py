@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
-
-from vkq.ops.common import ceil_div, grid_2d
+from vkq.ops.common import ceil_div, grid_2d, require_dense_f32
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
 from vkq.ops.positions import position_args
 from vkq.reference.take_rows import take_rows_reference
@@ -27,9 +25,7 @@ class TakeRows(Op):
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
         table = inputs["table"]
-        if table.layout != "dense" or table.dtype != np.float32 or len(table.shape) != 2:
-            raise TypeError(f"take_rows: the table must be a dense float32 [T, W] tensor, got "
-                            f"{table.describe()}")
+        require_dense_f32(self.name, "the table", table, "[T, W]")
         t, w = table.shape
         rows = int(attrs["rows"])
         if rows > t:
