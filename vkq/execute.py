@@ -31,11 +31,7 @@ PLAN_CACHE_SIZE = 16
 
 
 def spec_of(t: Any) -> TensorSpec:
-    if isinstance(t, HostTensor):
-        return t.spec
-    if isinstance(t, DeviceTensor):
-        return t.spec
-    if isinstance(t, Value):
+    if isinstance(t, (HostTensor, DeviceTensor, Value)):
         return t.spec
     raise TypeError(f"expected a tensor, got {type(t).__name__}")
 
@@ -128,15 +124,13 @@ def _run_eager(op: contract.Op, plan: Plan, inputs: Mapping[str, Any], pw: Any,
     buffers.update(outs)
     batch = device.batch(wait=download)
     try:
+        # host inputs and constants: uploaded in this batch into buffers freed after it ran
+        uploads = {r: t.data for r, t in inputs.items() if not isinstance(t, DeviceTensor)}
+        uploads.update(constants)
         for role, t in inputs.items():
             if isinstance(t, DeviceTensor):
                 buffers[role] = t.buffer
-            else:
-                buf = Buffer(device, t.spec.nbytes)
-                batch.upload(buf, t.data)
-                batch.keep(buf)
-                buffers[role] = buf
-        for role, arr in constants.items():
+        for role, arr in uploads.items():
             buf = Buffer(device, arr.nbytes)
             batch.upload(buf, arr)
             batch.keep(buf)

@@ -34,7 +34,6 @@ from vkq import layouts
 from vkq.ops import contract
 from vkq.ops.contract import DENSE, Plan, TensorSpec
 from vkq.runtime import Buffer, Device, default_device
-from vkq.runtime.batch import make_dispatch
 from vkq.runtime.buffer import BufferSlice
 from vkq.runtime.commands import Command, Copy, Dispatch
 from vkq.runtime.memory import RANGE_ALIGN
@@ -494,17 +493,9 @@ class _Recorder:
         self.commands = commands
         self.label = ""
 
-    def dispatch(self, kernel: Any, groups: tuple[int, ...], *, buffers: Mapping[str, Any],
-                 push: Mapping[str, Any] | None = None, label: str = "") -> None:
-        self.commands.append(make_dispatch(self.device, kernel, groups, buffers, push, self.label))
-
     def add_dispatch(self, kernel: Any, groups: tuple[int, int, int], bound: list[Any],
                      push: bytes, label: str = "") -> None:
         self.commands.append(Dispatch(kernel, groups, bound, push, self.label))
-
-    def copy(self, src: Any, dst: Any, nbytes: int | None = None) -> None:
-        nbytes = min(src.nbytes, dst.nbytes) if nbytes is None else nbytes
-        self.commands.append(Copy(src, dst, nbytes, label=self.label))
 
 
 def _param_value(p: Param, value: Any) -> int:

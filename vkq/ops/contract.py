@@ -175,7 +175,8 @@ class Op:
         raise NotImplementedError
 
     def record(self, stream: Any, buffers: Mapping[str, Any], plan: Plan) -> None:
-        """Record `plan` into `stream` (anything with CommandBatch's `dispatch`)."""
+        """Record `plan` into `stream` (anything with CommandBatch's `add_dispatch`: a batch,
+        or a graph's recorder)."""
         dev = stream.device
         for d in plan.dispatches:
             kern, roles, push, groups = d.resolve(dev)

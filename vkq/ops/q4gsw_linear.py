@@ -553,10 +553,10 @@ class Q4gswLinear(Op):
             raise ValueError(f"x must have shape [..., K] with K = {k} (the weight's), got {x.shape}")
         m = x.rows
         choice = {c: attrs[c] for c in _CHOICES if attrs.get(c) is not None}
-        route(max(m, 1), choice.get("kernel", "auto"))
-        sub = device.caps.subgroup_shuffle if choice.get("gemv_subgroup") is None else choice["gemv_subgroup"]
+        # the GEMV applies the residual and silu_mul itself (pairs need an even shape);
+        # gemv_shape also checks the kernel choice, before any work
         cfg = gemv_shape(device, n, k, max(m, 1), choice.get("kernel", "auto"),
-                         choice.get("gemv_config"), sub)
+                         choice.get("gemv_config"), choice.get("gemv_subgroup"))
         stage = fused_outputs(device, x.shape[:-1], n, attrs.get("parts"), attrs.get("epilogue"),
                               residual=inputs.get("residual"),
                               kernel_epilogues=cfg is not None and cfg.rows % 2 == 0)

@@ -88,24 +88,18 @@ class HazardTracker:
     def __init__(self) -> None:
         self.reads: list[tuple[int, int, int]] = []
         self.writes: list[tuple[int, int, int]] = []
-        self.stages = 0          # stages of the commands since the last barrier
-        self.write_stages = 0
 
     def conflicts(self, reads: list[tuple[int, int, int]], writes: list[tuple[int, int, int]]) -> bool:
         return (any(_overlaps(r, self.writes) for r in reads)
                 or any(_overlaps(w, self.writes) or _overlaps(w, self.reads) for w in writes))
 
-    def add(self, stage: int, reads: list[tuple[int, int, int]], writes: list[tuple[int, int, int]]) -> None:
+    def add(self, reads: list[tuple[int, int, int]], writes: list[tuple[int, int, int]]) -> None:
         self.reads.extend(reads)
         self.writes.extend(writes)
-        self.stages |= stage
-        if writes:
-            self.write_stages |= stage
 
     def clear(self) -> None:
         self.reads.clear()
         self.writes.clear()
-        self.stages = self.write_stages = 0
 
 
 def plan_barriers(commands: Sequence[Command]) -> list[bool]:
@@ -117,7 +111,7 @@ def plan_barriers(commands: Sequence[Command]) -> list[bool]:
         need = tracker.conflicts(reads, writes)
         if need:
             tracker.clear()
-        tracker.add(c.stage, reads, writes)
+        tracker.add(reads, writes)
         out.append(need)
     return out
 

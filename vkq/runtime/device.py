@@ -320,10 +320,6 @@ class Device:
         if self.handle is not None:
             self.wait()
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
-
     def retire(self, free: Callable[[], None]) -> None:
         """Run `free` (releasing memory or objects) once the work submitted so far has finished."""
         if self._open is not None:  # recorded, not yet submitted: it will be the next serial

@@ -64,7 +64,6 @@ class Submission:
     def prepare(self, n_sets: int, n_descriptors: int) -> None:
         """Empty the descriptor pool (or make a larger one) for the next batch."""
         dev = self.device.handle
-        self.keep.clear()
         if self._pool is not None and n_sets <= self._capacity[0] and n_descriptors <= self._capacity[1]:
             lib.vkResetDescriptorPool(dev, self._pool, 0)
             return
