@@ -199,7 +199,8 @@ def test_every_routing_table_shape_is_declared_for_every_weight_kind():
     tables += [(q4.GEMV_FALLBACK, True), (q4.GEMV_FALLBACK, False)]
     for (cfg, sub), asym, group, half in itertools.product(tables, (False, True),
                                                            ("word", "comp"), (False, True)):
-        fam.variant(ASYM=asym, GROUP=group, SHAPE=cfg.tag, SUBGROUP=sub, P16=half)
+        for norm in (False, True) if cfg.mr == 1 else (False,):  # one row: rms_norm folded in
+            fam.variant(ASYM=asym, GROUP=group, SHAPE=cfg.tag, SUBGROUP=sub, P16=half, NORM=norm)
 
 
 def test_undeclared_combinations_and_bad_values_raise():

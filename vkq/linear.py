@@ -29,6 +29,7 @@ def _weight_kind(w: Any) -> str:
 
 
 def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = None,
+           rms_norm: tuple[np.ndarray, float] | None = None,
            input_scale: float | None = None, input_zero_point: int | None = None,
            output_scale: float | None = None, output_zero_point: int | None = None,
            activation: str = "none", kernel: str = "auto", device: Device | None = None) -> Any:
@@ -40,7 +41,9 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
 
     int4 weights (`w.bits == 4`, q4gsw): `x` is float `[..., K]`, the result float32
     `[..., N]`; the int8 quantization arguments must be left unset. `residual` (float
-    `[..., N]`) is added to the result (a decoder layer's skip connection). `w` may also be a
+    `[..., N]`) is added to the result (a decoder layer's skip connection). `rms_norm`
+    (`(weight [K], eps)`) normalizes x first: the result is `linear(vkq.rms_norm(x, weight,
+    eps), w)`, with the norm folded into the one-row GEMV (no dispatch of its own). `w` may also be a
     `Q4gswWeight` built from packed data (vkq.ops.q4gsw_linear.prepack_q4gsw), or a
     `FusedWeight` (vkq.fuse_linear): then the result is a tuple with one array per fused
     weight, or silu(gate) * up for epilogue="silu_mul".
@@ -56,7 +59,7 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
         raise ValueError(f"kernel must be 'auto', 'gemv' or 'gemm', got {kernel!r}")
     op = contract.get(_linear_op(kind, "int8" if kind == "int8" else "float"))
     call = op.linear_call(x, w, bias, dict(
-        residual=residual, input_scale=input_scale, input_zero_point=input_zero_point,
+        residual=residual, rms_norm=rms_norm, input_scale=input_scale, input_zero_point=input_zero_point,
         output_scale=output_scale, output_zero_point=output_zero_point, activation=activation,
         kernel=kernel, device=device))
     if call.immediate is not None:

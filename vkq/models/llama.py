@@ -291,17 +291,17 @@ class LlamaModel:
     def _forward(self, x: Any, pos: Any, rows: int) -> Any:
         c = self.config
         for L, kc, vc in zip(self.layers, self.k_cache, self.v_cache):
-            h = vkq.rms_norm(x, L["attn_norm"], eps=c.rms_eps)
-            q, k, v = vkq.linear(h, L["qkv"])
+            # the norms are folded into the one-row GEMVs (a dispatch of their own for prefill)
+            q, k, v = vkq.linear(x, L["qkv"], rms_norm=(L["attn_norm"], c.rms_eps))
             q = vkq.rope(q, self.rope, pos, c.heads)
             vkq.rope(k, self.rope, pos, c.kv_heads, out=kc)  # RoPE'd keys straight into the cache
             vkq.kv_write(vc, v, pos)
             a = vkq.attention(q, kc, vc, pos, c.heads, c.kv_heads)
             x = vkq.linear(a, L["o"], residual=x)
-            h = vkq.rms_norm(x, L["mlp_norm"], eps=c.rms_eps)
-            x = vkq.linear(vkq.linear(h, L["gate_up"]), L["down"], residual=x)
+            h = vkq.linear(x, L["gate_up"], rms_norm=(L["mlp_norm"], c.rms_eps))
+            x = vkq.linear(h, L["down"], residual=x)
         last = vkq.take_rows(x, rows - 1) if rows > 1 else x
-        return vkq.linear(vkq.rms_norm(last, self.final_norm, eps=c.rms_eps), self.lm_head)
+        return vkq.linear(last, self.lm_head, rms_norm=(self.final_norm, c.rms_eps))
 
     def _check_room(self, n: int) -> None:
         if self.pos + n > self.max_seq:

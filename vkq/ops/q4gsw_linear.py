@@ -33,15 +33,17 @@ import numpy as np
 
 from vkq import layouts
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
-from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_tensor,
-                            grid_2d, tensor_device, weight_needs, wrong_device_input)
+from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_input,
+                            float_tensor, grid_2d, positive_finite, tensor_device, weight_needs,
+                            wrong_device_input)
 from vkq.ops.contract import (DENSE, OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec,
                               output_y, register, register_linear)
 from vkq.ops.elementwise import fused_outputs
+from vkq.ops.rms_norm import norm_dispatch
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
 from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
-from vkq.shaderlib import variant_name
+from vkq.shaderlib import ShaderError, variant_name
 
 #: Format of the prepacked device weight (Q4gswWeight); bump VERSION when its arrays change.
 FORMAT = "q4gsw_weight"
@@ -302,6 +304,11 @@ class GemvConfig:
         xv = 8 * jw * self.u  # vec4s of x per warp, step and row, padded by 1 per 8 below
         return red + (16 * self.ks * 2 * self.mr * (xv + xv // 8) if self.xs else 0)
 
+    @property
+    def norm_shared_bytes(self) -> int:
+        """Shared memory the rms_norm folded in adds: one sum of squares per lane."""
+        return 4 * 32 * self.ks
+
 
 #: The shape used where the device lacks subgroup shuffles (shared-memory reduction only),
 #: or has too little shared memory for the routed one (fits the Vulkan minimum of 16 KiB).
@@ -354,10 +361,31 @@ def pick_gemv_config(n: int, k: int, max_shared_memory: int = 1 << 62,
 
 
 def gemv_variant(asym: bool, group_size: int, cfg: GemvConfig, subgroup: bool = True,
-                 half_params: bool = False) -> str:
-    """The declared GEMV variant of this weight kind and shape (ShaderError if undeclared)."""
+                 half_params: bool = False, norm: bool = False) -> str:
+    """The declared GEMV variant of this weight kind and shape (ShaderError if undeclared);
+    `norm`: with the rms_norm of x folded in."""
     return variant_name("q4gsw_gemv", ASYM=bool(asym), GROUP=gemv_group_mode(group_size),
-                        SHAPE=cfg.tag, SUBGROUP=bool(subgroup), P16=bool(half_params))
+                        SHAPE=cfg.tag, SUBGROUP=bool(subgroup), P16=bool(half_params), NORM=bool(norm))
+
+
+#: The GEMV folds an rms_norm of x in only for eps at least this large: it sums squares at a
+#: 2^-64 scale, where elements below 2^-31 add nothing (see the GEMV template's header).
+NORM_MIN_EPS = 1e-12
+
+
+def gemv_folds_norm(dev: Device, w: Q4gswWeight, cfg: GemvConfig | None, subgroup: bool,
+                    eps: float) -> bool:
+    """Whether the GEMV of this weight and shape applies an rms_norm of x itself: one row of x,
+    eps large enough, the shared memory there, and the NORM variant declared for the shape."""
+    if cfg is None or cfg.mr > 1 or eps < NORM_MIN_EPS:
+        return False
+    if cfg.shared_bytes + cfg.norm_shared_bytes > dev.caps.max_shared_memory:
+        return False
+    try:
+        gemv_variant(w.has_zeros, w.group_size, cfg, subgroup, w.half_params, norm=True)
+    except ShaderError:
+        return False
+    return True
 
 
 def gemm_variant(asym: bool, m: int, tile: str | None = None, half_params: bool = False) -> str:
@@ -405,25 +433,29 @@ def gemv_shape(dev: Device, n: int, k: int, m: int, kernel: str = "auto",
 def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, kernel: str = "auto",
                       gemv_config: GemvConfig | None = None, gemv_subgroup: bool | None = None,
                       gemm_tile: str | None = None, gemm_splits: int | None = None,
-                      out: str = "y", epilogue: int = 0) -> tuple[list[PlannedDispatch], dict[str, int]]:
+                      out: str = "y", epilogue: int = 0, x: str = "x",
+                      norm_eps: float | None = None) -> tuple[list[PlannedDispatch], dict[str, int]]:
     """The dispatches computing `out[:m*N] = x[:m*K] @ dequant(w).T (+ bias)` and the scratch
     they need (role -> bytes). Roles: "x", `out`, "bias" (or "dummy"), "weight.*",
     "scratch.partials" (split-K), "residual" (`epilogue` 1). `gemv_config` forces a GEMV
     workgroup shape, `gemv_subgroup` False its shared-memory-only reduction,
     `gemm_tile`/`gemm_splits` a GEMM tile / split-K. `epilogue` (GEMV only, see the GEMV
-    template): 1 adds the residual, 2 applies silu_mul to alternating gate/up channels."""
+    template): 1 adds the residual, 2 applies silu_mul to alternating gate/up channels.
+    `x`: the role of the activations. `norm_eps`: the GEMV folds in rms_norm(x, "norm_weight",
+    norm_eps) (the caller checked gemv_folds_norm)."""
     n, k = w.shape
     sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
     cfg = gemv_shape(dev, n, k, m, kernel, gemv_config, sub)
     bias = "bias" if has_bias else "dummy"
-    bufs = {"t_out": out, "t_x": "x", "t_weight": "weight.weight", "t_scales": "weight.scales",
+    bufs = {"t_out": out, "t_x": x, "t_weight": "weight.weight", "t_scales": "weight.scales",
             "t_bias": bias}
     if w.has_zeros:
         bufs["t_zeros"] = "weight.zeros"
     if k >= 1 << 31:  # both shaders build their nibble-to-float exponent from pc.k >> 31
         raise ValueError(f"the q4gsw kernels support K < 2^31, got K = {k}")
     if cfg is not None:
-        name = gemv_variant(w.has_zeros, w.group_size, cfg, subgroup=sub, half_params=w.half_params)
+        name = gemv_variant(w.has_zeros, w.group_size, cfg, subgroup=sub, half_params=w.half_params,
+                            norm=norm_eps is not None)
         units = w.group_size // (32 if gemv_group_mode(w.group_size) == "word" else 8)
         gx, gy, _ = grid_2d(ceil_div(n, cfg.rows), dev.caps.max_workgroup_count[0])
         blocks = ceil_div(m, cfg.mr)  # gl_WorkGroupID.z: a block of mr rows of x
@@ -435,10 +467,13 @@ def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, ke
         push = {"n": n, "k": k, "n_groups": w.n_groups, "has_bias": int(has_bias), "epilogue": epilogue}
         if cfg.mr > 1:
             push["m"] = m
+        if norm_eps is not None:
+            push["eps"] = norm_eps
+            bufs["t_norm"] = "norm_weight"
         bufs["t_residual"] = "residual" if epilogue == 1 else "dummy"
         return [PlannedDispatch(name, (gx, gy, blocks), bufs, push, {"GROUP_UNITS": units})], {}
-    if epilogue:
-        raise ValueError("the GEMM applies no epilogue itself: add the residual or silu_mul after it")
+    if epilogue or norm_eps is not None:
+        raise ValueError("the GEMM applies no epilogue or norm itself: run them as separate dispatches")
     plan = plan_gemm(m, n, k, w.has_zeros, gemm_tile, gemm_splits, w.half_params)
     if plan.float32_params:
         w.float32_params()  # made once, on first use
@@ -498,14 +533,16 @@ class Q4gswLinear(Op):
     """`y = x @ dequant(w).T (+ bias) (+ residual)` for int4 group-wise weights w [N, K].
 
     Inputs: "x" dense float32 [..., K]; optional "residual" [..., N] (added after the
-    product: a decoder layer's skip connection). Constant: optional "bias" [N]. Attributes:
-    "kernel" ("auto" | "gemv" | "gemm"), "parts"/"epilogue" for fused weights (see
-    vkq.ops.elementwise.fused_outputs), and the forcing choices of linear_dispatches.
+    product: a decoder layer's skip connection). Constants: optional "bias" [N], optional
+    "norm_weight" [K] with attribute "norm_eps": the product is taken of rms_norm(x,
+    norm_weight, norm_eps) (folded into the one-row GEMV, else an rms_norm dispatch first).
+    Attributes: "kernel" ("auto" | "gemv" | "gemm"), "parts"/"epilogue" for fused weights
+    (see vkq.ops.elementwise.fused_outputs), and the forcing choices of linear_dispatches.
     """
 
     name = "q4gsw_linear"
     reference = staticmethod(q4gsw_linear_reference)
-    constant_roles = ("bias",)
+    constant_roles = ("bias", "norm_weight")
 
     def prepack(self, weight: Any, device: Device) -> Q4gswWeight:
         return _device_weight(weight, device)
@@ -534,12 +571,13 @@ class Q4gswLinear(Op):
             check_fits(device.caps, [dense_need("float32 output y", (spec.rows, n))]
                        + ([dense_need("float32 activations x", (spec.rows, k))]
                           if isinstance(inputs["x"], HostTensor) else []))
+        norm_weight, norm_eps = _norm_option(options.get("rms_norm"), k)
         attrs = {"kernel": options.get("kernel", "auto"), "has_bias": b32 is not None,
-                 "parts": parts, "epilogue": epilogue}
+                 "parts": parts, "epilogue": epilogue, "norm_eps": norm_eps}
         finish = output_y
         if parts and epilogue is None:
             finish = lambda out: tuple(out[f"y{i}"] for i in range(len(parts)))  # noqa: E731
-        return Call(inputs, attrs, base, {"bias": b32}, finish)
+        return Call(inputs, attrs, base, {"bias": b32, "norm_weight": norm_weight}, finish)
 
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
@@ -560,14 +598,38 @@ class Q4gswLinear(Op):
         stage = fused_outputs(device, x.shape[:-1], n, attrs.get("parts"), attrs.get("epilogue"),
                               residual=inputs.get("residual"),
                               kernel_epilogues=cfg is not None and cfg.rows % 2 == 0)
+        eps = attrs.get("norm_eps")
+        sub = device.caps.subgroup_shuffle if choice.get("gemv_subgroup") is None else choice["gemv_subgroup"]
+        folded = eps is not None and gemv_folds_norm(device, weight, cfg, sub, eps)
+        pre: list[PlannedDispatch] = []
+        pre_scratch: dict[str, int] = {}
+        x_role = "x"
+        if eps is not None and not folded and m:  # rms_norm first, into scratch
+            pre = [norm_dispatch(device, m, k, eps, out="scratch.normed", x="x", weight="norm_weight")]
+            pre_scratch = {"scratch.normed": 4 * m * k}
+            x_role = "scratch.normed"
         dispatches, scratch = linear_dispatches(device, weight, m, bool(attrs.get("has_bias")),
-                                                out=stage.product, epilogue=stage.in_kernel,
+                                                out=stage.product, epilogue=stage.in_kernel, x=x_role,
+                                                norm_eps=eps if folded else None,
                                                 **choice) if m else ([], {})
         scratch.update(stage.scratch)
-        return Plan(dispatches + (stage.dispatches if m else []), stage.outputs, scratch, stage.views)
+        scratch.update(pre_scratch)
+        return Plan(pre + dispatches + (stage.dispatches if m else []), stage.outputs, scratch, stage.views)
 
 
 _CHOICES = ("kernel", "gemv_config", "gemv_subgroup", "gemm_tile", "gemm_splits")
+
+
+def _norm_option(option: Any, k: int) -> tuple[np.ndarray | None, float | None]:
+    """`vkq.linear`'s rms_norm=(weight [K], eps), checked: (float32 weight, eps) or (None, None)."""
+    if option is None:
+        return None, None
+    if not isinstance(option, (tuple, list)) or len(option) != 2:
+        raise TypeError(f"rms_norm must be a (weight, eps) pair, got {type(option).__name__}")
+    weight = float_input("rms_norm weight", option[0])
+    if weight.shape != (k,):
+        raise ValueError(f"rms_norm weight must have shape ({k},) to match x's last axis, got {weight.shape}")
+    return weight, positive_finite("rms_norm eps", option[1])
 
 
 #: Split-K aims for at least this many GEMM workgroups (4 per SM on a 132-SM H100): a small-M

@@ -345,8 +345,8 @@ class Q8taLinear(Op):
         return prepack(weight, device)
 
     def linear_call(self, x: Any, w: Any, bias: Any, options: Mapping[str, Any]) -> Call:
-        if hasattr(w, "parts") or options.get("residual") is not None:
-            raise ValueError("int8 linear layers take neither fused weights nor residual= yet")
+        if hasattr(w, "parts") or options.get("residual") is not None or options.get("rms_norm") is not None:
+            raise ValueError("int8 linear layers take neither fused weights nor residual= nor rms_norm= yet")
         missing = [q for q in INT8_QPARAMS if options.get(q) is None]
         if missing:
             raise TypeError(f"int8 linear needs {', '.join(missing)}")

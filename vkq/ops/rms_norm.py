@@ -34,10 +34,17 @@ class RmsNorm(Op):
             raise ValueError("rms_norm needs a non-empty last axis")
         rows = x.rows
         check_fits(device.caps, [dense_need("float32 rows x (and the output)", (rows, width))])
-        d = PlannedDispatch(pick_variant(width, device.caps), grid_2d(rows, device.caps.max_workgroup_count[0]),
-                            {"t_out": "y", "t_in": "x", "t_weight": "weight"},
-                            {"n_rows": rows, "width": width, "eps": float(attrs["eps"])})
+        d = norm_dispatch(device, rows, width, float(attrs["eps"]))
         return Plan([d] if rows else [], {"y": TensorSpec.dense(x.shape)})
+
+
+def norm_dispatch(device: Any, rows: int, width: int, eps: float, *, out: str = "y", x: str = "x",
+                  weight: str = "weight") -> PlannedDispatch:
+    """The dispatch normalizing `rows` rows of `width` (buffer roles out, x and weight); also
+    the prologue of a linear that takes rms_norm= where its kernel cannot fold the norm in."""
+    return PlannedDispatch(pick_variant(width, device.caps), grid_2d(rows, device.caps.max_workgroup_count[0]),
+                           {"t_out": out, "t_in": x, "t_weight": weight},
+                           {"n_rows": rows, "width": width, "eps": eps})
 
 
 def describe_variants(caps: object) -> dict[str, str]:

@@ -286,7 +286,7 @@ class _TorchPeer:
 def sweep_gemv_configs() -> list[GemvConfig]:
     """Every one-row (M == 1) GEMV workgroup shape declared for symmetric word-group weights
     (with subgroup shuffles), in name order."""
-    declared = families()["q4gsw_gemv"].select(ASYM=False, GROUP="word", SUBGROUP=True, P16=False)
+    declared = families()["q4gsw_gemv"].select(ASYM=False, GROUP="word", SUBGROUP=True, P16=False, NORM=False)
     configs = (GemvConfig.from_params(v.params) for v in sorted(declared, key=lambda v: v.name))
     return [c for c in configs if c.mr == 1]
 
