@@ -1,7 +1,8 @@
 """The decode-step benchmark: every linear layer of a Llama decoder stack at batch 1.
 
-Per layer: rms_norm -> q/k/v (one fused int4 linear) -> o (+ residual) -> rms_norm ->
-gate/up (one fused int4 linear with silu(gate) * up) -> down (+ residual). Attention itself
+Per layer: q/k/v (one fused int4 linear, its rms_norm folded in) -> o (+ residual) -> gate/up
+(one fused int4 linear with the rms_norm folded in and silu(gate) * up) -> down (+ residual):
+4 dispatches (the PyTorch peer runs rms_norm as ops of its own). Attention itself
 is not included: the o projection reads the q projection's output where attention's would
 be, and k, v are computed and dropped. Each layer has weights of its own in memory (device
 copies of one random weight per projection), so a token reads every layer's bytes from
@@ -80,11 +81,9 @@ class VkqStack:
     def step(self, x: Any) -> Any:
         """One token through every layer (eager on DeviceTensors, or captured on graph values)."""
         for L in self.layers:
-            h = vkq.rms_norm(x, L["norm1"], eps=EPS)
-            q, _k, _v = vkq.linear(h, L["qkv"])
+            q, _k, _v = vkq.linear(x, L["qkv"], rms_norm=(L["norm1"], EPS))  # norm in the GEMV
             x = vkq.linear(q, L["o"], residual=x)
-            h = vkq.rms_norm(x, L["norm2"], eps=EPS)
-            a = vkq.linear(h, L["gate_up"])
+            a = vkq.linear(x, L["gate_up"], rms_norm=(L["norm2"], EPS))
             x = vkq.linear(a, L["down"], residual=x)
         return x
 
