@@ -229,6 +229,15 @@ def test_progress_line_redraws_one_line_on_a_terminal():
     assert text.rstrip("\n").split("\r")[-1].startswith("quantizing [" + "#" * ProgressLine.WIDTH + "] 3/3")
 
 
+def test_the_bench_without_compare_torch_does_not_import_torch():
+    code = ("import sys, vkq.__main__, vkq.bench.runner; from vkq.bench import suites; suites.load(); "
+            "import vkq.bench.llama_torch; "
+            "loaded = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')]; "
+            "assert not loaded, loaded")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
 def test_generate_refuses_token_ids_outside_the_vocabulary(tmp_path):
     from test_llama_checkpoint import folder
     path, _ = folder(tmp_path)

@@ -260,8 +260,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="FILE", help="also write the results to this file")
     b.add_argument("--repeats", type=positive_int, default=20,
                    help="timed repetitions per measurement (default: %(default)s)")
-    b.add_argument("--compare", nargs="*", default=[], choices=["torch"],
-                   help="also time peers on the same GPU (torch with CUDA)")
+    b.add_argument("--compare", nargs="*", default=[], choices=["torch", "torch-compile"],
+                   help="also time peers on the same GPU (torch with CUDA; the llama suite's "
+                        "need transformers; torch-compile adds its torch.compile'd fp16 peer)")
     b.add_argument("--roofline-mib", type=positive_int, default=1024, metavar="MIB",
                    help="size of the buffer the read roofline streams, capped by the device's "
                         "limits (default: %(default)s; at most 128 with quick shapes)")
