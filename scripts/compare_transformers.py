@@ -21,35 +21,9 @@ from vkq.models.llama import CONFIGS, LlamaModel, LlamaWeights
 
 def hf_model(w: LlamaWeights):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-    c = w.config
-    scaling = None
-    if c.rope_scaling is not None:
-        f, lo, hi, orig = c.rope_scaling
-        scaling = {"rope_type": "llama3", "factor": f, "low_freq_factor": lo,
-                   "high_freq_factor": hi, "original_max_position_embeddings": orig}
-    cfg = LlamaConfig(hidden_size=c.hidden, num_hidden_layers=c.layers, num_attention_heads=c.heads,
-                      num_key_value_heads=c.kv_heads, head_dim=c.head_dim,
-                      intermediate_size=c.intermediate, vocab_size=c.vocab, rope_theta=c.rope_theta,
-                      rope_scaling=scaling, rms_norm_eps=c.rms_eps, tie_word_embeddings=False,
-                      max_position_embeddings=131072, attn_implementation="eager")
-    model = LlamaForCausalLM(cfg).to(torch.float32)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))  # noqa: E731
-    sd = {"model.embed_tokens.weight": t(w.embed), "model.norm.weight": t(w.final_norm),
-          "lm_head.weight": t(w.lm_head.dequantize())}
-    for i, L in enumerate(w.layers):
-        p = f"model.layers.{i}."
-        qkv, gu = L.qkv.dequantize(), L.gate_up.dequantize()
-        sd.update({p + "self_attn.q_proj.weight": t(qkv[:c.q_dim]),
-                   p + "self_attn.k_proj.weight": t(qkv[c.q_dim:c.q_dim + c.kv_dim]),
-                   p + "self_attn.v_proj.weight": t(qkv[c.q_dim + c.kv_dim:]),
-                   p + "self_attn.o_proj.weight": t(L.o.dequantize()),
-                   p + "mlp.gate_proj.weight": t(gu[0::2]), p + "mlp.up_proj.weight": t(gu[1::2]),
-                   p + "mlp.down_proj.weight": t(L.down.dequantize()),
-                   p + "input_layernorm.weight": t(L.attn_norm),
-                   p + "post_attention_layernorm.weight": t(L.mlp_norm)})
-    model.load_state_dict(sd, strict=True)
-    return model.cuda().eval()
+
+    from vkq.bench.llama_torch import hf_llama
+    return hf_llama(w, "cuda", "fp16", attn="eager", dtype=torch.float32)[0]
 
 
 def random_weights(name: str) -> LlamaWeights:

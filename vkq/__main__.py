@@ -12,9 +12,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
+from vkq.models.sampling import Sampler
 from vkq.runtime import (Device, Instance, UnsupportedDevice, VulkanError, VulkanUnavailable,
                          choose_device)
 from vkq.runtime.env import EnvironmentVariableError
@@ -39,15 +41,24 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(parse: Callable[[str], Any], ok: Callable[[Any], bool], expected: str,
+            name: str) -> Callable[[str], Any]:
+    """An argparse type: `parse(text)` where `ok` holds, else an error saying `expected`."""
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    convert.__name__ = name
+    return convert
+
+
+positive_int = _number(int, lambda v: v >= 1, "a positive integer", "positive_int")
+non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0", "non_negative_float")
+probability = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]", "probability")
 
 
 def spec_constant(text: str) -> dict[str, int | float]:
@@ -121,13 +132,53 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+class ProgressLine:
+    """A one-line progress bar on stderr for `progress(what, done, total)` callbacks
+    (LlamaWeights.from_hf, .to_device): redrawn in place on a terminal; elsewhere (a log,
+    a pipe) only the finished line is written, so logs get no carriage-return clutter."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.start: dict[str, float] = {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        import time
+        now = time.perf_counter()
+        t0 = self.start.setdefault(what, now)
+        fill = self.WIDTH * done // max(total, 1)
+        line = f"{what} [{'#' * fill}{'.' * (self.WIDTH - fill)}] {done}/{total} {now - t0:.1f} s"
+        if done >= total:
+            self.stream.write(("\r" if self.stream.isatty() else "") + line + "\n")
+        elif self.stream.isatty():
+            self.stream.write("\r" + line)
+        self.stream.flush()
+
+
+def sampler_from(args: argparse.Namespace) -> Sampler | None:
+    """The sampler the generate flags ask for; None (greedy on the device) by default."""
+    if args.temperature == 0:
+        extra = [f for f, v in (("--top-k", args.top_k), ("--top-p", args.top_p), ("--seed", args.seed))
+                 if v is not None]
+        if extra:
+            raise CommandError(f"{'/'.join(extra)}: only for sampling; add --temperature T "
+                               f"(> 0; the default 0 decodes greedily)")
+        return None
+    if not (args.prompt or args.prompt_ids):
+        raise CommandError("--temperature samples a generated text: it needs --checkpoint with "
+                           "--prompt or --prompt-ids")
+    return Sampler(args.temperature, args.top_k, 1.0 if args.top_p is None else args.top_p, args.seed)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import time
 
-    from vkq.models.llama import CONFIGS, LlamaModel, LlamaWeights, benchmark, load_tokenizer
+    from vkq.models.llama import CONFIGS, LlamaModel, LlamaWeights, benchmark, check_tokens, load_tokenizer
     from vkq.models.safetensors import CheckpointError
     if (args.prompt_ids or args.prompt) and not args.checkpoint:
         raise CommandError("--prompt and --prompt-ids need --checkpoint (random weights generate noise)")
+    sampler = sampler_from(args)
     tokenizer = None
     if args.prompt:
         try:
@@ -144,23 +195,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"device: {dev.caps.name}; {args.checkpoint}, linears quantized to int4 g32",
                   flush=True)
             try:
-                weights = LlamaWeights.from_hf(args.checkpoint, progress=lambda m: print(
-                    f"  quantizing {m}", file=sys.stderr, flush=True))
+                weights = LlamaWeights.from_hf(args.checkpoint, progress=ProgressLine())
             except CheckpointError as e:
                 raise CommandError(str(e)) from None
+            if prompt is not None:  # checked before the upload, not by the prefill after it
+                try:
+                    check_tokens(prompt, weights.config.vocab)
+                except ValueError as e:
+                    raise CommandError(f"{'--prompt' if args.prompt else '--prompt-ids'}: {e}") from None
         else:
             config = CONFIGS[args.config]
             print(f"device: {dev.caps.name}; {args.config} with random int4 g32 weights", flush=True)
             big = config.layers * config.hidden * config.intermediate > 1 << 26
-            weights = LlamaWeights.random_on_device(config, dev) if big else LlamaWeights.random(config)
+            weights = LlamaWeights.random_repeated(config) if big else LlamaWeights.random(config)
+        weights = weights.to_device(dev, progress=ProgressLine())  # the upload is not the prefill's
         need = (len(prompt) if prompt else args.prompt_tokens) + args.tokens + 1
         model = LlamaModel(weights, dev, max_seq=max(args.max_seq, need))
         try:
             if prompt is not None:
                 t = time.perf_counter()
-                token = int(np.argmax(model.prefill(prompt)))
+                logits = model.prefill(prompt)
+                token = int(np.argmax(logits))
                 start = time.perf_counter()
-                out = [token] + model.generate(token, args.tokens - 1)
+                if sampler is not None:  # the first token too is drawn, not the argmax
+                    token = sampler(logits)
+                out = [token] + model.generate(token, args.tokens - 1, sampler)
                 end = time.perf_counter()
                 print("generated:", ",".join(map(str, out)))
                 if tokenizer is not None:
@@ -201,8 +260,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="FILE", help="also write the results to this file")
     b.add_argument("--repeats", type=positive_int, default=20,
                    help="timed repetitions per measurement (default: %(default)s)")
-    b.add_argument("--compare", nargs="*", default=[], choices=["torch"],
-                   help="also time peers on the same GPU (torch with CUDA)")
+    b.add_argument("--compare", nargs="*", default=[], choices=["torch", "torch-compile"],
+                   help="also time peers on the same GPU (torch with CUDA; the llama suite's "
+                        "need transformers; torch-compile adds its torch.compile'd fp16 peer)")
     b.add_argument("--roofline-mib", type=positive_int, default=1024, metavar="MIB",
                    help="size of the buffer the read roofline streams, capped by the device's "
                         "limits (default: %(default)s; at most 128 with quick shapes)")
@@ -243,6 +303,17 @@ def parser() -> argparse.ArgumentParser:
                      help="random prompt length for the prefill (default: %(default)s)")
     gen.add_argument("--max-seq", type=positive_int, default=2048,
                      help="KV cache positions (default: %(default)s)")
+    gen.add_argument("--temperature", type=non_negative_float, default=0.0, metavar="T",
+                     help="with a prompt: sample each token from softmax(logits / T) on the host "
+                          "(the logits are downloaded; numpy draws); 0, the default, is greedy "
+                          "decoding with the argmax on the device")
+    gen.add_argument("--top-k", type=positive_int, metavar="K",
+                     help="with --temperature: sample among the K most likely tokens only")
+    gen.add_argument("--top-p", type=probability, metavar="P",
+                     help="with --temperature: sample among the most likely tokens whose "
+                          "probabilities add up to P (nucleus sampling; 0 < P <= 1)")
+    gen.add_argument("--seed", type=int, help="with --temperature: the sampler's random seed "
+                                              "(the same seed, the same tokens)")
     gen.add_argument("--device", help=DEVICE_HELP)
     gen.set_defaults(run=cmd_generate)
     return ap

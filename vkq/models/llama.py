@@ -123,11 +123,12 @@ class LlamaWeights:
 
     @classmethod
     def from_hf(cls, folder: str | Path, group_size: int = 32, symmetric: bool = True,
-                progress: Callable[[str], None] | None = None) -> "LlamaWeights":
+                progress: Callable[[str, int, int], None] | None = None) -> "LlamaWeights":
         """A Hugging Face Llama folder (config.json + *.safetensors, F32/F16/BF16), its linear
         layers quantized to int4 with `group_size` (q/k/v and gate/up fused as LlamaLayer
         says). Reads one tensor at a time (numpy memory maps; no torch). CheckpointError says
-        what does not fit."""
+        what does not fit. `progress("quantizing", done, total)` is called after each layer
+        and the lm_head (the CLI draws it as a one-line bar)."""
         folder = Path(folder)
         config = config_from_hf(folder)
         files = open_folder(folder)
@@ -147,8 +148,6 @@ class LlamaWeights:
 
         layers = []
         for i in range(c.layers):
-            if progress is not None:
-                progress(f"layer {i + 1}/{c.layers}")
             p = f"model.layers.{i}."
             qkv = np.concatenate([tensor(p + "self_attn.q_proj.weight", (c.q_dim, c.hidden)),
                                   tensor(p + "self_attn.k_proj.weight", (c.kv_dim, c.hidden)),
@@ -161,29 +160,71 @@ class LlamaWeights:
                 tensor(p + "post_attention_layernorm.weight", (c.hidden,)),
                 int4(np.stack([gate, up], axis=1).reshape(2 * c.intermediate, c.hidden)),
                 int4(tensor(p + "mlp.down_proj.weight", (c.hidden, c.intermediate)))))
+            if progress is not None:
+                progress("quantizing", i + 1, c.layers + 1)
         embed = tensor("model.embed_tokens.weight", (c.vocab, c.hidden))
-        head = embed if c.tie_embeddings else tensor("lm_head.weight", (c.vocab, c.hidden))
-        return cls(c, embed, layers, tensor("model.norm.weight", (c.hidden,)), int4(head))
+        head = int4(embed if c.tie_embeddings else tensor("lm_head.weight", (c.vocab, c.hidden)))
+        if progress is not None:
+            progress("quantizing", c.layers + 1, c.layers + 1)
+        return cls(c, embed, layers, tensor("model.norm.weight", (c.hidden,)), head)
+
+    @classmethod
+    def random_repeated(cls, config: LlamaConfig, seed: int = 0, group_size: int = 32,
+                        symmetric: bool = True) -> "LlamaWeights":
+        """Random int4 weights for large configs, host-side: one random layer, the same
+        LlamaLayer object at every index (one layer's host memory). Whoever puts them on a
+        device gives each layer memory of its own (`to_device`; the PyTorch peer in
+        vkq.bench.llama_torch), so a token reads every layer's bytes from DRAM as in a real
+        model; the values repeat, which does not change the work."""
+        base = cls.random(dataclasses.replace(config, layers=1, vocab=1), seed, group_size,
+                          symmetric).layers[0]
+        rng = np.random.default_rng(seed + 1)
+        embed = rng.standard_normal((config.vocab, config.hidden)).astype(np.float32)
+        head = _int4(rng, config.vocab, config.hidden, group_size, symmetric)
+        return cls(config, embed, [base] * config.layers, base.attn_norm, head)
 
     @classmethod
     def random_on_device(cls, config: LlamaConfig, device: vkq.Device, seed: int = 0,
                          group_size: int = 32, symmetric: bool = True) -> "LlamaWeights":
-        """Random int4 weights for large configs: one random layer packed on the host, each
-        layer a device copy of it (distinct memory, so every layer is read from DRAM as in a
-        real model; the values repeat, which does not change the work)."""
+        """`random_repeated(...)` packed on `device` (each layer a device copy of the first)."""
+        return cls.random_repeated(config, seed, group_size, symmetric).to_device(device)
+
+    def to_device(self, device: vkq.Device,
+                  progress: Callable[[str, int, int], None] | None = None) -> "LlamaWeights":
+        """These weights with every linear packed on `device` (Q4gswWeights), so that a
+        model's first token does not pay the upload. A weight object met again (layers
+        shared by `random_repeated`) is packed once and copied on the device for every
+        further use: each layer gets memory of its own. Weights already on a device are kept.
+        `progress("uploading", done, total)` is called after each layer and the lm_head."""
         from vkq.ops.q4gsw_linear import prepack_quantized
-        base = cls.random(dataclasses.replace(config, layers=1, vocab=1), seed, group_size,
-                          symmetric).layers[0]
-        first = {f: prepack_quantized(getattr(base, f), device) for f in _LINEARS}
+        packed: dict[int, Any] = {}
+
+        def put(w: Any) -> Any:
+            if not isinstance(w, QuantizedWeight):
+                return w
+            if id(w) in packed:
+                return packed[id(w)].copy()
+            packed[id(w)] = prepack_quantized(w, device)
+            return packed[id(w)]
+
         layers = []
-        for i in range(config.layers):
-            w = first if i == 0 else {f: pw.copy() for f, pw in first.items()}
-            layers.append(LlamaLayer(base.attn_norm, w["qkv"], w["o"], base.mlp_norm, w["gate_up"],
-                                     w["down"]))
-        rng = np.random.default_rng(seed + 1)
-        embed = rng.standard_normal((config.vocab, config.hidden)).astype(np.float32)
-        head = prepack_quantized(_int4(rng, config.vocab, config.hidden, group_size, symmetric), device)
-        return cls(config, embed, layers, base.attn_norm, head)
+        for i, L in enumerate(self.layers):
+            layers.append(dataclasses.replace(L, **{f: put(getattr(L, f)) for f in _LINEARS}))
+            if progress is not None:
+                progress("uploading", i + 1, len(self.layers) + 1)
+        head = put(self.lm_head)
+        if progress is not None:
+            progress("uploading", len(self.layers) + 1, len(self.layers) + 1)
+        return dataclasses.replace(self, layers=layers, lm_head=head)
+
+    def linears(self) -> list[Any]:
+        """Every linear weight: each layer's q/k/v, o, gate/up and down, then the lm_head."""
+        return [getattr(L, f) for L in self.layers for f in _LINEARS] + [self.lm_head]
+
+    def release(self) -> None:
+        """Free the device memory of these weights' linears (packed copies, or Q4gswWeights)."""
+        for w in self.linears():
+            (getattr(w, "release", None) or w.close)()
 
 
 _LINEARS = ("qkv", "o", "gate_up", "down")
@@ -338,26 +379,30 @@ class LlamaModel:
         self.pos += 1
         return int(out["next"][0]), out["logits"][0]
 
-    def generate(self, token: int, n: int) -> list[int]:
-        """`n` greedy decode steps starting from `token`; the tokens produced."""
+    def generate(self, token: int, n: int, sampler: Callable[[np.ndarray], int] | None = None) -> list[int]:
+        """`n` decode steps starting from `token`; the tokens produced. Greedy (the device's
+        argmax) unless a `sampler` (vkq.models.sampling.Sampler) picks each token from the
+        step's logits."""
         out = []
         for _ in range(n):
-            token, _ = self.step(token)
+            greedy, logits = self.step(token)
+            token = greedy if sampler is None else sampler(logits)
             out.append(token)
         return out
+
+    def last_step_gpu_ns(self) -> float | None:
+        """GPU time of the last decode step (timestamps around the replay), or None on a
+        device without timestamps."""
+        if self._step is None or not self.device.caps.timestamps:
+            return None
+        return self._step.gpu_ns()
 
     def reset(self) -> None:
         """Forget the context (the caches are overwritten from position 0 on)."""
         self.pos = 0
 
     def _tokens(self, tokens: Sequence[int]) -> np.ndarray:
-        t = np.asarray(tokens)
-        if t.ndim != 1 or t.dtype.kind not in "iu":
-            raise ValueError(f"tokens must be a 1-D sequence of integers, got {t.dtype} {t.shape}")
-        if len(t) and (t.min() < 0 or t.max() >= self.config.vocab):
-            raise ValueError(f"token ids must be in [0, {self.config.vocab}), got "
-                             f"[{int(t.min())}, {int(t.max())}]")
-        return t.astype(np.int64)
+        return check_tokens(tokens, self.config.vocab)
 
     def close(self) -> None:
         if self._step is not None:
@@ -368,12 +413,25 @@ class LlamaModel:
         self.rope.release()
 
 
-def benchmark(model: LlamaModel, prompt_len: int, decode_tokens: int,
+def check_tokens(tokens: Sequence[int], vocab: int) -> np.ndarray:
+    """`tokens` as int64 ids, or a ValueError saying why they are not a 1-D sequence of ids
+    in [0, vocab)."""
+    t = np.asarray(tokens)
+    if t.ndim != 1 or t.dtype.kind not in "iu":
+        raise ValueError(f"tokens must be a 1-D sequence of integers, got {t.dtype} {t.shape}")
+    if len(t) and (t.min() < 0 or t.max() >= vocab):
+        raise ValueError(f"token ids must be in [0, {vocab}), got [{int(t.min())}, {int(t.max())}]")
+    return t.astype(np.int64)
+
+
+def benchmark(model: Any, prompt_len: int, decode_tokens: int,
               warmup_s: float = 0.3) -> dict[str, float]:
     """Prefill tok/s for a prompt of `prompt_len` random tokens, then decode tok/s over
-    `decode_tokens` greedy steps (wall), and the decode graph's GPU time per token (median
+    `decode_tokens` greedy steps (wall), and the decode step's GPU time per token (median
     of a few more steps). The same prompt and steps run for `warmup_s` first, so clocks and
-    caches are as a serving loop has them."""
+    caches are as a serving loop has them. `model`: a LlamaModel, or anything with its
+    `config`, `reset`, `prefill`, `step` and `last_step_gpu_ns` (the PyTorch peer,
+    vkq.bench.llama_torch.TorchLlama)."""
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, model.config.vocab, prompt_len)
     end = time.perf_counter() + warmup_s
@@ -393,11 +451,13 @@ def benchmark(model: LlamaModel, prompt_len: int, decode_tokens: int,
         token, _ = model.step(token)
     decode_s = time.perf_counter() - t
     spans = []
-    if model.device.caps.timestamps:
-        model.reset()
-        model.prefill(prompt)
-        for _ in range(min(8, decode_tokens)):
-            token, _ = model.step(token)
-            spans.append(model.step_graph().gpu_ns())
+    model.reset()
+    model.prefill(prompt)
+    for _ in range(min(8, decode_tokens)):
+        token, _ = model.step(token)
+        ns = model.last_step_gpu_ns()
+        if ns is None:
+            break
+        spans.append(ns)
     return {"prefill_tok_s": prompt_len / prefill_s, "decode_tok_s": decode_tokens / decode_s,
             "decode_gpu_ms": float(np.median(spans)) / 1e6 if spans else float("nan")}

@@ -10,19 +10,16 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from vkq.bench import BenchContext, Row
-from vkq.bench.torch_peer import cuda_torch
-
-INNER_K_TILES = 8
+from vkq.bench.torch_peer import cuda_torch, int4pack, int4pack_mm
 
 
 def _int4_weight(torch: Any, n: int, k: int, gs: int) -> tuple[Any, Any, int]:
     """A random int4 weight in `_weight_int4pack_mm`'s form: (packed, scales_and_zeros
     [K/gs, N, 2] bf16, bytes)."""
-    u8 = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda")
-    packed = torch.ops.aten._convert_weight_to_int4pack(u8, INNER_K_TILES)
-    sz = torch.empty((k // gs, n, 2), dtype=torch.bfloat16, device="cuda")
-    sz[..., 0].uniform_(0.5 / 64, 1.5 / 64)
-    sz[..., 1].uniform_(-0.1, 0.1)
+    q = torch.randint(-8, 8, (n, k), dtype=torch.int8, device="cuda")
+    scales = torch.empty((n, k // gs), device="cuda").uniform_(0.5 / 64, 1.5 / 64)
+    zeros = torch.empty((n, k // gs), device="cuda").uniform_(-0.1, 0.1)
+    packed, sz = int4pack(q, scales, zeros, torch.bfloat16)
     return packed, sz, packed.numel() * packed.element_size() + sz.numel() * sz.element_size()
 
 
@@ -51,8 +48,7 @@ def _stack(torch: Any, model: Any, kind: str, gs: int, eps: float) -> tuple[Call
         layers.append(layer)
 
     if kind == "int4":
-        mm = torch.ops.aten._weight_int4pack_mm
-        apply = lambda x, w: mm(x, w[0], gs, w[1])  # noqa: E731
+        apply = lambda x, w: int4pack_mm(x, w[0], gs, w[1])  # noqa: E731
     else:
         apply = lambda x, w: F.linear(x, w)  # noqa: E731
 
