@@ -12,7 +12,6 @@ same, and so is the comparison.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import numpy as np
 
@@ -30,8 +29,7 @@ def random_weights(name: str) -> LlamaWeights:
     c = CONFIGS[name]
     if c.layers * (c.q_dim + 2 * c.kv_dim + c.q_dim + 3 * c.intermediate) * c.hidden < 2e9:
         return LlamaWeights.random(c, seed=1)
-    w = LlamaWeights.random(dataclasses.replace(c, layers=1), seed=1)
-    return dataclasses.replace(w, config=c, layers=w.layers * c.layers)
+    return LlamaWeights.random_repeated(c, seed=1)
 
 
 def compare(name: str, steps: int) -> None:

@@ -244,3 +244,25 @@ def test_generate_refuses_token_ids_outside_the_vocabulary(tmp_path):
     r = vkq_cli("generate", "--checkpoint", str(path), "--prompt-ids", "3,97")
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.splitlines()[-1].endswith("--prompt-ids: token ids must be in [0, 97), got [3, 97]")
+
+
+def test_generate_random_weights_command():
+    """The issue's command, as CI runs it: random int4 weights, prefill and decode timed."""
+    r = vkq_cli("generate", "--config", "tiny", "--random-weights", "--tokens", "16")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "tiny with random int4 g32 symmetric weights" in lines[0], r.stdout
+    assert lines[1].startswith("prefill: 16 tokens, ") and lines[1].endswith(" tok/s"), r.stdout
+    assert lines[2].startswith("decode:  16 tokens, ") and "ms per token" in lines[2], r.stdout
+    r = vkq_cli("generate", "--config", "tiny", "--tokens", "4", "--group-size", "16", "--asymmetric")
+    assert r.returncode == 0 and "random int4 g16 asymmetric weights" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--random-weights", "--checkpoint", "x"], "--random-weights and --checkpoint exclude each other"),
+    (["--group-size", "48"], "--group-size 48 must divide tiny's widths"),
+])
+def test_generate_weight_flags_errors(args, message):
+    r = vkq_cli("generate", "--config", "tiny", *args)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert message in r.stderr

@@ -176,6 +176,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from vkq.models.llama import CONFIGS, LlamaModel, LlamaWeights, benchmark, check_tokens, load_tokenizer
     from vkq.models.safetensors import CheckpointError
+    if args.random_weights and args.checkpoint:
+        raise CommandError("--random-weights and --checkpoint exclude each other")
     if (args.prompt_ids or args.prompt) and not args.checkpoint:
         raise CommandError("--prompt and --prompt-ids need --checkpoint (random weights generate noise)")
     sampler = sampler_from(args)
@@ -190,12 +192,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt = tokenizer.encode(args.prompt).ids
     else:
         prompt = _token_ids(args.prompt_ids) if args.prompt_ids else None
+    qargs = {"group_size": args.group_size, "symmetric": not args.asymmetric}
+    quant = f"int4 g{args.group_size} {'asymmetric' if args.asymmetric else 'symmetric'}"
     with Device(args.device, selector_origin="--device") as dev:
         if args.checkpoint:
-            print(f"device: {dev.caps.name}; {args.checkpoint}, linears quantized to int4 g32",
+            print(f"device: {dev.caps.name}; {args.checkpoint}, linears quantized to {quant}",
                   flush=True)
             try:
-                weights = LlamaWeights.from_hf(args.checkpoint, progress=ProgressLine())
+                weights = LlamaWeights.from_hf(args.checkpoint, progress=ProgressLine(), **qargs)
             except CheckpointError as e:
                 raise CommandError(str(e)) from None
             if prompt is not None:  # checked before the upload, not by the prefill after it
@@ -205,9 +209,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     raise CommandError(f"{'--prompt' if args.prompt else '--prompt-ids'}: {e}") from None
         else:
             config = CONFIGS[args.config]
-            print(f"device: {dev.caps.name}; {args.config} with random int4 g32 weights", flush=True)
+            if config.hidden % args.group_size or config.intermediate % args.group_size:
+                raise CommandError(f"--group-size {args.group_size} must divide {args.config}'s widths "
+                                   f"({config.hidden}, {config.intermediate})")
+            print(f"device: {dev.caps.name}; {args.config} with random {quant} weights", flush=True)
             big = config.layers * config.hidden * config.intermediate > 1 << 26
-            weights = LlamaWeights.random_repeated(config) if big else LlamaWeights.random(config)
+            make = LlamaWeights.random_repeated if big else LlamaWeights.random
+            weights = make(config, **qargs)
         weights = weights.to_device(dev, progress=ProgressLine())  # the upload is not the prefill's
         need = (len(prompt) if prompt else args.prompt_tokens) + args.tokens + 1
         model = LlamaModel(weights, dev, max_seq=max(args.max_seq, need))
@@ -288,9 +296,15 @@ def parser() -> argparse.ArgumentParser:
                                           "prefill and decode tokens per second")
     gen.add_argument("--config", choices=sorted(CONFIGS), default="tiny",
                      help="model shape for random int4 g32 weights (default: %(default)s)")
+    gen.add_argument("--random-weights", action="store_true",
+                     help="random int4 weights of --config's shape (the default without --checkpoint)")
     gen.add_argument("--checkpoint", metavar="DIR",
                      help="a Hugging Face Llama folder (config.json + *.safetensors) instead of "
-                          "random weights; its linears are quantized to int4 g32")
+                          "random weights; its linears are quantized to int4")
+    gen.add_argument("--group-size", type=positive_int, default=32,
+                     help="int4 quantization group size (default: %(default)s)")
+    gen.add_argument("--asymmetric", action="store_true",
+                     help="int4 with a zero point per group (default: symmetric)")
     gen.add_argument("--prompt-ids", metavar="IDS",
                      help="with --checkpoint: comma-separated prompt token ids; prints the "
                           "generated ids")
