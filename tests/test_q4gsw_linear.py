@@ -36,6 +36,29 @@ def tolerance(x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) ->
     return (k + 16) * U * mag + extra + 1e-30
 
 
+def fp16_tolerance(x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) -> np.ndarray:
+    """Per-output bound on |y - ref64| for the coopmat GEMM (fp16 operands, fp32 sums).
+
+    x is scaled by 2^-e per row and w by 2^-E (exact), each then rounded to fp16 once (w
+    after one fp32 fma): relative error <= 2^-10 in either rounding mode Vulkan allows, or,
+    in fp16's subnormal range, an absolute 2^-24 * 2^e <= 2^-38 * max|x_row| (2^-38 * max|w|
+    for w, likewise). A product of the rounded operands is exact in fp32 and errs by
+    (2^-9 + 2^-19) |x w| to first order plus those absolute terms times the other operand.
+    The K products are summed in fp32 (tensor cores may truncate rather than round: unit
+    2^-23), then the split-K slices and the bias: (K + 16) * 2^-23 * sum|x w| covers every
+    addition, 2^-23 |bias| the last one."""
+    x2 = np.abs(x.reshape(-1, x.shape[-1]).astype(np.float64))
+    w64 = np.abs(q4gsw_dequantize_reference(w.q, w.scales, w.zeros, w.group_size))
+    k = x2.shape[-1]
+    with np.errstate(invalid="ignore"):
+        mag = x2 @ w64.T
+        subnormal = 2.0 ** -36 * (x2.max(axis=1, keepdims=True) * w64.sum(axis=1)[None, :]
+                                  + w64.max(initial=0.0) * x2.sum(axis=1)[:, None])
+    extra = 0.0 if bias is None else 2.0 ** -23 * np.abs(bias.astype(np.float64))
+    bound = (2.0 ** -9 + 2.0 ** -19 + (k + 16) * 2.0 ** -23) * mag + subnormal + extra + 1e-30
+    return bound.reshape(*x.shape[:-1], w.shape[0])
+
+
 def make_weight(n: int, k: int, gs: int, symmetric: bool, seed: int,
                 param_dtype: str = "auto") -> vkq.QuantizedWeight:
     """quantize_weight's default gives fp16 scales/zeros (the kernels' "_p16" variants);
@@ -52,11 +75,13 @@ def half_params(w: vkq.QuantizedWeight) -> bool:
     return op.stored_param_dtype(w.scales, w.zeros) == "float16"
 
 
-def check(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) -> None:
+def check(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None,
+          fp16: bool = False) -> None:
+    """y against the reference within the fp32 bound (`fp16`: the coopmat GEMM's bound)."""
     ref = q4gsw_linear_reference(x, w.q, w.scales, w.zeros, w.group_size, bias)
     assert y.dtype == np.float32 and y.shape == ref.shape
     err = np.abs(y - ref)
-    tol = tolerance(x, w, bias)
+    tol = (fp16_tolerance if fp16 else tolerance)(x, w, bias)
     assert np.all(err <= tol), f"max err {err.max():.3g}, worst err/tol {np.max(err / tol):.3g}"
 
 
@@ -75,11 +100,16 @@ def routed_kernels(w: vkq.QuantizedWeight, device, m: int) -> list[str]:
     if m <= op.GEMV_MAX_ROWS and op.pick_gemv_config(n, k, caps.max_shared_memory,
                                                       caps.subgroup_shuffle, m) is not None:
         return [gemv_name(w, device, m)]
-    return gemm_kernels(w, m)
+    return gemm_kernels(w, m, device)
 
 
-def gemm_kernels(w: vkq.QuantizedWeight, m: int) -> list[str]:
+def gemm_kernels(w: vkq.QuantizedWeight, m: int, device=None) -> list[str]:
+    """The kernels of kernel="gemm", or with `device`, of the GEMM kernel="auto" runs: on
+    tensor cores where the device has them (the coopmat GEMM, tests/test_coopmat.py)."""
     n, k = w.shape
+    if (device is not None and op.coopmat_capable(device.caps) is None
+            and op.fp16_exponent(w.scales, w.zeros) is not None):
+        return op.plan_coopmat(m, n, k, not w.symmetric, half_params=half_params(w)).kernels
     return op.plan_gemm(m, n, k, not w.symmetric, half_params=half_params(w)).kernels
 
 
@@ -114,7 +144,7 @@ def test_matches_reference(device, k, gs, symmetric, params):
         with vkq.trace() as t:
             y = vkq.linear(x, w, bias, device=device)
         assert t.kernels == routed_kernels(w, device, m)
-        check(y, x, w, bias)
+        check(y, x, w, bias, fp16=t.kernels[0].startswith("q4gsw_coopmat"))
 
 
 @pytest.mark.parametrize("k,gs,symmetric", [(4352, 128, True), (4352, 32, False), (4104, 8, True)])

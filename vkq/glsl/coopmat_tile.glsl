@@ -1,0 +1,63 @@
+{#- Shared by the coopmat GEMMs (q4gsw_coopmat, q8ta_linear_coopmat): the workgroup's
+    BM x BN output tile as WM x WN subgroups, each owning (BM / WM) x (BN / WN) outputs as
+    FM x FN accumulators of 16 x 16. Operands come from shared memory, staged per K step
+    as rows of 64 bytes: A row-major (BM rows of x), B column-major (BN channels, each its
+    64 bytes of k), each row padded to PITCH = 5 uvec4 (80 bytes: the 16-byte-aligned
+    stride coopMatLoad wants, and 8 rows of a fragment fall on distinct banks). A step is
+    two fragments deep in k: 2 x 16 fp16 or 2 x 32 int8. Import `with context`; the
+    template sets AT (operand type), CT (accumulator type), FK (fragment k), BM, BN, WM, WN. -#}
+{% set PITCH = 5 %}
+{% set NW = WM * WN %}
+{% set FM = BM // WM // 16 %}
+{% set FN = BN // WN // 16 %}
+
+{% macro types() %}
+#define CM_A coopmat<{{ AT }}, gl_ScopeSubgroup, 16, {{ FK }}, gl_MatrixUseA>
+#define CM_B coopmat<{{ AT }}, gl_ScopeSubgroup, {{ FK }}, 16, gl_MatrixUseB>
+#define CM_C coopmat<{{ CT }}, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
+shared uvec4 sa[{{ 2 * BM * PITCH }}];  // [buffer][BM rows][PITCH], also the epilogue's staging
+shared uvec4 sb[{{ 2 * BN * PITCH }}];  // [buffer][BN channels][PITCH]
+{% endmacro %}
+
+{% macro declare_acc() %}
+{% for i in range(FM) %}{% for j in range(FN) %}
+    CM_C acc_{{ i }}_{{ j }} = CM_C({{ CT }}(0));
+{% endfor %}{% endfor %}
+{% endmacro %}
+
+{# One K step from shared buffer `buf`: this subgroup's FM x FN fragments, two deep. #}
+{% macro mma_step(buf) %}
+        {
+            const uint a_base = {{ buf }} * {{ BM * PITCH }}u + wm * {{ (BM // WM) * PITCH }}u;
+            const uint b_base = {{ buf }} * {{ BN * PITCH }}u + wn * {{ (BN // WN) * PITCH }}u;
+{% for ks in range(2) %}
+            {
+{% for i in range(FM) %}
+                CM_A a{{ i }};
+                coopMatLoad(a{{ i }}, sa, a_base + {{ i * 16 * PITCH + 2 * ks }}u, {{ PITCH }}u, gl_CooperativeMatrixLayoutRowMajor);
+{% endfor %}
+{% for j in range(FN) %}
+                CM_B b{{ j }};
+                coopMatLoad(b{{ j }}, sb, b_base + {{ j * 16 * PITCH + 2 * ks }}u, {{ PITCH }}u, gl_CooperativeMatrixLayoutColumnMajor);
+{% endfor %}
+{% for i in range(FM) %}{% for j in range(FN) %}
+                acc_{{ i }}_{{ j }} = coopMatMulAdd(a{{ i }}, b{{ j }}, acc_{{ i }}_{{ j }});
+{% endfor %}{% endfor %}
+            }
+{% endfor %}
+        }
+{% endmacro %}
+
+{# Epilogue: for each fragment (i, j), every subgroup stores its accumulator row-major into
+   its 16 x 16 slot of the staging area (sa: 64 uvec4 per subgroup, 4 per row), then the
+   caller's block reads the slots back with the whole workgroup (`caller(i, j)`). #}
+{% macro each_fragment() %}
+{% for i in range(FM) %}{% for j in range(FN) %}
+    barrier();  // the main loop's (or the previous fragment's) readers are done with sa
+    coopMatStore(acc_{{ i }}_{{ j }}, sa, gl_SubgroupID * 64u, 4u, gl_CooperativeMatrixLayoutRowMajor);
+    barrier();
+    {
+{{ caller(i, j) }}
+    }
+{% endfor %}{% endfor %}
+{% endmacro %}
