@@ -4,9 +4,13 @@
     as rows of 64 bytes: A row-major (BM rows of x), B column-major (BN channels, each its
     64 bytes of k), each row padded to PITCH = 5 uvec4 (80 bytes: the 16-byte-aligned
     stride coopMatLoad wants, and 8 rows of a fragment fall on distinct banks). A step is
-    two fragments deep in k: 2 x 16 fp16 or 2 x 32 int8. Import `with context`; the
-    template sets AT (operand type), CT (accumulator type), FK (fragment k), BM, BN, WM, WN. -#}
-{% set PITCH = 5 %}
+    two fragments deep in k: 2 x 16 fp16 or 2 x 32 int8. The shared arrays hold vectors of
+    the operand type itself (SH: f16vec4 or i8vec4, UNIT bytes each), never reinterpreted
+    words: coopMatLoad reads its own component type. The epilogue stages accumulators in a
+    separate array of their type. Import `with context`; the template sets AT (operand
+    type), CT (accumulator type), FK (fragment k), SH, UNIT, BM, BN, WM, WN. -#}
+{% set PITCH = 80 // UNIT %}
+{% set KS = 32 // UNIT %}
 {% set NW = WM * WN %}
 {% set FM = BM // WM // 16 %}
 {% set FN = BN // WN // 16 %}
@@ -15,8 +19,9 @@
 #define CM_A coopmat<{{ AT }}, gl_ScopeSubgroup, 16, {{ FK }}, gl_MatrixUseA>
 #define CM_B coopmat<{{ AT }}, gl_ScopeSubgroup, {{ FK }}, 16, gl_MatrixUseB>
 #define CM_C coopmat<{{ CT }}, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
-shared uvec4 sa[{{ 2 * BM * PITCH }}];  // [buffer][BM rows][PITCH], also the epilogue's staging
-shared uvec4 sb[{{ 2 * BN * PITCH }}];  // [buffer][BN channels][PITCH]
+shared {{ SH }} sa[{{ 2 * BM * PITCH }}];  // [buffer][BM rows][PITCH]
+shared {{ SH }} sb[{{ 2 * BN * PITCH }}];  // [buffer][BN channels][PITCH]
+shared {{ CT }} so[{{ NW * 256 }}];  // the epilogue's staging: one 16 x 16 slot per subgroup
 {% endmacro %}
 
 {% macro declare_acc() %}
@@ -34,11 +39,11 @@ shared uvec4 sb[{{ 2 * BN * PITCH }}];  // [buffer][BN channels][PITCH]
             {
 {% for i in range(FM) %}
                 CM_A a{{ i }};
-                coopMatLoad(a{{ i }}, sa, a_base + {{ i * 16 * PITCH + 2 * ks }}u, {{ PITCH }}u, gl_CooperativeMatrixLayoutRowMajor);
+                coopMatLoad(a{{ i }}, sa, a_base + {{ i * 16 * PITCH + KS * ks }}u, {{ PITCH }}u, gl_CooperativeMatrixLayoutRowMajor);
 {% endfor %}
 {% for j in range(FN) %}
                 CM_B b{{ j }};
-                coopMatLoad(b{{ j }}, sb, b_base + {{ j * 16 * PITCH + 2 * ks }}u, {{ PITCH }}u, gl_CooperativeMatrixLayoutColumnMajor);
+                coopMatLoad(b{{ j }}, sb, b_base + {{ j * 16 * PITCH + KS * ks }}u, {{ PITCH }}u, gl_CooperativeMatrixLayoutColumnMajor);
 {% endfor %}
 {% for i in range(FM) %}{% for j in range(FN) %}
                 acc_{{ i }}_{{ j }} = coopMatMulAdd(a{{ i }}, b{{ j }}, acc_{{ i }}_{{ j }});
@@ -49,12 +54,12 @@ shared uvec4 sb[{{ 2 * BN * PITCH }}];  // [buffer][BN channels][PITCH]
 {% endmacro %}
 
 {# Epilogue: for each fragment (i, j), every subgroup stores its accumulator row-major into
-   its 16 x 16 slot of the staging area (sa: 64 uvec4 per subgroup, 4 per row), then the
-   caller's block reads the slots back with the whole workgroup (`caller(i, j)`). #}
+   its 16 x 16 slot of `so` (element e of subgroup g at so[256 g + e]), then the caller's
+   block reads the slots back with the whole workgroup (`caller(i, j)`). #}
 {% macro each_fragment() %}
 {% for i in range(FM) %}{% for j in range(FN) %}
-    barrier();  // the main loop's (or the previous fragment's) readers are done with sa
-    coopMatStore(acc_{{ i }}_{{ j }}, sa, gl_SubgroupID * 64u, 4u, gl_CooperativeMatrixLayoutRowMajor);
+    barrier();  // the previous fragment's readers are done with so
+    coopMatStore(acc_{{ i }}_{{ j }}, so, gl_SubgroupID * 256u, 16u, gl_CooperativeMatrixLayoutRowMajor);
     barrier();
     {
 {{ caller(i, j) }}

@@ -308,6 +308,7 @@ def q8ta_dispatch(device: Device, variant: str, m: int, n: int, k: int, zp_x: in
         grid = (min(ceil_div(n4, p["NB"]), max_x), min(m, max_y), 1)
     elif info.template == families()[COOPMAT_FAMILY].template:  # one workgroup per tile
         grid = (ceil_div(n, p["BN"]), ceil_div(m, p["BM"]), 1)
+        push["m4"] = ceil_div(m, 4)
         if grid[0] > max_x or grid[1] > max_y:
             raise ValueError(f"[{m}, {n}] needs {grid[:2]} coopmat tiles, over this device's "
                              f"workgroup counts {(max_x, max_y)}")

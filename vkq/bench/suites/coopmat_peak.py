@@ -26,7 +26,7 @@ def measure_coopmat_peak(device: Device, kind: str, quick: bool, repeats: int) -
     with device.buffer(256 * 4) as sink:
         def rec(b: CommandBatch, i: int) -> None:
             b.dispatch(kernel, (groups, 1, 1), buffers={"t_sink": sink},
-                       push={"iters": iters, "seed": 5 + i, "magic": 0x7F7FFFFF})
+                       push={"iters": iters, "seed": 5 + i, "magic": 0x7F7FFFFF, "one": 1.0})
         ns = time_dispatches(device, rec, 1, max(3, repeats // 4))
     return ns, float(ops)
 
