@@ -27,7 +27,7 @@ from test_q8ta_linear import _run_into, assert_matches, make_case, q8ta, qparams
 
 COOPMAT_VARIANTS = sorted(n for n in shaderlib.declared_variants()
                           if "cooperative_matrix" in shaderlib.variant_info(n).requires)
-Q4_TILES = sorted({v.values["TILE"] for v in shaderlib.families()["q4gsw_coopmat"].variants})
+Q4_TILES = sorted({v.values["TILE"] for v in shaderlib.families()["q4gsw_coopmat"].select(ASYM=True)})
 Q8_VARIANTS = sorted(v.name for v in shaderlib.families()[q8.COOPMAT_FAMILY].variants)
 #: The shapes the H200 lists (docs/design.md §1), for capability checks without one.
 H200_SHAPES = (CoopMatShape(16, 16, 16, "float16", "float16", "float32", "float32"),
@@ -139,7 +139,7 @@ def test_q4gsw_coopmat_is_bit_exact_on_exact_arithmetic(tc_device, k, gs, symmet
     rng = np.random.default_rng(k)
     try:
         for m, tile, splits in ((25, None, None), (133, "128x128", 1), (70, "64x64", 3),
-                                (130, "64x128", 2), (7, "128x64", 1)):
+                                (130, "64x128", 2), (7, "128x64", 1), (260, "128x128w4", 1)):
             x = rng.integers(-4, 5, size=(m, k)).astype(np.float32)
             bias = rng.integers(-8, 9, size=67).astype(np.float32)
             y, names = run_recorded(tc_device, pw, x, bias, kernel="coopmat", coopmat_tile=tile,

@@ -53,6 +53,52 @@ shared {{ CT }} so[{{ NW * 256 }}];  // the epilogue's staging: one 16 x 16 slot
         }
 {% endmacro %}
 
+{# The K loop, software-pipelined over two shared buffers. The template supplies, through
+   `caller(kind, set, arg)`: ("fetch", set, step) global loads of K step `step` (a GLSL
+   expression) into register set `set`; ("store", set, buf) those registers into shared
+   buffer `buf`, dequantizing or transposing on the way. `steps` (GLSL) is the step count.
+   PF = 1: step j + 1's loads are issued before step j's MMAs and stored after them.
+   PF = 2: two register sets; step j + 2's loads are issued at step j, so each load has a
+   whole step of MMAs to arrive before it is stored (L2 latency is otherwise exposed at
+   every step: one workgroup per SM, one barrier per step). The loop is unrolled by two so
+   that register sets and buffers are chosen statically. #}
+{% macro main_loop(PF) %}
+{{ caller("fetch", 0, "0u") }}
+{{ caller("store", 0, "0u") }}
+{% if PF == 2 %}
+    if (steps > 1u) {
+{{ caller("fetch", 1, "1u") }}
+    }
+{% endif %}
+    barrier();
+    for (uint j = 0u; j < steps; j += 2u) {
+{% for p in range(2) %}
+{% if p == 1 %}
+        if (j + 1u >= steps) {
+            break;
+        }
+{% endif %}
+        {
+            const uint jj = j + {{ p }}u;
+{% if PF == 2 %}
+            if (jj + 2u < steps) {
+{{ caller("fetch", p, "jj + 2u") }}
+            }
+{% else %}
+            if (jj + 1u < steps) {
+{{ caller("fetch", 0, "jj + 1u") }}
+            }
+{% endif %}
+{{ mma_step(p ~ "u") }}
+            if (jj + 1u < steps) {
+{{ caller("store", (1 - p) if PF == 2 else 0, (1 - p) ~ "u") }}
+            }
+            barrier();
+        }
+{% endfor %}
+    }
+{% endmacro %}
+
 {# Epilogue: for each fragment (i, j), every subgroup stores its accumulator row-major into
    its 16 x 16 slot of `so` (element e of subgroup g at so[256 g + e]), then the caller's
    block reads the slots back with the whole workgroup (`caller(i, j)`). #}

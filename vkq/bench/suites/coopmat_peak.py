@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import numpy as np
+
 from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import time_dispatches
 from vkq.runtime import CommandBatch, Device
@@ -23,9 +25,12 @@ def measure_coopmat_peak(device: Device, kind: str, quick: bool, repeats: int) -
     groups, iters = (4, 2) if quick else (2112, 256)
     subgroups = groups * p["WG"] // device.caps.subgroup_size
     ops = subgroups * iters * p["UNROLL"] * p["CHAINS"] * 2 * p["M"] * p["N"] * p["K"]
-    with device.buffer(256 * 4) as sink:
+    src = np.random.default_rng(0).integers(0, 3, 16384, dtype=np.uint8)  # small values: fp16 and int8
+    if kind == "f16":
+        src = src.astype(np.float16).view(np.uint8)[:16384]
+    with device.buffer(256 * 4) as sink, device.upload(src) as operands:
         def rec(b: CommandBatch, i: int) -> None:
-            b.dispatch(kernel, (groups, 1, 1), buffers={"t_sink": sink},
+            b.dispatch(kernel, (groups, 1, 1), buffers={"t_sink": sink, "t_src": operands},
                        push={"iters": iters, "seed": 5 + i, "magic": 0x7F7FFFFF, "one": 1.0})
         ns = time_dispatches(device, rec, 1, max(3, repeats // 4))
     return ns, float(ops)
