@@ -22,7 +22,7 @@ from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.reference.q8ta import q8ta_accumulators
 from vkq.runtime import UnsupportedDevice
 from vkq.runtime.capabilities import CoopMatShape
-from test_q4gsw_linear import check, exact_weight, make_weight, run_guarded
+from test_q4gsw_linear import check, exact_weight, fp16_tolerance, make_weight, run_guarded
 from test_q8ta_linear import _run_into, assert_matches, make_case, q8ta, qparams, SENTINEL
 
 COOPMAT_VARIANTS = sorted(n for n in shaderlib.declared_variants()
@@ -208,6 +208,29 @@ def test_q4gsw_routing_on_tensor_cores(tc_device):
     assert t.kernels[0].startswith("q4gsw_gemv_")
     assert t.kernels[1:3] == ["q4gsw_coopmat_prep", "q4gsw_coopmat_sym_64x128_p16"]
     assert t.kernels[-1].startswith("q4gsw_gemm_")
+
+
+def test_fused_linears_on_tensor_cores(tc_device):
+    # gate/up with silu_mul and a residual add after the coopmat GEMM (M = 30 > 24): the
+    # fp16 bound of each product, carried through silu (|silu'| <= 1.1) and the product
+    g, u = make_weight(40, 64, 32, False, seed=1), make_weight(40, 64, 32, True, seed=2)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((30, 64)).astype(np.float32)
+    bias = np.linspace(-1, 1, 80).astype(np.float32)  # [b_gate, b_up]
+    with vkq.trace() as t:
+        y = vkq.linear(x, vkq.fuse_linear([g, u], epilogue="silu_mul"), bias, device=tc_device)
+    assert "q4gsw_coopmat_prep" in t.kernels and "silu_mul_f32" in t.kernels
+    yg = q4gsw_linear_reference(x, g.q, g.scales, g.zeros, 32, bias[:40])
+    yu = q4gsw_linear_reference(x, u.q, u.scales, u.zeros, 32, bias[40:])
+    tg, tu = fp16_tolerance(x, g, bias[:40]), fp16_tolerance(x, u, bias[40:])
+    silu = yg / (1.0 + np.exp(-yg))
+    want = silu * yu
+    bound = 1.1 * tg * (np.abs(yu) + tu) + np.abs(silu) * tu + 2.0 ** -20 * np.abs(want) + 1e-30
+    assert np.all(np.abs(y - want) <= bound)
+    r = rng.standard_normal((30, 40)).astype(np.float32)
+    y = vkq.linear(x, g, residual=r, device=tc_device)
+    want = q4gsw_linear_reference(x, g.q, g.scales, g.zeros, 32) + r
+    assert np.all(np.abs(y - want) <= fp16_tolerance(x, g, None) + 2.0 ** -23 * np.abs(want))
 
 
 # -- on tensor cores: q8ta -----------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """q4gsw linear (float x int4 group-wise weights) against the float64 numpy reference."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -237,7 +239,9 @@ def test_gemv_and_gemm_agree(device, symmetric, m):
     assert np.all(np.abs(y_gemv - y_gemm) <= 2 * tolerance(x, w, None))
 
 
-def test_routing(device):
+def test_routing(device, monkeypatch):
+    # the fp32 kernels' routing table (tensor cores: tests/test_coopmat.py)
+    monkeypatch.setattr(device, "caps", dataclasses.replace(device.caps, cooperative_matrix=()))
     w = make_weight(16, 64, 32, True, seed=1)
     x1 = np.ones((1, 64), np.float32)
     lim = op.GEMV_MAX_ROWS

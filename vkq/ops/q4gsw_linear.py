@@ -41,7 +41,7 @@ from vkq.ops.elementwise import fused_outputs
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
 from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
-from vkq.shaderlib import variant_name
+from vkq.shaderlib import declared_variants, variant_name
 
 #: Format of the prepacked device weight (Q4gswWeight); bump VERSION when its arrays change.
 FORMAT = "q4gsw_weight"
@@ -709,7 +709,8 @@ def plan_coopmat(m: int, n: int, k: int, asym: bool, tile: str | None = None,
     """Tile and split-K of the coopmat GEMM for M x N x K."""
     tile = tile or next(t for max_m, t in COOPMAT_TILES if m <= max_m)
     variant = variant_name("q4gsw_coopmat", ASYM=bool(asym), TILE=tile, P16=bool(half_params))
-    bm, bn = (int(v) for v in tile.split("x"))
+    params = declared_variants()[variant][1]
+    bm, bn = params["BM"], params["BN"]
     kb = ceil_div(k, 32)
     if splits is None:  # the power of two nearest to the target / tiles
         want = COOPMAT_SPLIT_TARGET / (ceil_div(m, bm) * ceil_div(n, bn))
