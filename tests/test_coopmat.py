@@ -103,7 +103,7 @@ def test_fp16_exponent_brings_the_largest_weight_below_2_15():
 def test_coopmat_plans_split_small_batches_and_cover_k():
     small = q4.plan_coopmat(128, 4096, 4096, False, half_params=True)
     big = q4.plan_coopmat(2048, 14336, 4096, True)
-    assert (small.bm, small.bn, big.bm, big.bn) == (64, 128, 128, 128)
+    assert (small.bm, small.bn, big.bm, big.bn) == (64, 64, 128, 128)
     assert small.splits > 1 and big.splits == 1
     assert small.kernels == ["q4gsw_coopmat_prep", small.variant, "q4gsw_gemm_reduce"]
     for k, splits in ((4096, 3), (1320, 7), (64, 5)):
@@ -206,7 +206,7 @@ def test_q4gsw_routing_on_tensor_cores(tc_device):
         vkq.linear(x, w, device=tc_device)                       # tensor cores
         vkq.linear(x, w, kernel="gemm", device=tc_device)        # the fp32 GEMM, forced
     assert t.kernels[0].startswith("q4gsw_gemv_")
-    assert t.kernels[1:3] == ["q4gsw_coopmat_prep", "q4gsw_coopmat_sym_64x128_p16"]
+    assert t.kernels[1:3] == ["q4gsw_coopmat_prep", "q4gsw_coopmat_sym_64x64_p16"]
     assert t.kernels[-1].startswith("q4gsw_gemm_")
 
 
@@ -270,6 +270,6 @@ def test_q8ta_routes_to_tensor_cores(tc_device):
     p = qparams()
     with vkq.trace() as t:
         y = vkq.linear(x, w, b, **p, device=tc_device)
-    assert t.kernels == ["q8ta_linear_coopmat_t128x128"]
+    assert t.kernels == ["q8ta_linear_coopmat_t64x64"]  # 3 x 1 tiles of 128: the small tile
     assert_matches(y, x, w, b, p)
-    assert q8.pick_variant(q8.GEMM, tc_device.caps, 2) == "q8ta_linear_coopmat_t64x128"
+    assert q8.pick_variant(q8.GEMM, tc_device.caps, 2048, 4096) == "q8ta_linear_coopmat_t128x128"

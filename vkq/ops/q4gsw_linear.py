@@ -655,10 +655,17 @@ def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
 # ----------------------------------------------------------------------------- coopmat GEMM
 #: The fp16 tensor-core shape the coopmat GEMM multiplies with (M x N x K, A/B, C/result).
 COOPMAT_SHAPE = (16, 16, 16, "float16", "float32")
-#: Coopmat tile by M (the first rule whose limit holds), and the split-K target in
-#: workgroups. Measured on the H200; see docs/tuning.md §q4gsw coopmat GEMM.
-COOPMAT_TILES: tuple[tuple[int, str], ...] = ((256, "64x128"), (1 << 62, "128x128"))
+#: Coopmat tiles: 128x128 (8 subgroups of 64x32) where it makes at least
+#: COOPMAT_BIG_TILES workgroups, never split; else 64x64 (4 of 32x32) with split-K towards
+#: COOPMAT_SPLIT_TARGET workgroups. Measured on the H200 (132 SMs); see docs/tuning.md
+#: §q4gsw coopmat GEMM.
+COOPMAT_BIG_TILES = 96
 COOPMAT_SPLIT_TARGET = 264
+
+
+def coopmat_tile(m: int, n: int) -> str:
+    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES)."""
+    return "128x128" if ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES else "64x64"
 
 
 def coopmat_capable(caps: Any) -> str | None:
@@ -706,8 +713,11 @@ class CoopmatPlan:
 
 def plan_coopmat(m: int, n: int, k: int, asym: bool, tile: str | None = None,
                  splits: int | None = None, half_params: bool = False) -> CoopmatPlan:
-    """Tile and split-K of the coopmat GEMM for M x N x K."""
-    tile = tile or next(t for max_m, t in COOPMAT_TILES if m <= max_m)
+    """Tile and split-K of the coopmat GEMM for M x N x K (split-K only for the small
+    tile unless `splits` forces it: the big one measured slower split, docs/tuning.md)."""
+    if tile is None and splits is None and coopmat_tile(m, n) == "128x128":
+        splits = 1
+    tile = tile or coopmat_tile(m, n)
     variant = variant_name("q4gsw_coopmat", ASYM=bool(asym), TILE=tile, P16=bool(half_params))
     params = declared_variants()[variant][1]
     bm, bn = params["BM"], params["BN"]

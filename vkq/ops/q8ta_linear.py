@@ -80,9 +80,15 @@ FAMILY = {GEMV: "q8ta_linear_gemv", GEMM: "q8ta_linear"}
 #: The GEMM path's tensor-core family, and the shape it multiplies with (M x N x K, A/B, C).
 COOPMAT_FAMILY = "q8ta_linear_coopmat"
 COOPMAT_SHAPE = (16, 16, 32, "sint8", "sint32")
-#: Coopmat tile by M (the first rule whose limit holds). Measured on the H200; see
-#: docs/tuning.md §q8ta coopmat GEMM.
-COOPMAT_TILES: tuple[tuple[int, str], ...] = ((256, "t64x128"), (1 << 62, "t128x128"))
+#: Coopmat tiles: 128x128 (8 subgroups of 64x32) where it makes at least COOPMAT_BIG_TILES
+#: workgroups, else 64x64 (4 of 32x32). Measured on the H200 (132 SMs); see docs/tuning.md
+#: §q8ta coopmat GEMM.
+COOPMAT_BIG_TILES = 96
+
+
+def coopmat_tile(m: int, n: int) -> str:
+    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES)."""
+    return "t128x128" if ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES else "t64x64"
 #: GEMM tiles (rows x channels) by batch size: 32x128 up to SMALL_M_TILE_MAX rows, 128x64
 #: above. Measured on the H100; see docs/tuning.md §q8ta GEMM tiles.
 SMALL_M_TILE_MAX = 256
@@ -118,7 +124,7 @@ def pick_variant(path: str, caps: Any, m: int = 1, n: int = 0, k: int = 0, *,
     dot = bool(caps.integer_dot_product if int_dot is None else int_dot)
     if path == GEMM:
         if coopmat_capable(caps) if coopmat is None else coopmat:
-            return variant_name(COOPMAT_FAMILY, TILE=next(t for max_m, t in COOPMAT_TILES if m <= max_m))
+            return variant_name(COOPMAT_FAMILY, TILE=coopmat_tile(m, n))
         return variant_name(FAMILY[GEMM], INT_DOT=dot, TILE=gemm_tile(m))
     sg = bool(caps.subgroup_arithmetic if subgroup is None else subgroup)
     shape = gemv_shape(n, k) if dot and sg else "l128b1"
@@ -150,11 +156,16 @@ def route(kernel: str, m: int, x_layout: str | None = None) -> str:
 
 
 def describe_variants(caps: Any) -> dict[str, str]:
-    return {"q8ta_linear (M == 1)": pick_variant(GEMV, caps, 1, 4096, 4096),
-            f"q8ta_linear (M == 1, K >= {LONG_K})": pick_variant(GEMV, caps, 1, 4096, LONG_K),
-            f"q8ta_linear (M == 1, N >= {MANY_N})": pick_variant(GEMV, caps, 1, MANY_N, 4096),
-            f"q8ta_linear (1 < M <= {SMALL_M_TILE_MAX})": pick_variant(GEMM, caps, 2),
-            f"q8ta_linear (M > {SMALL_M_TILE_MAX})": pick_variant(GEMM, caps, SMALL_M_TILE_MAX + 1)}
+    out = {"q8ta_linear (M == 1)": pick_variant(GEMV, caps, 1, 4096, 4096),
+           f"q8ta_linear (M == 1, K >= {LONG_K})": pick_variant(GEMV, caps, 1, 4096, LONG_K),
+           f"q8ta_linear (M == 1, N >= {MANY_N})": pick_variant(GEMV, caps, 1, MANY_N, 4096)}
+    if coopmat_capable(caps):
+        for m in (128, 512):
+            out[f"q8ta_linear on tensor cores (M={m}, N=4096)"] = pick_variant(GEMM, caps, m, 4096)
+    else:
+        out[f"q8ta_linear (1 < M <= {SMALL_M_TILE_MAX})"] = pick_variant(GEMM, caps, 2)
+        out[f"q8ta_linear (M > {SMALL_M_TILE_MAX})"] = pick_variant(GEMM, caps, SMALL_M_TILE_MAX + 1)
+    return out
 
 
 # -- input checks ---------------------------------------------------------------------------------
