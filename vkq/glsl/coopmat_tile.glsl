@@ -10,6 +10,7 @@
     separate array of their type. Import `with context`; the template sets AT (operand
     type), CT (accumulator type), FK (fragment k), SH, UNIT, BM, BN, WM, WN. -#}
 {% set PITCH = 80 // UNIT %}
+{% set NBUF = NBUF | default(2) %}
 {% set KS = 32 // UNIT %}
 {% set NW = WM * WN %}
 {% set FM = BM // WM // 16 %}
@@ -19,8 +20,8 @@
 #define CM_A coopmat<{{ AT }}, gl_ScopeSubgroup, 16, {{ FK }}, gl_MatrixUseA>
 #define CM_B coopmat<{{ AT }}, gl_ScopeSubgroup, {{ FK }}, 16, gl_MatrixUseB>
 #define CM_C coopmat<{{ CT }}, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
-shared {{ SH }} sa[{{ 2 * BM * PITCH }}];  // [buffer][BM rows][PITCH]
-shared {{ SH }} sb[{{ 2 * BN * PITCH }}];  // [buffer][BN channels][PITCH]
+shared {{ SH }} sa[{{ NBUF * BM * PITCH }}];  // [buffer][BM rows][PITCH]
+shared {{ SH }} sb[{{ NBUF * BN * PITCH }}];  // [buffer][BN channels][PITCH]
 shared {{ CT }} so[{{ NW * 256 }}];  // the epilogue's staging: one 16 x 16 slot per subgroup
 {% endmacro %}
 
@@ -61,8 +62,25 @@ shared {{ CT }} so[{{ NW * 256 }}];  // the epilogue's staging: one 16 x 16 slot
    PF = 2: two register sets; step j + 2's loads are issued at step j, so each load has a
    whole step of MMAs to arrive before it is stored (L2 latency is otherwise exposed at
    every step: one workgroup per SM, one barrier per step). The loop is unrolled by two so
-   that register sets and buffers are chosen statically. #}
+   that register sets and buffers are chosen statically. NBUF = 1 (tiles too large for two
+   buffers in 48 KiB): one shared buffer, stored after a second barrier. #}
 {% macro main_loop(PF) %}
+{% if NBUF == 1 %}
+{{ caller("fetch", 0, "0u") }}
+{{ caller("store", 0, "0u") }}
+    barrier();
+    for (uint jj = 0u; jj < steps; ++jj) {
+        if (jj + 1u < steps) {
+{{ caller("fetch", 0, "jj + 1u") }}
+        }
+{{ mma_step("0u") }}
+        barrier();  // every subgroup is done with the buffer
+        if (jj + 1u < steps) {
+{{ caller("store", 0, "0u") }}
+        }
+        barrier();
+    }
+{% else %}
 {{ caller("fetch", 0, "0u") }}
 {{ caller("store", 0, "0u") }}
 {% if PF == 2 %}
@@ -97,6 +115,7 @@ shared {{ CT }} so[{{ NW * 256 }}];  // the epilogue's staging: one 16 x 16 slot
         }
 {% endfor %}
     }
+{% endif %}
 {% endmacro %}
 
 {# Epilogue: for each fragment (i, j), every subgroup stores its accumulator row-major into
