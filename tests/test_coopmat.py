@@ -103,7 +103,9 @@ def test_fp16_exponent_brings_the_largest_weight_below_2_15():
 def test_coopmat_plans_split_small_batches_and_cover_k():
     small = q4.plan_coopmat(128, 4096, 4096, False, half_params=True)
     big = q4.plan_coopmat(2048, 14336, 4096, True)
-    assert (small.bm, small.bn, big.bm, big.bn) == (64, 64, 128, 128)
+    mid = q4.plan_coopmat(512, 4096, 4096, False, half_params=True)
+    assert (small.bm, small.bn, mid.bm, mid.bn, big.bm, big.bn) == (64, 64, 128, 128, 128, 256)
+    assert mid.splits == 1 and mid.variant == "q4gsw_coopmat_sym_128x128_p16"
     assert small.splits > 1 and big.splits == 1
     assert small.kernels == ["q4gsw_coopmat_prep", small.variant, "q4gsw_gemm_reduce"]
     for k, splits in ((4096, 3), (1320, 7), (64, 5)):
@@ -213,7 +215,7 @@ def test_q4gsw_routing_on_tensor_cores(tc_device):
 def test_fused_linears_on_tensor_cores(tc_device):
     # gate/up with silu_mul and a residual add after the coopmat GEMM (M = 30 > 24): the
     # fp16 bound of each product, carried through silu (|silu'| <= 1.1) and the product
-    g, u = make_weight(40, 64, 32, False, seed=1), make_weight(40, 64, 32, True, seed=2)
+    g, u = make_weight(40, 64, 32, False, seed=1), make_weight(40, 64, 32, False, seed=2)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((30, 64)).astype(np.float32)
     bias = np.linspace(-1, 1, 80).astype(np.float32)  # [b_gate, b_up]

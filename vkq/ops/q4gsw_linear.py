@@ -655,16 +655,20 @@ def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
 # ----------------------------------------------------------------------------- coopmat GEMM
 #: The fp16 tensor-core shape the coopmat GEMM multiplies with (M x N x K, A/B, C/result).
 COOPMAT_SHAPE = (16, 16, 16, "float16", "float32")
-#: Coopmat tiles: 128x128 (8 subgroups of 64x32) where it makes at least
-#: COOPMAT_BIG_TILES workgroups, never split; else 64x64 (4 of 32x32) with split-K towards
+#: Coopmat tiles: 128x256 (single-buffered, 8 subgroups of 64x64) where it makes at least
+#: COOPMAT_WIDE_TILES workgroups; else 128x128 (8 subgroups of 64x32) where that makes at
+#: least COOPMAT_BIG_TILES; neither is split. Else 64x64 (4 of 32x32) with split-K towards
 #: COOPMAT_SPLIT_TARGET workgroups. Measured on the H200 (132 SMs); see docs/tuning.md
 #: §q4gsw coopmat GEMM.
+COOPMAT_WIDE_TILES = 192
 COOPMAT_BIG_TILES = 96
 COOPMAT_SPLIT_TARGET = 264
 
 
 def coopmat_tile(m: int, n: int) -> str:
-    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES)."""
+    """The routed coopmat tile for an M x N output (COOPMAT_WIDE_TILES, COOPMAT_BIG_TILES)."""
+    if ceil_div(m, 128) * ceil_div(n, 256) >= COOPMAT_WIDE_TILES:
+        return "128x256s"
     return "128x128" if ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES else "64x64"
 
 
@@ -715,7 +719,7 @@ def plan_coopmat(m: int, n: int, k: int, asym: bool, tile: str | None = None,
                  splits: int | None = None, half_params: bool = False) -> CoopmatPlan:
     """Tile and split-K of the coopmat GEMM for M x N x K (split-K only for the small
     tile unless `splits` forces it: the big one measured slower split, docs/tuning.md)."""
-    if tile is None and splits is None and coopmat_tile(m, n) == "128x128":
+    if tile is None and splits is None and coopmat_tile(m, n) != "64x64":
         splits = 1
     tile = tile or coopmat_tile(m, n)
     variant = variant_name("q4gsw_coopmat", ASYM=bool(asym), TILE=tile, P16=bool(half_params))
@@ -783,7 +787,7 @@ def describe_variants(caps: Any) -> dict[str, str]:
     for m in (GEMV_MAX_ROWS + 1, 32, 33, 129):
         out[f"q4gsw GEMM (M={m})"] = plan_gemm(m, 4096, 4096, False, half_params=True).variant
     if coopmat_capable(caps) is None:  # tensor cores: these M run the coopmat GEMM instead
-        for m in (GEMV_MAX_ROWS + 1, 512):
+        for m in (GEMV_MAX_ROWS + 1, 512, 2048):
             out[f"q4gsw GEMM on tensor cores (M={m})"] = plan_coopmat(
                 m, 4096, 4096, False, half_params=True).variant
     return out
