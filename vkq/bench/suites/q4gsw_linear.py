@@ -377,12 +377,17 @@ def tune_coopmat(ctx: BenchContext, ms: tuple[int, ...] = (32, 128, 512, 2048),
 
 
 def main_tune() -> None:
-    """Print GEMV and GEMM tuning tables for the default device, best first per problem."""
+    """Print GEMV and GEMM (and, on tensor cores, coopmat GEMM) tuning tables for the default
+    device, best first per problem."""
     import sys
     dev = default_device()
     ctx = BenchContext(device=dev, roofline_gbps=0.0, quick=False, repeats=15,
                        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    for title, res in (("GEMV", tune_gemv(ctx)), ("GEMM", tune_gemm(ctx))):
+    sweeps = [("GEMV", tune_gemv), ("GEMM", tune_gemm)]
+    if coopmat_capable(dev.caps) is None:
+        sweeps.append(("coopmat GEMM", tune_coopmat))
+    for title, sweep in sweeps:
+        res = sweep(ctx)
         print(f"== {title} tuning on {dev.caps.name}")
         by_problem: dict[str, list[tuple[float, str]]] = {}
         for prob, tag, us in res:
