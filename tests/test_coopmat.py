@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 import vkq
-from vkq import layouts, shaderlib
+from vkq import shaderlib
 from vkq.ops import q4gsw_linear as q4
 from vkq.ops import q8ta_linear as q8
 from vkq.reference.q4gsw import q4gsw_linear_reference
-from vkq.reference.q8ta import q8ta_accumulators
 from vkq.runtime import UnsupportedDevice
 from vkq.runtime.capabilities import CoopMatShape
-from test_q4gsw_linear import check, exact_weight, fp16_tolerance, make_weight, run_guarded
-from test_q8ta_linear import _run_into, assert_matches, make_case, q8ta, qparams, SENTINEL
+from test_q4gsw_linear import check, fp16_tolerance, make_weight, prepack_exact, run_guarded
+from test_q8ta_linear import (SENTINEL, _run_into, assert_matches, check_exact_accumulators,
+                              make_case, q8ta, qparams)
 
 COOPMAT_VARIANTS = sorted(n for n in shaderlib.declared_variants()
                           if "cooperative_matrix" in shaderlib.variant_info(n).requires)
@@ -135,13 +135,11 @@ def test_q4gsw_coopmat_is_bit_exact_on_exact_arithmetic(tc_device, k, gs, symmet
     # Small-integer x and power-of-two scales: every fp16 operand, product and fp32 sum is
     # exact, so a wrong nibble, group, row or k order shows as a mismatch, not an error
     # hidden under the fp16 bound.
-    w = exact_weight(67, k, gs, symmetric, seed=gs)
-    pw = q4.prepack_q4gsw(layouts.pack_int4_weight(w.q),
-                          layouts.pack_group_params(w.scales, w.zeros, gs, k), tc_device, params)
+    w, pw = prepack_exact(tc_device, 67, k, gs, symmetric, params)
     rng = np.random.default_rng(k)
     try:
-        for m, tile, splits in ((25, None, None), (133, "128x128", 1), (70, "64x64", 3),
-                                (130, "64x128", 2), (7, "128x64", 1), (260, "128x128w4", 1), (200, "128x256s", 2)):
+        for m, tile, splits in ((25, None, None), (133, "128x128", 1), (70, "64x64", 3), (130, "64x128", 2),
+                                (7, "128x64", 1), (260, "128x128w4", 1), (200, "128x256s", 2)):
             x = rng.integers(-4, 5, size=(m, k)).astype(np.float32)
             bias = rng.integers(-8, 9, size=67).astype(np.float32)
             y, names = run_recorded(tc_device, pw, x, bias, kernel="coopmat", coopmat_tile=tile,
@@ -250,18 +248,9 @@ def test_q8ta_coopmat_gives_identical_results(tc_device, variant):
 
 @pytest.mark.parametrize("variant", Q8_VARIANTS)
 def test_q8ta_coopmat_accumulators_exact_and_no_writes_past_the_output(tc_device, variant):
-    rng = np.random.default_rng(11)
-    for m, k in ((6, 1028), (67, 1027)):  # 1027: K padded to 1028 with zero columns
-        x, w, _ = make_case(rng, m, 23, k)
-        x[0] = -128
-        w_ext = vkq.QuantizedWeight(np.where(np.arange(23)[:, None] % 2 == 0, np.int8(-128),
-                                             w.q).astype(np.int8), w.scales, bits=8)
-        words, tail = _run_into(tc_device, variant, x, w_ext, qparams(), acc_out=True)
-        assert np.all(tail == SENTINEL)
-        acc = words.reshape(m, -1)[:, :23]
-        np.testing.assert_array_equal(acc, q8ta_accumulators(x, w_ext.q))
-        assert acc[0, 0] == 128 * 128 * k
-    x, w, b = make_case(rng, 5, 37, 44)
+    for m in (6, 67):
+        check_exact_accumulators(tc_device, variant, m)
+    x, w, b = make_case(np.random.default_rng(11), 5, 37, 44)
     words, tail = _run_into(tc_device, variant, x, w, qparams(), b)
     assert np.all(tail == SENTINEL)
 

@@ -169,6 +169,16 @@ def exact_weight(n: int, k: int, gs: int, symmetric: bool, seed: int) -> vkq.Qua
     return vkq.QuantizedWeight(q, s, z, bits=4, group_size=gs)
 
 
+def prepack_exact(device, n: int, k: int, gs: int, symmetric: bool,
+                  params: str) -> tuple[vkq.QuantizedWeight, op.Q4gswWeight]:
+    """exact_weight (seeded by gs) and its device copy with `params` parameter storage."""
+    w = exact_weight(n, k, gs, symmetric, seed=gs)
+    pw = op.prepack_q4gsw(layouts.pack_int4_weight(w.q),
+                          layouts.pack_group_params(w.scales, w.zeros, gs, k), device, params)
+    assert pw.param_dtype == params
+    return w, pw
+
+
 @pytest.mark.parametrize("params", ["float16", "float32"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("k,gs", [(512, 32), (512, 128), (264, 8), (264, 24)])
@@ -176,10 +186,7 @@ def test_exact_arithmetic_is_bit_exact(device, k, gs, symmetric, params):
     # A single wrong nibble, scale or group index changes the result by >= 2^-9: the
     # accuracy bound above could hide it at large K, this cannot. The parameters are fp16
     # numbers, stored either way: the fp16 variants must decode every one exactly.
-    w = exact_weight(19, k, gs, symmetric, seed=gs)
-    pw = op.prepack_q4gsw(layouts.pack_int4_weight(w.q),
-                          layouts.pack_group_params(w.scales, w.zeros, gs, k), device, params)
-    assert pw.param_dtype == params
+    w, pw = prepack_exact(device, 19, k, gs, symmetric, params)
     rng = np.random.default_rng(k)
     try:
         for m, kernel in ((1, "gemv"), (1, "gemm"), (5, "gemm"), (2, "gemv"), (5, "gemv")):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 #: Vulkan 1.2 target (SPIR-V 1.5): for 1.3, LocalSizeId would need the maintenance4 feature.
 SPIRV_ENV = "vulkan1.2"
-FRONT_END_FLAGS = ("-V", f"--target-env", SPIRV_ENV, "-S", "comp")
+FRONT_END_FLAGS = ("-V", "--target-env", SPIRV_ENV, "-S", "comp")
 #: Identifies the compiler in every variant's hash: output compiled by another is stale.
 COMPILER_ID = f"glslang 13.1.1 {' '.join(FRONT_END_FLAGS)} | spirv-opt -O | spirv-val"
 #: What to install when the compiler is missing or too old.

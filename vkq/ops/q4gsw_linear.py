@@ -476,7 +476,7 @@ def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, ke
         bufs["t_scales"] = "weight.scales32"
         if w.has_zeros:
             bufs["t_zeros"] = "weight.zeros32"
-    max_x, max_y = dev.caps.max_workgroup_count[:2]
+    max_x = dev.caps.max_workgroup_count[0]
     gx = ceil_div(n, plan.bn)
     if gx > max_x or plan.splits > dev.caps.max_workgroup_count[2]:
         raise ValueError(f"N = {n} needs {gx} workgroups along x, over this device's {max_x}")
@@ -484,21 +484,32 @@ def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, ke
     if plan.splits > 1:
         scratch["scratch.partials"] = 4 * plan.splits * m * n
         bufs = dict(bufs, t_out="scratch.partials")
-    out_list = []
-    rows_per_dispatch = max_y * plan.bm
-    for row0 in range(0, m, rows_per_dispatch):
-        rows = min(rows_per_dispatch, m - row0)
-        out_list.append(PlannedDispatch(
-            plan.variant, (gx, ceil_div(rows, plan.bm), plan.splits), bufs,
-            {"m": m, "n": n, "k": k, "n_groups": w.n_groups,
-             "has_bias": int(has_bias and plan.splits == 1), "row_offset": row0,
-             "split_chunks": plan.split_chunks}, {"GROUP_COMPS": w.group_size // 8}))
+    push = {"m": m, "n": n, "k": k, "n_groups": w.n_groups, "split_chunks": plan.split_chunks,
+            "has_bias": int(has_bias and plan.splits == 1)}
+    out_list = _row_blocks(dev, plan.variant, plan.bm, (gx, plan.splits), m, bufs, push,
+                           {"GROUP_COMPS": w.group_size // 8})
     if plan.splits > 1:
-        out_list.append(PlannedDispatch(
-            variant_name("q4gsw_gemm_reduce"), grid_2d(ceil_div(m * n, 256), max_x),
-            {"t_out": out, "t_part": "scratch.partials", "t_bias": bias},
-            {"mn": m * n, "n": n, "splits": plan.splits, "has_bias": int(has_bias)}))
+        out_list.append(_split_reduce(dev, m, n, plan.splits, out, bias))
     return out_list, scratch
+
+
+def _row_blocks(dev: Any, variant: str, bm: int, grid_xz: tuple[int, int], m: int,
+                bufs: dict[str, str], push: dict[str, Any], spec: dict[str, int]) -> list[PlannedDispatch]:
+    """A GEMM over M rows as dispatches of at most the device's y workgroup count of BM-row
+    tiles each (`row_offset` in the push constants says where one starts)."""
+    rows_per_dispatch = dev.caps.max_workgroup_count[1] * bm
+    return [PlannedDispatch(variant, (grid_xz[0], ceil_div(min(rows_per_dispatch, m - row0), bm), grid_xz[1]),
+                            bufs, dict(push, row_offset=row0), spec)
+            for row0 in range(0, m, rows_per_dispatch)]
+
+
+def _split_reduce(dev: Any, m: int, n: int, splits: int, out: str, bias: str) -> PlannedDispatch:
+    """The pass summing split-K slices ("scratch.partials") into `out`, adding `bias` (a
+    role, or "dummy")."""
+    return PlannedDispatch(
+        variant_name("q4gsw_gemm_reduce"), grid_2d(ceil_div(m * n, 256), dev.caps.max_workgroup_count[0]),
+        {"t_out": out, "t_part": "scratch.partials", "t_bias": bias},
+        {"mn": m * n, "n": n, "splits": splits, "has_bias": int(bias == "bias")})
 
 
 def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
@@ -739,7 +750,7 @@ def coopmat_dispatches(dev: Any, w: Q4gswWeight, m: int, bufs: dict[str, str], o
     allows) and, with split-K, the reduce pass; the scratch they need."""
     n, k = w.shape
     kp8 = ceil_div(k, 32) * 4
-    max_x, max_y = dev.caps.max_workgroup_count[:2]
+    max_x = dev.caps.max_workgroup_count[0]
     gx = ceil_div(n, plan.bn)
     if gx > max_x or plan.splits > dev.caps.max_workgroup_count[2]:
         raise ValueError(f"N = {n} needs {gx} workgroups along x, over this device's {max_x}")
@@ -753,20 +764,13 @@ def coopmat_dispatches(dev: Any, w: Q4gswWeight, m: int, bufs: dict[str, str], o
     out_list = [PlannedDispatch(variant_name("q4gsw_coopmat_prep"), grid_2d(m, max_x),
                                 {"t_xh": "scratch.xh", "t_rowexp": "scratch.rowexp", "t_x": "x"},
                                 {"m": m, "k": k, "kp8": kp8})]
-    rows_per_dispatch = max_y * plan.bm
-    for row0 in range(0, m, rows_per_dispatch):
-        rows = min(rows_per_dispatch, m - row0)
-        out_list.append(PlannedDispatch(
-            plan.variant, (gx, ceil_div(rows, plan.bm), plan.splits), gemm_bufs,
-            {"m": m, "n": n, "k": k, "n_groups": w.n_groups,
-             "has_bias": int(has_bias and plan.splits == 1), "row_offset": row0,
-             "split_chunks": plan.split_chunks, "w_exp": w.fp16_exponent,
-             "w_scale": math.ldexp(1.0, -w.fp16_exponent)}, {"GROUP_COMPS": w.group_size // 8}))
+    push = {"m": m, "n": n, "k": k, "n_groups": w.n_groups, "split_chunks": plan.split_chunks,
+            "has_bias": int(has_bias and plan.splits == 1), "w_exp": w.fp16_exponent,
+            "w_scale": math.ldexp(1.0, -w.fp16_exponent)}
+    out_list += _row_blocks(dev, plan.variant, plan.bm, (gx, plan.splits), m, gemm_bufs, push,
+                            {"GROUP_COMPS": w.group_size // 8})
     if plan.splits > 1:
-        out_list.append(PlannedDispatch(
-            variant_name("q4gsw_gemm_reduce"), grid_2d(ceil_div(m * n, 256), max_x),
-            {"t_out": out, "t_part": "scratch.partials", "t_bias": bufs["t_bias"]},
-            {"mn": m * n, "n": n, "splits": plan.splits, "has_bias": int(has_bias)}))
+        out_list.append(_split_reduce(dev, m, n, plan.splits, out, bufs["t_bias"]))
     return out_list, scratch
 
 

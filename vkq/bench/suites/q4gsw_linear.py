@@ -330,50 +330,51 @@ def tune_gemv(ctx: BenchContext, shapes: tuple[tuple[int, int], ...] = GEMV_SHAP
     return results
 
 
+def _sweep(ctx: BenchContext, ms: tuple[int, ...], shapes: tuple[tuple[int, int], ...],
+           choices: Any) -> list[tuple[str, str, float]]:
+    """Chained µs of every (tag, choice) that `choices(m, n, k)` yields, on each problem
+    (each choice checked against the reference first)."""
+    results = []
+    for n, k in shapes:
+        for m in ms:
+            p = _Problem(ctx, m, n, k, 32)
+            try:
+                for tag, choice in choices(m, n, k):
+                    p.variant(ctx, **choice)
+                    us = p.time(ctx, **choice).chain_ns / 1e3
+                    results.append((_shape(m, n, k, 32), tag, us))
+                    ctx.progress(f"{results[-1]} {2e-6 * m * n * k / us:.2f} TFLOP/s")
+            finally:
+                p.close()
+    return results
+
+
 def tune_gemm(ctx: BenchContext, ms: tuple[int, ...] = (2, 8, 16, 32, 128, 512),
               shapes: tuple[tuple[int, int], ...] = GEMM_SHAPES) -> list[tuple[str, str, float]]:
     """Time every declared symmetric GEMM tile at each M: what GEMM_TILES is chosen from."""
     tiles = sorted({v.values["TILE"] for v in families()["q4gsw_gemm"].select(ASYM=False)})
-    results = []
-    for n, k in shapes:
-        for m in ms:
-            p = _Problem(ctx, m, n, k, 32)
-            try:
-                for tile in tiles:
-                    for splits in (1, None):  # None: the split-K heuristic
-                        auto = plan_gemm(m, n, k, False, tile).splits
-                        if splits is None and auto == 1:
-                            continue
-                        p.variant(ctx, gemm_tile=tile, gemm_splits=splits)
-                        us = p.time(ctx, gemm_tile=tile, gemm_splits=splits).chain_ns / 1e3
-                        results.append((_shape(m, n, k, 32), f"{tile}/s{splits or auto}", us))
-                        ctx.progress(f"{results[-1]} {2e-6 * m * n * k / us:.2f} TFLOP/s")
-            finally:
-                p.close()
-    return results
+
+    def choices(m: int, n: int, k: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        for tile in tiles:
+            auto = plan_gemm(m, n, k, False, tile).splits
+            for splits in (1,) if auto == 1 else (1, None):  # None: the split-K heuristic
+                yield f"{tile}/s{splits or auto}", dict(gemm_tile=tile, gemm_splits=splits)
+    return _sweep(ctx, ms, shapes, choices)
 
 
 def tune_coopmat(ctx: BenchContext, ms: tuple[int, ...] = (32, 128, 512, 2048),
                  shapes: tuple[tuple[int, int], ...] = GEMM_SHAPES) -> list[tuple[str, str, float]]:
-    """Time every declared symmetric fp16-parameter coopmat tile at each M, without split-K
-    and with the heuristic's: what COOPMAT_TILES / COOPMAT_SPLIT_TARGET are chosen from."""
+    """Time every declared symmetric fp16-parameter coopmat tile at each M, without split-K,
+    with the heuristic's and with twice that: what coopmat_tile and COOPMAT_SPLIT_TARGET are
+    chosen from."""
     tiles = sorted({v.values["TILE"] for v in families()["q4gsw_coopmat"].select(ASYM=False, P16=True)})
-    results = []
-    for n, k in shapes:
-        for m in ms:
-            p = _Problem(ctx, m, n, k, 32)
-            try:
-                for tile in tiles:
-                    auto = plan_coopmat(m, n, k, False, tile, half_params=True).splits
-                    for splits in sorted({1, auto, 2 * auto}):
-                        choice = dict(kernel="coopmat", coopmat_tile=tile, coopmat_splits=splits)
-                        p.variant(ctx, **choice)
-                        us = p.time(ctx, **choice).chain_ns / 1e3
-                        results.append((_shape(m, n, k, 32), f"{tile}/s{splits}", us))
-                        ctx.progress(f"{results[-1]} {2e-6 * m * n * k / us:.1f} TFLOP/s")
-            finally:
-                p.close()
-    return results
+
+    def choices(m: int, n: int, k: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        for tile in tiles:
+            auto = plan_coopmat(m, n, k, False, tile, half_params=True).splits
+            for splits in sorted({1, auto, 2 * auto}):
+                yield f"{tile}/s{splits}", dict(kernel="coopmat", coopmat_tile=tile, coopmat_splits=splits)
+    return _sweep(ctx, ms, shapes, choices)
 
 
 def main_tune() -> None:
