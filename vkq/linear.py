@@ -51,12 +51,13 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
     `x` may be a numpy array (the result is numpy), a `DeviceTensor` (the result is a
     DeviceTensor, returned without waiting for the GPU) or a graph value inside
     `with vkq.graph()` (the result is a graph value).
-    `kernel`: "auto", "gemv" or "gemm" (forces a path; see the op modules).
+    `kernel`: "auto", "gemv" or "gemm" (forces a path; see the op modules); for int4
+    weights also "coopmat" (the GEMM on tensor cores, where the device has them).
     """
     base = w.weight if isinstance(w, FusedWeight) else w
     kind = _weight_kind(base)
-    if kernel not in ("auto", "gemv", "gemm"):
-        raise ValueError(f"kernel must be 'auto', 'gemv' or 'gemm', got {kernel!r}")
+    if kernel not in ("auto", "gemv", "gemm", "coopmat"):
+        raise ValueError(f"kernel must be 'auto', 'gemv', 'gemm' or 'coopmat', got {kernel!r}")
     op = contract.get(_linear_op(kind, "int8" if kind == "int8" else "float"))
     call = op.linear_call(x, w, bias, dict(
         residual=residual, rms_norm=rms_norm, input_scale=input_scale, input_zero_point=input_zero_point,

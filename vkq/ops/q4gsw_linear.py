@@ -43,7 +43,7 @@ from vkq.ops.rms_norm import norm_dispatch
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
 from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
-from vkq.shaderlib import ShaderError, variant_name
+from vkq.shaderlib import ShaderError, declared_variants, variant_name
 
 #: Format of the prepacked device weight (Q4gswWeight); bump VERSION when its arrays change.
 FORMAT = "q4gsw_weight"
@@ -52,7 +52,7 @@ VERSION = 2  # v2: group parameters may be stored as fp16 (param_dtype)
 WEIGHT_LAYOUT = (INT4_UVEC4, 1)
 PARAMS_LAYOUT = (GROUP_PARAMS_NG, 1)
 
-KERNELS = ("auto", "gemv", "gemm")
+KERNELS = ("auto", "gemv", "gemm", "coopmat")
 
 
 # ----------------------------------------------------------------------------- packed weight
@@ -72,7 +72,7 @@ class Q4gswWeight:
 
     def __init__(self, device: Device, shape: tuple[int, int], group_size: int,
                  weight: Buffer, scales: Buffer, zeros: Buffer | None,
-                 param_dtype: str = "float32"):
+                 param_dtype: str = "float32", fp16_exponent: int | None = None):
         if param_dtype not in ("float16", "float32"):
             raise ValueError(f"param_dtype must be 'float16' or 'float32', got {param_dtype!r}")
         self.device = device
@@ -81,6 +81,9 @@ class Q4gswWeight:
         self.n_groups = self.shape[1] // self.group_size
         self.weight, self.scales, self.zeros = weight, scales, zeros
         self.param_dtype = param_dtype
+        #: E with max|w| * 2^-E < 2^15 (fp16_exponent()): the coopmat GEMM's weight scaling;
+        #: None where unknown or unusable, and then the fp32 GEMM runs instead.
+        self.fp16_exponent = fp16_exponent
         self._wide: list[Buffer] | None = None  # float32 copies of fp16 params (float32_params)
         self.layouts = {"weight": WEIGHT_LAYOUT, "params": PARAMS_LAYOUT}
 
@@ -154,7 +157,8 @@ class Q4gswWeight:
             for src, dst in zip((self.weight, self.scales, self.zeros), bufs):
                 if src is not None:
                     b.copy(src, dst)
-        return Q4gswWeight(self.device, self.shape, self.group_size, *bufs, param_dtype=self.param_dtype)
+        return Q4gswWeight(self.device, self.shape, self.group_size, *bufs, param_dtype=self.param_dtype,
+                           fp16_exponent=self.fp16_exponent)
 
     def close(self) -> None:
         for b in self._buffers() + (self._wide or []):
@@ -213,7 +217,26 @@ def prepack_q4gsw(weight: PackedTensor, params: PackedTensor, device: Device | N
             b.close()
         raise
     return Q4gswWeight(device, (n, k), gs, bufs[0], bufs[1], bufs[2] if zeros is not None else None,
-                       param_dtype="float16" if half else "float32")
+                       param_dtype="float16" if half else "float32",
+                       fp16_exponent=fp16_exponent(scales, zeros))
+
+
+def fp16_exponent(scales: np.ndarray, zeros: np.ndarray | None) -> int | None:
+    """The power of two 2^E that brings every dequantized weight w = (u - 8) * s + z below
+    2^15 in magnitude (max|w| * 2^-E in [2^14, 2^15)): the coopmat GEMM rounds w * 2^-E to
+    fp16, whose normal range then spans 29 binades below the largest weight. None (the
+    coopmat GEMM is not used) if a parameter is not finite or 2^-E is not a normal float32."""
+    s = np.asarray(scales, np.float64)
+    z = np.zeros_like(s) if zeros is None else np.asarray(zeros, np.float64)
+    if s.size == 0:
+        return 0
+    largest = float(max(np.max(np.abs(z - 8 * s)), np.max(np.abs(z + 7 * s))))  # u = 0, u = 15
+    if not math.isfinite(largest):
+        return None
+    if largest == 0.0:
+        return 0
+    e = math.frexp(largest)[1] - 15
+    return e if -126 <= e <= 126 else None
 
 
 def stored_param_dtype(scales: np.ndarray, zeros: np.ndarray | None,
@@ -395,8 +418,10 @@ def gemm_variant(asym: bool, m: int, tile: str | None = None, half_params: bool 
 
 
 def route(m: int, kernel: str) -> str:
-    """"gemv" or "gemm" for M rows under the user's `kernel` choice (before the device has
-    its say: record_linear runs the GEMM where no GEMV shape serves M > 1 on the device)."""
+    """"gemv", "gemm" or "coopmat" for M rows under the user's `kernel` choice (before the
+    device has its say: record_linear runs the GEMM where no GEMV shape serves M > 1 on the
+    device, and "gemm" means the coopmat GEMM where the device and weight allow, see
+    gemm_kind)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "auto":
@@ -433,16 +458,18 @@ def gemv_shape(dev: Device, n: int, k: int, m: int, kernel: str = "auto",
 def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, kernel: str = "auto",
                       gemv_config: GemvConfig | None = None, gemv_subgroup: bool | None = None,
                       gemm_tile: str | None = None, gemm_splits: int | None = None,
+                      coopmat_tile: str | None = None, coopmat_splits: int | None = None,
                       out: str = "y", epilogue: int = 0, x: str = "x",
                       norm_eps: float | None = None) -> tuple[list[PlannedDispatch], dict[str, int]]:
     """The dispatches computing `out[:m*N] = x[:m*K] @ dequant(w).T (+ bias)` and the scratch
-    they need (role -> bytes). Roles: "x", `out`, "bias" (or "dummy"), "weight.*",
-    "scratch.partials" (split-K), "residual" (`epilogue` 1). `gemv_config` forces a GEMV
-    workgroup shape, `gemv_subgroup` False its shared-memory-only reduction,
-    `gemm_tile`/`gemm_splits` a GEMM tile / split-K. `epilogue` (GEMV only, see the GEMV
-    template): 1 adds the residual, 2 applies silu_mul to alternating gate/up channels.
-    `x`: the role of the activations. `norm_eps`: the GEMV folds in rms_norm(x, "norm_weight",
-    norm_eps) (the caller checked gemv_folds_norm)."""
+    they need (role -> bytes). Roles: `x`, `out`, "bias" (or "dummy"), "weight.*",
+    "scratch.partials" (split-K), "scratch.xh"/"scratch.rowexp" (the coopmat GEMM's fp16
+    x), "residual" (`epilogue` 1). `gemv_config` forces a GEMV workgroup shape,
+    `gemv_subgroup` False its shared-memory-only reduction, `gemm_tile`/`gemm_splits` a GEMM
+    tile / split-K, `coopmat_tile`/`coopmat_splits` the coopmat GEMM's. `epilogue` (GEMV
+    only, see the GEMV template): 1 adds the residual, 2 applies silu_mul to alternating
+    gate/up channels. `norm_eps`: the GEMV folds in rms_norm(x, "norm_weight", norm_eps)
+    (the caller checked gemv_folds_norm)."""
     n, k = w.shape
     sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
     cfg = gemv_shape(dev, n, k, m, kernel, gemv_config, sub)
@@ -474,13 +501,16 @@ def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, ke
         return [PlannedDispatch(name, (gx, gy, blocks), bufs, push, {"GROUP_UNITS": units})], {}
     if epilogue or norm_eps is not None:
         raise ValueError("the GEMM applies no epilogue or norm itself: run them as separate dispatches")
+    if gemm_kind(dev, w, m, kernel) == "coopmat":
+        return coopmat_dispatches(dev, w, m, bufs, out, plan_coopmat(
+            m, n, k, w.has_zeros, coopmat_tile, coopmat_splits, w.half_params))
     plan = plan_gemm(m, n, k, w.has_zeros, gemm_tile, gemm_splits, w.half_params)
     if plan.float32_params:
         w.float32_params()  # made once, on first use
         bufs["t_scales"] = "weight.scales32"
         if w.has_zeros:
             bufs["t_zeros"] = "weight.zeros32"
-    max_x, max_y = dev.caps.max_workgroup_count[:2]
+    max_x = dev.caps.max_workgroup_count[0]
     gx = ceil_div(n, plan.bn)
     if gx > max_x or plan.splits > dev.caps.max_workgroup_count[2]:
         raise ValueError(f"N = {n} needs {gx} workgroups along x, over this device's {max_x}")
@@ -488,44 +518,64 @@ def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, ke
     if plan.splits > 1:
         scratch["scratch.partials"] = 4 * plan.splits * m * n
         bufs = dict(bufs, t_out="scratch.partials")
-    out_list = []
-    rows_per_dispatch = max_y * plan.bm
-    for row0 in range(0, m, rows_per_dispatch):
-        rows = min(rows_per_dispatch, m - row0)
-        out_list.append(PlannedDispatch(
-            plan.variant, (gx, ceil_div(rows, plan.bm), plan.splits), bufs,
-            {"m": m, "n": n, "k": k, "n_groups": w.n_groups,
-             "has_bias": int(has_bias and plan.splits == 1), "row_offset": row0,
-             "split_chunks": plan.split_chunks}, {"GROUP_COMPS": w.group_size // 8}))
+    push = {"m": m, "n": n, "k": k, "n_groups": w.n_groups, "split_chunks": plan.split_chunks,
+            "has_bias": int(has_bias and plan.splits == 1)}
+    out_list = _row_blocks(dev, plan.variant, plan.bm, (gx, plan.splits), m, bufs, push,
+                           {"GROUP_COMPS": w.group_size // 8})
     if plan.splits > 1:
-        out_list.append(PlannedDispatch(
-            variant_name("q4gsw_gemm_reduce"), grid_2d(ceil_div(m * n, 256), max_x),
-            {"t_out": out, "t_part": "scratch.partials", "t_bias": bias},
-            {"mn": m * n, "n": n, "splits": plan.splits, "has_bias": int(has_bias)}))
+        out_list.append(_split_reduce(dev, m, n, plan.splits, out, bias))
     return out_list, scratch
 
 
+def _row_blocks(dev: Any, variant: str, bm: int, grid_xz: tuple[int, int], m: int,
+                bufs: dict[str, str], push: dict[str, Any], spec: dict[str, int]) -> list[PlannedDispatch]:
+    """A GEMM over M rows as dispatches of at most the device's y workgroup count of BM-row
+    tiles each (`row_offset` in the push constants says where one starts)."""
+    rows_per_dispatch = dev.caps.max_workgroup_count[1] * bm
+    return [PlannedDispatch(variant, (grid_xz[0], ceil_div(min(rows_per_dispatch, m - row0), bm), grid_xz[1]),
+                            bufs, dict(push, row_offset=row0), spec)
+            for row0 in range(0, m, rows_per_dispatch)]
+
+
+def _split_reduce(dev: Any, m: int, n: int, splits: int, out: str, bias: str) -> PlannedDispatch:
+    """The pass summing split-K slices ("scratch.partials") into `out`, adding `bias` (a
+    role, or "dummy")."""
+    return PlannedDispatch(
+        variant_name("q4gsw_gemm_reduce"), grid_2d(ceil_div(m * n, 256), dev.caps.max_workgroup_count[0]),
+        {"t_out": out, "t_part": "scratch.partials", "t_bias": bias},
+        {"mn": m * n, "n": n, "splits": splits, "has_bias": int(bias == "bias")})
+
+
 def record_linear(b: CommandBatch, w: Q4gswWeight, x: Buffer, y: Buffer, m: int,
-                  bias: Buffer | None = None, *, scratch: Buffer | None = None,
+                  bias: Buffer | None = None, *, scratch: Buffer | dict[str, Buffer] | None = None,
                   **choice: Any) -> list[Buffer]:
     """Record `y[:m*N] = x[:m*K] @ dequant(w).T (+ bias)` into a batch (buffers already sized).
 
     The low-level entry point under the op: tests use it with guard regions around x and y
     and to force kernels (`choice`: see linear_dispatches); the benchmark to time them.
-    Split-K needs `splits * m * N` floats of scratch: pass `scratch`, or a buffer is made
-    here and returned; the caller closes returned buffers once the batch has run.
+    Scratch (split-K partials, the coopmat GEMM's fp16 x; sizes by role from
+    `scratch_needs`): pass `scratch` as {role: buffer} (a single buffer serves the split-K
+    partials), or buffers are made here and returned; the caller closes returned buffers
+    once the batch has run.
     """
     dispatches, need = linear_dispatches(b.device, w, m, bias is not None, **choice)
     buffers: dict[str, Any] = {"x": x, "y": y, "bias": bias, "dummy": b.device.dummy_buffer()}
     buffers.update({f"weight.{r}": buf for r, buf in w.buffers().items()})
+    given = scratch if isinstance(scratch, dict) else {"scratch.partials": scratch}
     temps: list[Buffer] = []
     for role, nbytes in need.items():
-        if scratch is None or scratch.nbytes < nbytes:
-            scratch = b.device.buffer(nbytes)
-            temps.append(scratch)
-        buffers[role] = scratch
+        buf = given.get(role)
+        if buf is None or buf.nbytes < nbytes:
+            buf = b.device.buffer(nbytes)
+            temps.append(buf)
+        buffers[role] = buf
     OPS[Q4gswLinear.name].record(b, buffers, Plan(dispatches, {}))
     return temps
+
+
+def scratch_needs(dev: Device, w: Q4gswWeight, m: int, **choice: Any) -> dict[str, int]:
+    """Scratch bytes by role that record_linear needs for this call (see linear_dispatches)."""
+    return linear_dispatches(dev, w, m, False, **choice)[1]
 
 
 @register
@@ -617,7 +667,8 @@ class Q4gswLinear(Op):
         return Plan(pre + dispatches + (stage.dispatches if m else []), stage.outputs, scratch, stage.views)
 
 
-_CHOICES = ("kernel", "gemv_config", "gemv_subgroup", "gemm_tile", "gemm_splits")
+_CHOICES = ("kernel", "gemv_config", "gemv_subgroup", "gemm_tile", "gemm_splits", "coopmat_tile",
+            "coopmat_splits")
 
 
 def _norm_option(option: Any, k: int) -> tuple[np.ndarray | None, float | None]:
@@ -673,6 +724,117 @@ def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
     return GemmPlan(variant, bm, bn, ceil_div(kb, chunks), chunks, widen)
 
 
+# ----------------------------------------------------------------------------- coopmat GEMM
+#: The fp16 tensor-core shape the coopmat GEMM multiplies with (M x N x K, A/B, C/result).
+COOPMAT_SHAPE = (16, 16, 16, "float16", "float32")
+#: Coopmat tiles: 128x256 (single-buffered, 8 subgroups of 64x64) where it makes at least
+#: COOPMAT_WIDE_TILES workgroups; else 128x128 (8 subgroups of 64x32) where that makes at
+#: least COOPMAT_BIG_TILES; neither is split. Else 64x64 (4 of 32x32) with split-K towards
+#: COOPMAT_SPLIT_TARGET workgroups. Measured on the H200 (132 SMs); see docs/tuning.md
+#: §q4gsw coopmat GEMM.
+COOPMAT_WIDE_TILES = 192
+COOPMAT_BIG_TILES = 96
+COOPMAT_SPLIT_TARGET = 264
+
+
+def coopmat_tile(m: int, n: int) -> str:
+    """The routed coopmat tile for an M x N output (COOPMAT_WIDE_TILES, COOPMAT_BIG_TILES)."""
+    if ceil_div(m, 128) * ceil_div(n, 256) >= COOPMAT_WIDE_TILES:
+        return "128x256s"
+    return "128x128" if ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES else "64x64"
+
+
+def coopmat_capable(caps: Any) -> str | None:
+    """None if the device runs the coopmat GEMM, else why not (tensor cores are used only
+    where the device lists the fp16 shape and has 32-wide subgroups, which the kernel's
+    subgroup tiling assumes)."""
+    shapes = getattr(caps, "cooperative_matrix", ())
+    if not shapes or not caps.has_coopmat(*COOPMAT_SHAPE):
+        return "the device lists no fp16 16x16x16 cooperative matrix (tensor cores)"
+    if caps.subgroup_size != 32:
+        return f"the coopmat GEMM needs 32-wide subgroups, the device has {caps.subgroup_size}"
+    if not caps.shader_float16:
+        return "the device has no shaderFloat16"
+    return None
+
+
+def gemm_kind(dev: Any, w: Q4gswWeight, m: int, kernel: str) -> str:
+    """"coopmat" or "gemm" for a call that does not run the GEMV: `kernel` "coopmat" forces
+    the tensor-core GEMM (ValueError where it cannot run), "gemm" the fp32 one, "auto" takes
+    the coopmat GEMM where the device runs it and the weight has an fp16 exponent."""
+    why = coopmat_capable(dev.caps)
+    if why is None and w.fp16_exponent is None:
+        why = "the weight's parameters are not finite or out of fp16's scalable range"
+    if kernel == "coopmat":
+        if why is not None:
+            raise ValueError(f"kernel='coopmat': {why}")
+        return "coopmat"
+    return "coopmat" if kernel == "auto" and why is None else "gemm"
+
+
+@dataclasses.dataclass(frozen=True)
+class CoopmatPlan:
+    variant: str
+    bm: int
+    bn: int
+    splits: int
+    split_chunks: int
+
+    @property
+    def kernels(self) -> list[str]:
+        """Kernel names one coopmat GEMM call dispatches (for routing checks)."""
+        return ([variant_name("q4gsw_coopmat_prep"), self.variant]
+                + ([variant_name("q4gsw_gemm_reduce")] if self.splits > 1 else []))
+
+
+def plan_coopmat(m: int, n: int, k: int, asym: bool, tile: str | None = None,
+                 splits: int | None = None, half_params: bool = False) -> CoopmatPlan:
+    """Tile and split-K of the coopmat GEMM for M x N x K (split-K only for the small
+    tile unless `splits` forces it: the big one measured slower split, docs/tuning.md)."""
+    if tile is None and splits is None and coopmat_tile(m, n) != "64x64":
+        splits = 1
+    tile = tile or coopmat_tile(m, n)
+    variant = variant_name("q4gsw_coopmat", ASYM=bool(asym), TILE=tile, P16=bool(half_params))
+    params = declared_variants()[variant][1]
+    bm, bn = params["BM"], params["BN"]
+    kb = ceil_div(k, 32)
+    if splits is None:  # the power of two nearest to the target / tiles
+        want = COOPMAT_SPLIT_TARGET / (ceil_div(m, bm) * ceil_div(n, bn))
+        splits = max(1, min(1 << max(0, round(math.log2(want))), kb // SPLIT_MIN_CHUNKS))
+    chunks = ceil_div(kb, max(1, min(int(splits), kb)))
+    return CoopmatPlan(variant, bm, bn, ceil_div(kb, chunks), chunks)
+
+
+def coopmat_dispatches(dev: Any, w: Q4gswWeight, m: int, bufs: dict[str, str], out: str,
+                       plan: CoopmatPlan) -> tuple[list[PlannedDispatch], dict[str, int]]:
+    """The prep pass (x -> fp16 rows + exponents), the coopmat GEMM (in row blocks the grid
+    allows) and, with split-K, the reduce pass; the scratch they need."""
+    n, k = w.shape
+    kp8 = ceil_div(k, 32) * 4
+    max_x = dev.caps.max_workgroup_count[0]
+    gx = ceil_div(n, plan.bn)
+    if gx > max_x or plan.splits > dev.caps.max_workgroup_count[2]:
+        raise ValueError(f"N = {n} needs {gx} workgroups along x, over this device's {max_x}")
+    has_bias = bufs["t_bias"] == "bias"
+    scratch = {"scratch.xh": 16 * m * kp8, "scratch.rowexp": 4 * m}
+    gemm_bufs = dict(bufs, t_xh="scratch.xh", t_rowexp="scratch.rowexp")
+    del gemm_bufs["t_x"]
+    if plan.splits > 1:
+        scratch["scratch.partials"] = 4 * plan.splits * m * n
+        gemm_bufs["t_out"] = "scratch.partials"
+    out_list = [PlannedDispatch(variant_name("q4gsw_coopmat_prep"), grid_2d(m, max_x),
+                                {"t_xh": "scratch.xh", "t_rowexp": "scratch.rowexp", "t_x": bufs["t_x"]},
+                                {"m": m, "k": k, "kp8": kp8})]
+    push = {"m": m, "n": n, "k": k, "n_groups": w.n_groups, "split_chunks": plan.split_chunks,
+            "has_bias": int(has_bias and plan.splits == 1), "w_exp": w.fp16_exponent,
+            "w_scale": math.ldexp(1.0, -w.fp16_exponent)}
+    out_list += _row_blocks(dev, plan.variant, plan.bm, (gx, plan.splits), m, gemm_bufs, push,
+                            {"GROUP_COMPS": w.group_size // 8})
+    if plan.splits > 1:
+        out_list.append(_split_reduce(dev, m, n, plan.splits, out, bufs["t_bias"]))
+    return out_list, scratch
+
+
 def describe_variants(caps: Any) -> dict[str, str]:
     sub = bool(getattr(caps, "subgroup_shuffle", True))
     smem = int(getattr(caps, "max_shared_memory", 1 << 62))
@@ -689,6 +851,10 @@ def describe_variants(caps: Any) -> dict[str, str]:
             out[f"q4gsw GEMV (M={m}, N=4096, K=4096)"] = gemv_variant(False, 32, cfg, sub, True)
     for m in (GEMV_MAX_ROWS + 1, 32, 33, 129):
         out[f"q4gsw GEMM (M={m})"] = plan_gemm(m, 4096, 4096, False, half_params=True).variant
+    if coopmat_capable(caps) is None:  # tensor cores: these M run the coopmat GEMM instead
+        for m in (GEMV_MAX_ROWS + 1, 512, 2048):
+            out[f"q4gsw GEMM on tensor cores (M={m})"] = plan_coopmat(
+                m, 4096, 4096, False, half_params=True).variant
     return out
 
 

@@ -11,7 +11,9 @@ Kernels (routing is observable with `vkq.trace()` and forced with `kernel=`):
   4W layout ("int8_4w"). Picked by ``"auto"`` for M == 1; accepts any M (a row per
   workgroup row).
 - ``kernel="gemm"`` -> ``q8ta_linear_*``: register-tiled GEMM, activations/outputs in 4H4W
-  ("int8_4h4w"). Picked by ``"auto"`` for M > 1; accepts any M.
+  ("int8_4h4w"). Picked by ``"auto"`` for M > 1; accepts any M. Where the device lists the
+  int8 16x16x32 cooperative-matrix shape (tensor cores) and has 32-wide subgroups, the GEMM
+  path runs ``q8ta_linear_coopmat_*`` instead: same layouts, identical integer results.
 
 Each has an integer-dot variant (``*_idot*``, OpSDot) used where the device has
 ``shaderIntegerDotProduct`` and a bit-identical int32 fallback (``*_fallback*``). The GEMV
@@ -75,6 +77,18 @@ _EPILOGUE_CACHE = 4
 # -- variants and routing -----------------------------------------------------------------------
 #: Kernel family (vkq/templates/*.variants.json) of each path.
 FAMILY = {GEMV: "q8ta_linear_gemv", GEMM: "q8ta_linear"}
+#: The GEMM path's tensor-core family, and the shape it multiplies with (M x N x K, A/B, C).
+COOPMAT_FAMILY = "q8ta_linear_coopmat"
+COOPMAT_SHAPE = (16, 16, 32, "sint8", "sint32")
+#: Coopmat tiles: 128x128 (8 subgroups of 64x32) where it makes at least COOPMAT_BIG_TILES
+#: workgroups, else 64x64 (4 of 32x32). Measured on the H200 (132 SMs); see docs/tuning.md
+#: §q8ta coopmat GEMM.
+COOPMAT_BIG_TILES = 96
+
+
+def coopmat_tile(m: int, n: int) -> str:
+    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES)."""
+    return "t128x128" if ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES else "t64x64"
 #: GEMM tiles (rows x channels) by batch size: 32x128 up to SMALL_M_TILE_MAX rows, 128x64
 #: above. Measured on the H100; see docs/tuning.md §q8ta GEMM tiles.
 SMALL_M_TILE_MAX = 256
@@ -94,12 +108,23 @@ def gemv_shape(n: int, k: int) -> str:
     return "l128b2" if n >= MANY_N else "l128b1"
 
 
+def coopmat_capable(caps: Any) -> bool:
+    """Whether the GEMM path runs on int8 tensor cores on a device with `caps`: the device
+    lists the int8 shape, has 32-wide subgroups (the kernel tiles by subgroup) and int8."""
+    return bool(getattr(caps, "cooperative_matrix", ()) and caps.has_coopmat(*COOPMAT_SHAPE)
+                and caps.subgroup_size == 32 and caps.shader_int8)
+
+
 def pick_variant(path: str, caps: Any, m: int = 1, n: int = 0, k: int = 0, *,
-                 int_dot: bool | None = None, subgroup: bool | None = None) -> str:
+                 int_dot: bool | None = None, subgroup: bool | None = None,
+                 coopmat: bool | None = None) -> str:
     """Variant for `path` ("gemv" | "gemm") on an [m, k] x [n, k]^T problem on a device
-    with `caps`; `int_dot` / `subgroup` override the capability-based choice (tests)."""
+    with `caps`; `int_dot` / `subgroup` / `coopmat` override the capability-based choice
+    (tests)."""
     dot = bool(caps.integer_dot_product if int_dot is None else int_dot)
     if path == GEMM:
+        if coopmat_capable(caps) if coopmat is None else coopmat:
+            return variant_name(COOPMAT_FAMILY, TILE=coopmat_tile(m, n))
         return variant_name(FAMILY[GEMM], INT_DOT=dot, TILE=gemm_tile(m))
     sg = bool(caps.subgroup_arithmetic if subgroup is None else subgroup)
     shape = gemv_shape(n, k) if dot and sg else "l128b1"
@@ -108,7 +133,8 @@ def pick_variant(path: str, caps: Any, m: int = 1, n: int = 0, k: int = 0, *,
 
 def path_variants(path: str) -> set[str]:
     """Every declared variant implementing `path`."""
-    return {v.name for v in families()[FAMILY[path]].variants}
+    fams = [FAMILY[path]] + ([COOPMAT_FAMILY] if path == GEMM else [])
+    return {v.name for f in fams for v in families()[f].variants}
 
 
 def route(kernel: str, m: int, x_layout: str | None = None) -> str:
@@ -130,11 +156,16 @@ def route(kernel: str, m: int, x_layout: str | None = None) -> str:
 
 
 def describe_variants(caps: Any) -> dict[str, str]:
-    return {"q8ta_linear (M == 1)": pick_variant(GEMV, caps, 1, 4096, 4096),
-            f"q8ta_linear (M == 1, K >= {LONG_K})": pick_variant(GEMV, caps, 1, 4096, LONG_K),
-            f"q8ta_linear (M == 1, N >= {MANY_N})": pick_variant(GEMV, caps, 1, MANY_N, 4096),
-            f"q8ta_linear (1 < M <= {SMALL_M_TILE_MAX})": pick_variant(GEMM, caps, 2),
-            f"q8ta_linear (M > {SMALL_M_TILE_MAX})": pick_variant(GEMM, caps, SMALL_M_TILE_MAX + 1)}
+    out = {"q8ta_linear (M == 1)": pick_variant(GEMV, caps, 1, 4096, 4096),
+           f"q8ta_linear (M == 1, K >= {LONG_K})": pick_variant(GEMV, caps, 1, 4096, LONG_K),
+           f"q8ta_linear (M == 1, N >= {MANY_N})": pick_variant(GEMV, caps, 1, MANY_N, 4096)}
+    if coopmat_capable(caps):
+        for m in (128, 512):
+            out[f"q8ta_linear on tensor cores (M={m}, N=4096)"] = pick_variant(GEMM, caps, m, 4096)
+    else:
+        out[f"q8ta_linear (1 < M <= {SMALL_M_TILE_MAX})"] = pick_variant(GEMM, caps, 2)
+        out[f"q8ta_linear (M > {SMALL_M_TILE_MAX})"] = pick_variant(GEMM, caps, SMALL_M_TILE_MAX + 1)
+    return out
 
 
 # -- input checks ---------------------------------------------------------------------------------
@@ -286,6 +317,12 @@ def q8ta_dispatch(device: Device, variant: str, m: int, n: int, k: int, zp_x: in
     p = info.params
     if info.template == families()[FAMILY[GEMV]].template:  # the GEMV's grid
         grid = (min(ceil_div(n4, p["NB"]), max_x), min(m, max_y), 1)
+    elif info.template == families()[COOPMAT_FAMILY].template:  # one workgroup per tile
+        grid = (ceil_div(n, p["BN"]), ceil_div(m, p["BM"]), 1)
+        push["m4"] = ceil_div(m, 4)
+        if grid[0] > max_x or grid[1] > max_y:
+            raise ValueError(f"[{m}, {n}] needs {grid[:2]} coopmat tiles, over this device's "
+                             f"workgroup counts {(max_x, max_y)}")
     else:
         tiles = ceil_div(ceil_div(m, 4), p["WG_Y"] * p["TM4"]) * ceil_div(n4, p["WG_X"] * p["TN4"])
         gx, gy, _ = grid_2d(tiles, max_x)

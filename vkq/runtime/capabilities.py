@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from vkq.runtime.vk import ffi, lib, new, to_str
+from vkq.runtime.vk import VulkanUnavailable, ffi, instance_proc, lib, new, to_str
 
 DEVICE_TYPES = {
     lib.VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: "discrete",
@@ -18,6 +18,40 @@ TYPE_PREFERENCE = ("discrete", "integrated", "virtual", "cpu", "other")
 
 _SUBGROUP_ARITHMETIC = lib.VK_SUBGROUP_FEATURE_ARITHMETIC_BIT
 PIPELINE_STATISTICS_EXTENSION = "VK_KHR_pipeline_executable_properties"
+COOPERATIVE_MATRIX_EXTENSION = "VK_KHR_cooperative_matrix"
+
+#: VkComponentTypeKHR -> the name vkq uses (CoopMatShape fields).
+COMPONENT_TYPES = {
+    lib.VK_COMPONENT_TYPE_FLOAT16_KHR: "float16", lib.VK_COMPONENT_TYPE_FLOAT32_KHR: "float32",
+    lib.VK_COMPONENT_TYPE_FLOAT64_KHR: "float64", lib.VK_COMPONENT_TYPE_SINT8_KHR: "sint8",
+    lib.VK_COMPONENT_TYPE_SINT16_KHR: "sint16", lib.VK_COMPONENT_TYPE_SINT32_KHR: "sint32",
+    lib.VK_COMPONENT_TYPE_SINT64_KHR: "sint64", lib.VK_COMPONENT_TYPE_UINT8_KHR: "uint8",
+    lib.VK_COMPONENT_TYPE_UINT16_KHR: "uint16", lib.VK_COMPONENT_TYPE_UINT32_KHR: "uint32",
+    lib.VK_COMPONENT_TYPE_UINT64_KHR: "uint64",
+}
+SCOPES = {lib.VK_SCOPE_DEVICE_KHR: "device", lib.VK_SCOPE_WORKGROUP_KHR: "workgroup",
+          lib.VK_SCOPE_SUBGROUP_KHR: "subgroup", lib.VK_SCOPE_QUEUE_FAMILY_KHR: "queue_family"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CoopMatShape:
+    """One cooperative-matrix multiply the device runs: (M x K) A times (K x N) B plus
+    (M x N) C -> result, component types by name ("float16", "sint8", ...), at `scope`."""
+
+    m: int
+    n: int
+    k: int
+    a: str
+    b: str
+    c: str
+    result: str
+    saturating: bool = False
+    scope: str = "subgroup"
+
+    def __str__(self) -> str:
+        sat = " saturating" if self.saturating else ""
+        return (f"{self.a} x {self.b} -> {self.result} {self.m}x{self.n}x{self.k} "
+                f"({self.scope}{sat})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +93,28 @@ class Capabilities:
     #: VK_KHR_pipeline_executable_properties + pipelineExecutableInfo: the driver's compiler
     #: statistics (registers, spills, ...) per pipeline, `Kernel.statistics()`.
     pipeline_statistics: bool
+    #: The Vulkan memory model with device scope (vulkanMemoryModel and
+    #: vulkanMemoryModelDeviceScope): GLSL's cooperative matrices use the model, and once it is
+    #: enabled, shaders with device-scope barriers (attention's merge) need the device scope.
+    vulkan_memory_model: bool = False
+    #: VK_KHR_cooperative_matrix with its feature: the shapes the device lists (tensor
+    #: cores), as read by vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR; empty without.
+    cooperative_matrix: tuple[CoopMatShape, ...] = ()
+
+    def has_coopmat(self, m: int, n: int, k: int, a: str, c: str, b: str | None = None,
+                    result: str | None = None) -> bool:
+        """Whether the device lists this subgroup-scope, non-saturating shape (B's type
+        defaults to A's, the result's to C's), with the Vulkan memory model to run it."""
+        want = (m, n, k, a, b or a, c, result or c, False, "subgroup")
+        return self.vulkan_memory_model and any(
+            (s.m, s.n, s.k, s.a, s.b, s.c, s.result, s.saturating, s.scope) == want
+            for s in self.cooperative_matrix)
 
     def summary(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["memory_heaps"] = [f"{h.size / 2**30:.1f} GiB{' device-local' if h.device_local else ''}"
                              for h in self.memory_heaps]
+        d["cooperative_matrix"] = [str(s) for s in self.cooperative_matrix] or "none"
         return d
 
 
@@ -79,7 +130,9 @@ def _chain(keep: list[Any], *pairs: tuple[str, int]) -> list[Any]:
     return structs
 
 
-def read_capabilities(physical_device: Any) -> Capabilities:
+def read_capabilities(physical_device: Any, instance: Any = None) -> Capabilities:
+    """The device's Capabilities. `instance` (the VkInstance) is needed to read the
+    cooperative-matrix shapes (an extension function); without it none are reported."""
     keep: list[Any] = []
     props0 = new("VkPhysicalDeviceProperties", keep)
     lib.vkGetPhysicalDeviceProperties(physical_device, props0)
@@ -96,7 +149,13 @@ def read_capabilities(physical_device: Any) -> Capabilities:
         feat_pairs.append(("VkPhysicalDeviceVulkan13Features", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_3_FEATURES))
         prop_pairs.append(("VkPhysicalDeviceVulkan13Properties", lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_3_PROPERTIES))
     # An extension's struct may only be chained when the device lists the extension.
-    has_exec_props = PIPELINE_STATISTICS_EXTENSION in device_extensions(physical_device)
+    extensions = device_extensions(physical_device)
+    has_exec_props = PIPELINE_STATISTICS_EXTENSION in extensions
+    has_coopmat = COOPERATIVE_MATRIX_EXTENSION in extensions and instance is not None
+    coopmat_index = len(feat_pairs)
+    if has_coopmat:
+        feat_pairs.append(("VkPhysicalDeviceCooperativeMatrixFeaturesKHR",
+                           lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR))
     if has_exec_props:
         feat_pairs.append(("VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR",
                            lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR))
@@ -125,6 +184,7 @@ def read_capabilities(physical_device: Any) -> Capabilities:
     unified = host_visible_local and dtype in ("integrated", "cpu")
 
     queue_ok = _compute_queue_timestamp_bits(physical_device) > 0
+    coopmat_feature = has_coopmat and bool(feats[coopmat_index].cooperativeMatrix)
     return Capabilities(
         name=to_str(props0.deviceName), device_type=dtype, api_version=api,
         driver=f"{to_str(p12.driverName)} {to_str(p12.driverInfo)}".strip(),
@@ -148,7 +208,38 @@ def read_capabilities(physical_device: Any) -> Capabilities:
         timestamps=bool(queue_ok and limits.timestampPeriod > 0),
         timestamp_period_ns=float(limits.timestampPeriod),
         memory_heaps=heaps, unified_memory=unified,
-        pipeline_statistics=bool(has_exec_props and feats[-1].pipelineExecutableInfo))
+        pipeline_statistics=bool(has_exec_props and feats[-1].pipelineExecutableInfo),
+        vulkan_memory_model=bool(f12.vulkanMemoryModel and f12.vulkanMemoryModelDeviceScope),
+        cooperative_matrix=(cooperative_matrix_shapes(physical_device, instance)
+                            if coopmat_feature else ()))
+
+
+def cooperative_matrix_shapes(physical_device: Any, instance: Any) -> tuple[CoopMatShape, ...]:
+    """The device's cooperative-matrix shapes (VK_KHR_cooperative_matrix). An extension
+    function: fetched through vkGetInstanceProcAddr; every array element gets its sType
+    before the call (the driver checks it), and the array outlives the call."""
+    try:
+        fn = instance_proc(instance, "vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR",
+                           "PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR")
+    except VulkanUnavailable:
+        return ()
+    count = ffi.new("uint32_t*")
+    if fn(physical_device, count, ffi.NULL) != lib.VK_SUCCESS or count[0] == 0:
+        return ()
+    arr = ffi.new("VkCooperativeMatrixPropertiesKHR[]", count[0])
+    for i in range(count[0]):
+        arr[i].sType = lib.VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_KHR
+        arr[i].pNext = ffi.NULL
+    if fn(physical_device, count, arr) not in (lib.VK_SUCCESS, lib.VK_INCOMPLETE):
+        return ()
+    out = []
+    for i in range(count[0]):
+        p = arr[i]
+        out.append(CoopMatShape(
+            int(p.MSize), int(p.NSize), int(p.KSize),
+            *(COMPONENT_TYPES.get(t, f"type{t}") for t in (p.AType, p.BType, p.CType, p.ResultType)),
+            saturating=bool(p.saturatingAccumulation), scope=SCOPES.get(p.scope, f"scope{p.scope}")))
+    return tuple(out)
 
 
 def device_extensions(physical_device: Any) -> set[str]:

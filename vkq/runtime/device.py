@@ -13,8 +13,8 @@ from vkq import shaderlib
 from vkq.runtime import env
 from vkq.runtime.batch import CommandBatch
 from vkq.runtime.buffer import Buffer
-from vkq.runtime.capabilities import (PIPELINE_STATISTICS_EXTENSION, Capabilities,
-                                      compute_queue_family, timestamp_valid_bits)
+from vkq.runtime.capabilities import (COOPERATIVE_MATRIX_EXTENSION, PIPELINE_STATISTICS_EXTENSION,
+                                      Capabilities, compute_queue_family, timestamp_valid_bits)
 from vkq.runtime.instance import Instance, choose_device
 from vkq.runtime.kernel import Kernel
 from vkq.runtime.memory import MemoryPool
@@ -94,7 +94,9 @@ class Device:
         f12 = new("VkPhysicalDeviceVulkan12Features", keep,
                   sType=lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
                   storageBuffer8BitAccess=caps.storage_8bit, shaderInt8=caps.shader_int8,
-                  shaderFloat16=caps.shader_float16, pNext=f11)
+                  shaderFloat16=caps.shader_float16, vulkanMemoryModel=caps.vulkan_memory_model,
+                  vulkanMemoryModelDeviceScope=caps.vulkan_memory_model,
+                  pNext=f11)
         head = f12
         if caps.api_version >= (1, 3, 0):
             head = new("VkPhysicalDeviceVulkan13Features", keep,
@@ -107,6 +109,11 @@ class Device:
             head = new("VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR", keep,
                        sType=lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR,
                        pipelineExecutableInfo=1, pNext=head)
+        if caps.cooperative_matrix:  # tensor cores (the coopmat kernel variants)
+            extensions.append(COOPERATIVE_MATRIX_EXTENSION)
+            head = new("VkPhysicalDeviceCooperativeMatrixFeaturesKHR", keep,
+                       sType=lib.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR,
+                       cooperativeMatrix=1, pNext=head)
         info = new("VkDeviceCreateInfo", keep, sType=lib.VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                    pNext=head, queueCreateInfoCount=1, pQueueCreateInfos=queue_info,
                    enabledExtensionCount=len(extensions),

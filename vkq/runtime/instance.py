@@ -122,7 +122,8 @@ class Instance:
 
     def devices(self) -> list[tuple[int, Any, Capabilities]]:
         """(index, VkPhysicalDevice, capabilities) in enumeration order."""
-        return [(i, pd, read_capabilities(pd)) for i, pd in enumerate(self.physical_devices())]
+        return [(i, pd, read_capabilities(pd, self.handle))
+                for i, pd in enumerate(self.physical_devices())]
 
     def close(self) -> None:
         if getattr(self, "handle", None) is None:

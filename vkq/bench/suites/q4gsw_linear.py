@@ -3,9 +3,11 @@
 The suite times the GEMV at the decode shapes (both group sizes, symmetric/asymmetric, fp16 and
 float32 parameters) next to a streaming read of the same bytes, small batches (the GEMV with
 rows of x, and the GEMM they ran before) and the GEMM at prefill batches, weights L2-cold;
-`--compare torch` adds `_weight_int4pack_mm` and fp16 `F.linear` peers. `tune_gemv` /
-`tune_gemm` time every declared shape: what the op's routing tables are chosen from
-(`python -m vkq.bench.suites.q4gsw_linear` on the target GPU prints both).
+`--compare torch` adds `_weight_int4pack_mm` and fp16 `F.linear` peers. On tensor cores the
+prefill rows are the coopmat GEMM (TOPS against the measured fp16 coopmat peak), each next to
+the fp32 GEMM forced. `tune_gemv` / `tune_gemm` / `tune_coopmat` time every declared shape:
+what the op's routing tables are chosen from (`python -m vkq.bench.suites.q4gsw_linear` on
+the target GPU prints them).
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from vkq.bench import BenchContext, Row, register
+from vkq.bench.suites.coopmat_peak import coopmat_peaks
 from vkq.bench.roofline import read_variant
 from vkq.bench.timing import Timing, copies_for_l2_cold, time_call
 from vkq.ops.common import ceil_div
-from vkq.ops.q4gsw_linear import (GemvConfig, Q4gswWeight, gemv_shape, plan_gemm,
-                                  prepack_quantized, record_linear)
+from vkq.ops.q4gsw_linear import (GemvConfig, Q4gswWeight, coopmat_capable, plan_coopmat, plan_gemm,
+                                  prepack_quantized, record_linear, scratch_needs)
 from vkq.quantized_weight import QuantizedWeight, half_group_params
 from vkq.runtime import Buffer, CommandBatch, default_device
 from vkq.shaderlib import families
@@ -26,7 +29,7 @@ from vkq.shaderlib import families
 #: docs/design.md §6 decode shapes (N, K) and the GEMM batch sizes.
 GEMV_SHAPES = ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336))
 GEMV_GROUP_SIZES = (32, 128)
-GEMM_MS = (32, 128, 512)
+GEMM_MS = (32, 128, 512, 2048)
 #: Small batches (the GEMV with rows of x), timed on every GEMV shape at gs=32; at M = 2 and
 #: the last one the GEMM is timed too (kernel="gemm"), which these batches ran before.
 BATCH_MS = (2, 4, 8, 16, 24)
@@ -68,7 +71,7 @@ class _Problem:
         self.bx = dev.upload(self.x)
         self.by = dev.buffer(4 * m * n)
         self.bytes = base.nbytes + 4 * m * k + 4 * m * n
-        self.scratch: Buffer | None = None
+        self.scratch: dict[str, Buffer] = {}
 
     def time(self, ctx: BenchContext, **choice: Any) -> Timing:
         """Chained and isolated time of one call; `choice` goes to record_linear (kernel,
@@ -84,41 +87,40 @@ class _Problem:
             record_linear(b, self.weights[0], self.bx, self.by, self.m,
                           scratch=self._scratch(ctx, choice), **choice)
             d = b.download(self.by)
-        self.check(d.result().view(np.float32).reshape(self.m, self.n))
-        return b.kernel_names[0]
+        fp16 = any(name.startswith("q4gsw_coopmat_") for name in b.kernel_names)
+        self.check(d.result().view(np.float32).reshape(self.m, self.n), fp16)
+        return next((n for n in b.kernel_names if n.startswith("q4gsw_coopmat_") and "prep" not in n),
+                    b.kernel_names[0])
 
-    def _scratch(self, ctx: BenchContext, choice: dict[str, Any]) -> Buffer | None:
-        """Split-K scratch for this problem, made once (outside the timed batch)."""
-        if gemv_shape(ctx.device, self.n, self.k, self.m, choice.get("kernel", "auto"),
-                      choice.get("gemv_config"), choice.get("gemv_subgroup")) is not None:
-            return None
-        plan = plan_gemm(self.m, self.n, self.k, self.qw.zeros is not None,
-                         choice.get("gemm_tile"), choice.get("gemm_splits"),
-                         self.weights[0].half_params)
-        need = 4 * plan.splits * self.m * self.n
-        if plan.splits > 1 and (self.scratch is None or self.scratch.nbytes < need):
-            if self.scratch is not None:
-                self.scratch.close()
-            self.scratch = ctx.device.buffer(need)
+    def _scratch(self, ctx: BenchContext, choice: dict[str, Any]) -> dict[str, Buffer]:
+        """Scratch for this problem (split-K partials, the coopmat GEMM's fp16 x), made once
+        per size (outside the timed batch)."""
+        for role, nbytes in scratch_needs(ctx.device, self.weights[0], self.m, **choice).items():
+            buf = self.scratch.get(role)
+            if buf is None or buf.nbytes < nbytes:
+                if buf is not None:
+                    buf.close()
+                self.scratch[role] = ctx.device.buffer(nbytes)
         return self.scratch
 
-    def check(self, y: np.ndarray) -> None:
-        """Guard against timing a wrong kernel: compare a few channels with the reference."""
+    def check(self, y: np.ndarray, fp16: bool = False) -> None:
+        """Guard against timing a wrong kernel: compare a few channels with the reference
+        (`fp16`: within the coopmat GEMM's fp16 rounding, tests/test_q4gsw_linear.py)."""
         from vkq.reference.q4gsw import q4gsw_dequantize_reference, q4gsw_linear_reference
         cols = np.unique(np.linspace(0, self.n - 1, 16).astype(int))
         z = None if self.qw.zeros is None else self.qw.zeros[cols]
         ref = q4gsw_linear_reference(self.x, self.qw.q[cols], self.qw.scales[cols], z, self.gs)
         w = q4gsw_dequantize_reference(self.qw.q[cols], self.qw.scales[cols], z, self.gs)
         scale = np.abs(self.x.astype(np.float64)) @ np.abs(w).T
-        if not np.all(np.abs(y[:, cols] - ref) <= 1e-5 * scale + 1e-6):
+        rel = 2.0 ** -9 + self.k * 2.0 ** -23 if fp16 else 1e-5
+        if not np.all(np.abs(y[:, cols] - ref) <= rel * scale + 1e-6):
             raise AssertionError(f"q4gsw bench: wrong result at M={self.m} N={self.n} K={self.k}")
 
     def close(self) -> None:
         for w in self.weights:
             w.close()
-        for buf in (self.bx, self.by, self.scratch):
-            if buf is not None:
-                buf.close()
+        for buf in (self.bx, self.by, *self.scratch.values()):
+            buf.close()
 
 
 def _shape(m: int, n: int, k: int, gs: int | None = None) -> str:
@@ -168,14 +170,21 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
                 p.close()
             if peer is not None:
                 yield from peer.rows(m, n, k, 32, fp16=False)
+    tensor_cores = coopmat_capable(ctx.device.caps) is None
+    peak = coopmat_peaks(ctx).get("f16") if tensor_cores else None
     for n, k in gemm_shapes:
         for m in gemm_ms:
             p = _Problem(ctx, m, n, k, 32)
             try:
-                name = p.variant(ctx)
-                yield Row.timed("q4gsw_linear", _shape(m, n, k, 32), name, p.time(ctx),
-                                bytes=p.bytes, ops=2.0 * m * n * k,
-                                note="TOPS = effective fp32 TFLOP/s")
+                for kernel in ("auto", "gemm") if tensor_cores else ("auto",):
+                    name = p.variant(ctx, kernel=kernel)
+                    coop = name.startswith("q4gsw_coopmat_")
+                    note = ("fp16 tensor cores (+ fp16 x prep pass), TOPS vs the coopmat fp16 peak"
+                            if coop else "TOPS = effective fp32 TFLOP/s"
+                            + (", fp32 GEMM forced" if kernel == "gemm" else ""))
+                    yield Row.timed("q4gsw_linear", _shape(m, n, k, 32), name,
+                                    p.time(ctx, kernel=kernel), bytes=p.bytes, ops=2.0 * m * n * k,
+                                    peak_tops=peak if coop else None, note=note)
             finally:
                 p.close()
             if peer is not None:
@@ -321,36 +330,65 @@ def tune_gemv(ctx: BenchContext, shapes: tuple[tuple[int, int], ...] = GEMV_SHAP
     return results
 
 
-def tune_gemm(ctx: BenchContext, ms: tuple[int, ...] = (2, 8, 16, 32, 128, 512),
-              shapes: tuple[tuple[int, int], ...] = GEMM_SHAPES) -> list[tuple[str, str, float]]:
-    """Time every declared symmetric GEMM tile at each M: what GEMM_TILES is chosen from."""
-    tiles = sorted({v.values["TILE"] for v in families()["q4gsw_gemm"].select(ASYM=False)})
+def _sweep(ctx: BenchContext, ms: tuple[int, ...], shapes: tuple[tuple[int, int], ...],
+           choices: Any) -> list[tuple[str, str, float]]:
+    """Chained µs of every (tag, choice) that `choices(m, n, k)` yields, on each problem
+    (each choice checked against the reference first)."""
     results = []
     for n, k in shapes:
         for m in ms:
             p = _Problem(ctx, m, n, k, 32)
             try:
-                for tile in tiles:
-                    for splits in (1, None):  # None: the split-K heuristic
-                        auto = plan_gemm(m, n, k, False, tile).splits
-                        if splits is None and auto == 1:
-                            continue
-                        p.variant(ctx, gemm_tile=tile, gemm_splits=splits)
-                        us = p.time(ctx, gemm_tile=tile, gemm_splits=splits).chain_ns / 1e3
-                        results.append((_shape(m, n, k, 32), f"{tile}/s{splits or auto}", us))
-                        ctx.progress(f"{results[-1]} {2e-6 * m * n * k / us:.2f} TFLOP/s")
+                for tag, choice in choices(m, n, k):
+                    p.variant(ctx, **choice)
+                    us = p.time(ctx, **choice).chain_ns / 1e3
+                    results.append((_shape(m, n, k, 32), tag, us))
+                    ctx.progress(f"{results[-1]} {2e-6 * m * n * k / us:.2f} TFLOP/s")
             finally:
                 p.close()
     return results
 
 
+def tune_gemm(ctx: BenchContext, ms: tuple[int, ...] = (2, 8, 16, 32, 128, 512),
+              shapes: tuple[tuple[int, int], ...] = GEMM_SHAPES) -> list[tuple[str, str, float]]:
+    """Time every declared symmetric GEMM tile at each M: what GEMM_TILES is chosen from."""
+    tiles = sorted({v.values["TILE"] for v in families()["q4gsw_gemm"].select(ASYM=False)})
+
+    def choices(m: int, n: int, k: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        for tile in tiles:
+            auto = plan_gemm(m, n, k, False, tile).splits
+            for splits in (1,) if auto == 1 else (1, None):  # None: the split-K heuristic
+                yield f"{tile}/s{splits or auto}", dict(gemm_tile=tile, gemm_splits=splits)
+    return _sweep(ctx, ms, shapes, choices)
+
+
+def tune_coopmat(ctx: BenchContext, ms: tuple[int, ...] = (32, 128, 512, 2048),
+                 shapes: tuple[tuple[int, int], ...] = GEMM_SHAPES) -> list[tuple[str, str, float]]:
+    """Time every declared symmetric fp16-parameter coopmat tile at each M, without split-K,
+    with the heuristic's and with twice that: what coopmat_tile and COOPMAT_SPLIT_TARGET are
+    chosen from."""
+    tiles = sorted({v.values["TILE"] for v in families()["q4gsw_coopmat"].select(ASYM=False, P16=True)})
+
+    def choices(m: int, n: int, k: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        for tile in tiles:
+            auto = plan_coopmat(m, n, k, False, tile, half_params=True).splits
+            for splits in sorted({1, auto, 2 * auto}):
+                yield f"{tile}/s{splits}", dict(kernel="coopmat", coopmat_tile=tile, coopmat_splits=splits)
+    return _sweep(ctx, ms, shapes, choices)
+
+
 def main_tune() -> None:
-    """Print GEMV and GEMM tuning tables for the default device, best first per problem."""
+    """Print GEMV and GEMM (and, on tensor cores, coopmat GEMM) tuning tables for the default
+    device, best first per problem."""
     import sys
     dev = default_device()
     ctx = BenchContext(device=dev, roofline_gbps=0.0, quick=False, repeats=15,
                        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    for title, res in (("GEMV", tune_gemv(ctx)), ("GEMM", tune_gemm(ctx))):
+    sweeps = [("GEMV", tune_gemv), ("GEMM", tune_gemm)]
+    if coopmat_capable(dev.caps) is None:
+        sweeps.append(("coopmat GEMM", tune_coopmat))
+    for title, sweep in sweeps:
+        res = sweep(ctx)
         print(f"== {title} tuning on {dev.caps.name}")
         by_problem: dict[str, list[tuple[float, str]]] = {}
         for prob, tag, us in res:

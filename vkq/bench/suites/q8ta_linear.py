@@ -1,6 +1,7 @@
 """q8ta_linear benchmark: the integer-dot peak microkernel, the GEMV at decode shapes and
 the GEMM at prefill batches, weights L2-cold; `--compare torch` adds fp16 cuBLAS GEMVs and
-`torch._int_mm`."""
+`torch._int_mm`. On int8 tensor cores the GEMM rows are the coopmat GEMM (TOPS against the
+measured int8 coopmat peak), each next to the int-dot GEMM forced."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -8,9 +9,10 @@ from typing import Iterator
 import numpy as np
 
 from vkq.bench import BenchContext, Row, register
+from vkq.bench.suites.coopmat_peak import coopmat_peaks
 from vkq.bench.timing import copies_for_l2_cold, time_call, time_dispatches
-from vkq.ops.q8ta_linear import (GEMM, GEMV, PackedWeight, QParams, output_spec, pack_x,
-                                 pick_variant, record)
+from vkq.ops.q8ta_linear import (COOPMAT_FAMILY, GEMM, GEMV, PackedWeight, QParams, output_spec,
+                                 pack_x, pick_variant, record)
 from vkq.quantized_weight import QuantizedWeight
 from vkq.runtime import CommandBatch, Device
 from vkq.shaderlib import variant_name
@@ -41,7 +43,7 @@ def _rand_int8(rng: np.random.Generator, shape: tuple[int, ...], lo: int = -128)
 
 
 def _bench_case(ctx: BenchContext, path: str, m: int, n: int, k: int,
-                peak: float | None) -> Row:
+                peak: float | None, variant: str | None = None) -> Row:
     dev = ctx.device
     rng = np.random.default_rng(m * 7 + n * 3 + k)
     w = QuantizedWeight(_rand_int8(rng, (n, k), -127), rng.uniform(0.001, 0.01, n).astype(np.float32), bits=8)
@@ -50,7 +52,7 @@ def _bench_case(ctx: BenchContext, path: str, m: int, n: int, k: int,
     packed_x = pack_x(path, _rand_int8(rng, (m, k)))
     out_bytes = int(np.prod(output_spec(path, m, n))) * 4
     copies = copies_for_l2_cold(weight.weight_bytes, ctx.l2_bytes)
-    variant = pick_variant(path, dev.caps, m, n, k)
+    variant = variant or pick_variant(path, dev.caps, m, n, k)
     extra = [dev.buffer(weight.data.nbytes) for _ in range(copies - 1)]
     try:
         with dev.batch() as b:  # distinct copies of the same blocks, filled on the device
@@ -68,9 +70,11 @@ def _bench_case(ctx: BenchContext, path: str, m: int, n: int, k: int,
             buf.close()
         weight.close()
     moved = weight.weight_bytes + 32 * weight.n4 + packed_x.nbytes + out_bytes
+    coop = variant.startswith(COOPMAT_FAMILY)
     return Row.timed("q8ta_linear", f"M={m} N={n} K={k}", variant, timing, bytes=moved,
                      ops=2.0 * m * n * k, peak_tops=peak if path == GEMM else None,
-                     note=f"L2-cold ({copies} weight copies)")
+                     note=f"L2-cold ({copies} weight copies)"
+                     + (", int8 tensor cores, TOPS vs the coopmat int8 peak" if coop else ""))
 
 
 def _torch_rows(ctx: BenchContext, gemv_shapes: list[tuple[int, int]],
@@ -123,7 +127,13 @@ def bench_q8ta_linear(ctx: BenchContext) -> Iterator[Row]:
         gemm_cases = [(m, n, 4096) for n in (4096, 14336) for m in (32, 128, 512, 2048)]
     for n, k in gemv_shapes:
         yield _bench_case(ctx, GEMV, 1, n, k, peak)
+    tc_peak = coopmat_peaks(ctx).get("i8")
     for m, n, k in gemm_cases:
-        yield _bench_case(ctx, GEMM, m, n, k, peak)
+        routed = pick_variant(GEMM, dev.caps, m, n, k)
+        if routed.startswith(COOPMAT_FAMILY):
+            yield _bench_case(ctx, GEMM, m, n, k, tc_peak)
+            yield _bench_case(ctx, GEMM, m, n, k, peak, pick_variant(GEMM, dev.caps, m, n, k, coopmat=False))
+        else:
+            yield _bench_case(ctx, GEMM, m, n, k, peak)
     if "torch" in ctx.compare:
         yield from _torch_rows(ctx, gemv_shapes, gemm_cases, peak)
