@@ -12,7 +12,7 @@ import sys
 
 try:
     from vkq.attention import attention, kv_cache, kv_write
-    from vkq.functional import add, rms_norm, silu_mul, take_rows
+    from vkq.functional import add, mul, rms_norm, silu, silu_mul, take_rows
     from vkq.graph import Graph, GraphError, graph
     from vkq.fused import FusedWeight, fuse_linear
     from vkq.linear import linear
@@ -33,6 +33,6 @@ except RuntimeError as e:
 __version__ = "0.1.0"
 __all__ = ["Device", "DeviceTensor", "FusedWeight", "Graph", "GraphError", "QuantizedWeight",
            "RopeTable", "ShaderError", "UnsupportedDevice", "add", "argmax", "attention",
-           "default_device", "fuse_linear", "graph", "kv_cache", "kv_write", "linear",
-           "quantize_weight", "rms_norm", "rope", "set_default_device", "silu_mul", "take_rows",
-           "to_device", "trace"]
+           "default_device", "fuse_linear", "graph", "kv_cache", "kv_write", "linear", "mul",
+           "quantize_weight", "rms_norm", "rope", "set_default_device", "silu", "silu_mul",
+           "take_rows", "to_device", "trace"]
