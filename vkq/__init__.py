@@ -17,6 +17,7 @@ try:
     from vkq.fused import FusedWeight, fuse_linear
     from vkq.linear import linear
     from vkq.llama_ops import RopeTable, argmax, rope
+    from vkq.per_token import dequantize_per_token, quantize_per_token
     from vkq.quantized_weight import QuantizedWeight, quantize_weight
     from vkq.runtime import Device, UnsupportedDevice, default_device, set_default_device, trace
     from vkq.shaderlib import ShaderError
@@ -33,6 +34,6 @@ except RuntimeError as e:
 __version__ = "0.1.0"
 __all__ = ["Device", "DeviceTensor", "FusedWeight", "Graph", "GraphError", "QuantizedWeight",
            "RopeTable", "ShaderError", "UnsupportedDevice", "add", "argmax", "attention",
-           "default_device", "fuse_linear", "graph", "kv_cache", "kv_write", "linear", "mul",
-           "quantize_weight", "rms_norm", "rope", "set_default_device", "silu", "silu_mul",
-           "take_rows", "to_device", "trace"]
+           "default_device", "dequantize_per_token", "fuse_linear", "graph", "kv_cache",
+           "kv_write", "linear", "mul", "quantize_per_token", "quantize_weight", "rms_norm",
+           "rope", "set_default_device", "silu", "silu_mul", "take_rows", "to_device", "trace"]
