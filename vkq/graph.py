@@ -273,6 +273,10 @@ class Graph:
         """The nodes in execution order (once built: after the passes); each prints as one line."""
         return list(self._nodes)
 
+    def producer(self, value: Value) -> Node | None:
+        """The node whose output `value` is (None for inputs and captured tensors)."""
+        return next((n for n in self._nodes if any(v is value for v in n.outputs.values())), None)
+
     def users(self, value: Value) -> list[tuple[Node, str]]:
         """(node, input role) of every use of `value` by a node."""
         return [(n, r) for n in self._nodes for r, v in n.inputs.items() if v is value]
@@ -285,7 +289,9 @@ class Graph:
         """Replace the nodes `old` by one node running `call` of `op`, where the last of them
         was. The new node's outputs named in `keep` take over those values (same specs), so
         later nodes and graph outputs read them unchanged; every other output of `old` must
-        be unused outside `old`. Returns the new node."""
+        be unused outside `old`. Returns the new node, labelled with the last one's number
+        until the build numbers the nodes again (so `pass_log` lines speak of the nodes as
+        captured)."""
         if self._built:
             raise GraphError("this graph is already built; passes run before it is")
         gone = {id(n) for n in old}
@@ -295,21 +301,26 @@ class Graph:
                 if id(v) not in kept and (self.is_output(v) or any(
                         id(u) not in gone for u, _ in self.users(v))):
                     raise GraphError(f"{n.label}: its output {v.name} is still used")
-        node = self._plan_node(op, dict(call.inputs), dict(call.attrs), call.weight,
-                               dict(call.constants))
+        constants = {k: v for k, v in call.constants.items() if v is not None}  # as run_op
+        node = self._plan_node(op, dict(call.inputs), dict(call.attrs), call.weight, constants)
         for role, v in keep.items():
             if node.plan.outputs.get(role) != v.spec:
                 raise GraphError(f"{op.name}: output {role!r} would be "
                                  f"{node.plan.outputs.get(role)}, not {v.spec.describe()}")
             node.outputs[role] = v
-        at = max(self._nodes.index(n) for n in old)
+        last = max(old, key=self._nodes.index)
+        node.index, node.label = last.index, f"{last.index}:{op.name}"  # until build renumbers
+        at = self._nodes.index(last)
         self._nodes = ([n for n in self._nodes[:at] if id(n) not in gone] + [node]
                        + self._nodes[at + 1:])
-        for i, n in enumerate(self._nodes):  # renumber: labels and value names follow the order
+        return node
+
+    def _renumber(self) -> None:
+        """Number the nodes (labels, value names) by their order, after the passes."""
+        for i, n in enumerate(self._nodes):
             n.index, n.label = i, f"{i}:{n.op.name}"
             for role, v in n.outputs.items():
                 v.producer, v.name = i, f"%{i}.{role}"
-        return node
 
     # -- build --------------------------------------------------------------------------------
     def build(self) -> None:
@@ -321,6 +332,7 @@ class Graph:
         try:
             for rewrite in self.passes:
                 rewrite(self)
+            self._renumber()
             self._build()
         except BaseException:
             self._release()

@@ -71,12 +71,12 @@ def _match(graph: Any, linear: Any) -> tuple[Any, Any] | None:
     if linear.op.name != WEIGHT_ONLY_LINEAR or not _plain_int4(linear):
         return None
     xd = linear.inputs["x"]
-    dequantize = _producer(graph, xd)
+    dequantize = graph.producer(xd)
     if dequantize is None or dequantize.op.name != DEQUANTIZE:
         return None
     if graph.is_output(xd) or [u for u, _ in graph.users(xd)] != [linear]:
         return None
-    quantize = _producer(graph, dequantize.inputs["xq"])
+    quantize = graph.producer(dequantize.inputs["xq"])
     if quantize is None or quantize.op.name != QUANTIZE:
         return None
     if any(dequantize.inputs[r] is not quantize.outputs[r] for r in QPARAM_ROLES):
@@ -91,10 +91,6 @@ def _plain_int4(linear: Any) -> bool:
     return (attrs.get("parts") is None and attrs.get("epilogue") is None
             and "residual" not in linear.inputs and attrs.get("kernel", "auto") == "auto"
             and getattr(linear.weight, "group_size", None) is not None)
-
-
-def _producer(graph: Any, value: Any) -> Any:
-    return None if value.producer is None else graph.nodes[value.producer]
 
 
 #: the passes every graph runs unless `vkq.graph(passes=...)` says otherwise
