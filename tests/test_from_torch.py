@@ -322,3 +322,31 @@ def test_elementwise_model_runs(device):
     np.testing.assert_allclose(g(x=x.numpy())["output0"], want, rtol=1e-5, atol=1e-6)
     assert g.pass_log == []
     g.close()
+
+
+class OtherActivationQuantization(nn.Module):
+    """A linear whose activations are quantized another way than per token asymmetric int8."""
+
+    def __init__(self, mapping: str, per_tensor: bool):
+        super().__init__()
+        self.inner = quantizer_flow(nn.Sequential(nn.Linear(64, 32, bias=False)), 32)[0]
+        self.mapping, self.per_tensor = mapping, per_tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchao.quantization.quant_primitives import (MappingType, choose_qparams_affine,
+                                                           dequantize_affine, quantize_affine)
+        block = list(x.shape) if self.per_tensor else [1, x.shape[-1]]
+        s, z = choose_qparams_affine(x, getattr(MappingType, self.mapping), block, torch.int8,
+                                     -128, 127, torch.finfo(torch.float32).eps, torch.float32,
+                                     torch.int32)
+        xd = dequantize_affine(quantize_affine(x, block, s, z, torch.int8, -128, 127), block, s,
+                               z, torch.int8, -128, 127)
+        return self.inner(xd)
+
+
+@pytest.mark.parametrize("mapping, per_tensor, message", [
+    ("SYMMETRIC", False, "must be asymmetric"), ("ASYMMETRIC", True, "must be per token")])
+def test_other_activation_quantization_is_refused(device, mapping, per_tensor, message):
+    ep = torch.export.export(OtherActivationQuantization(mapping, per_tensor), (torch.randn(4, 64),))
+    with pytest.raises(vkq.TorchExportError, match=f"node 'choose_qparams_affine'.*{message}"):
+        vkq.from_torch(ep)

@@ -48,8 +48,9 @@ def from_torch(exported_program: Any, *, device: Device | None = None,
     except ImportError:
         raise ImportError("vkq.from_torch needs PyTorch: pip install 'vkq[torch]'") from None
     if not isinstance(exported_program, torch.export.ExportedProgram):
-        raise TypeError(f"vkq.from_torch takes a torch.export.ExportedProgram "
-                        f"(torch.export.export(model, args)), got {type(exported_program).__name__}")
+        raise TypeError(f"vkq.from_torch takes a torch.export.ExportedProgram (from "
+                        f"torch.export.export(model, args)), got "
+                        f"{type(exported_program).__name__}")
     ep = exported_program.run_decompositions({})
     _check_supported(ep.graph)
     return Converter(ep, device, passes).run()

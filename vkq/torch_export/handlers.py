@@ -79,6 +79,10 @@ def _require(ok: bool, msg: str) -> None:
         raise TorchExportError(msg)
 
 
+def _float32_result(dtype: Any, what: str) -> None:
+    _require(_is(dtype, "float32"), f"{what} dequantize to float32 only, not {dtype}")
+
+
 def _activation(v: Any, what: str) -> Value:
     _require(isinstance(v, Value), f"{what} must be a float32 activation of the model, got "
                                    f"{type(v).__name__}")
@@ -110,11 +114,12 @@ def _int4_weight(q: Any, scales: Any, zero_points: Any, quant_min: int, quant_ma
         raise TorchExportError(f"the int4 weight does not fit vkq's format: {e}") from None
 
 
-def dequantize_per_channel_group(cx: Context, w: Any, scales: Any, zero_points: Any, quant_min: int,
-                                 quant_max: int, dtype: Any, group_size: int = 128,
+def dequantize_per_channel_group(cx: Context, w: Any, scales: Any, zero_points: Any,
+                                 quant_min: int, quant_max: int, dtype: Any,
+                                 group_size: int = 128,
                                  output_dtype: Any = "torch.float32") -> Int4Weight:
     """quantized_decomposed.dequantize_per_channel_group of a constant int4 weight."""
-    _require(_is(output_dtype, "float32"), f"weights dequantize to float32 only, not {output_dtype}")
+    _float32_result(output_dtype, "weights")
     return _int4_weight(w, scales, zero_points, quant_min, quant_max, dtype, group_size)
 
 
@@ -132,16 +137,18 @@ def _token_block(x: Value, block_size: Any) -> None:
              f"{list(block_size)}")
 
 
-def choose_qparams_per_token_asymmetric(cx: Context, x: Any, dtype: Any) -> tuple[QParamPart, QParamPart]:
+def choose_qparams_per_token_asymmetric(cx: Context, x: Any,
+                                        dtype: Any) -> tuple[QParamPart, QParamPart]:
     _per_token_args(x, dtype, None, None)
     q = TokenQParams(_activation(x, "the quantized input"))
     return QParamPart(q, 0), QParamPart(q, 1)
 
 
-def choose_qparams_affine(cx: Context, x: Any, mapping_type: Any, block_size: Any, target_dtype: Any,
-                          quant_min: Any = None, quant_max: Any = None, eps: Any = None,
-                          scale_dtype: Any = None, zero_point_dtype: Any = None,
-                          *args: Any, **kwargs: Any) -> tuple[QParamPart, QParamPart]:
+def choose_qparams_affine(cx: Context, x: Any, mapping_type: Any, block_size: Any,
+                          target_dtype: Any, quant_min: Any = None, quant_max: Any = None,
+                          eps: Any = None, scale_dtype: Any = None,
+                          zero_point_dtype: Any = None, *args: Any,
+                          **kwargs: Any) -> tuple[QParamPart, QParamPart]:
     """torchao's choose_qparams_affine, for per-token asymmetric int8 only."""
     x = _activation(x, "the quantized input")
     _require(str(mapping_type).rsplit(".", 1)[-1] == "ASYMMETRIC",
@@ -167,8 +174,8 @@ def _qparams_of(x: Any, scales: Any, zero_points: Any) -> TokenQParams:
     return scales.qparams
 
 
-def quantize_per_token(cx: Context, x: Any, scales: Any, zero_points: Any, quant_min: int, quant_max: int,
-                       dtype: Any) -> Value:
+def quantize_per_token(cx: Context, x: Any, scales: Any, zero_points: Any, quant_min: int,
+                       quant_max: int, dtype: Any) -> Value:
     q = _qparams_of(x, scales, zero_points)
     _per_token_args(x, dtype, quant_min, quant_max)
     _require(x is q.x, "activations quantize with parameters chosen for another tensor")
@@ -177,9 +184,9 @@ def quantize_per_token(cx: Context, x: Any, scales: Any, zero_points: Any, quant
     return q.result[0]
 
 
-def quantize_affine(cx: Context, x: Any, block_size: Any, scale: Any, zero_point: Any, output_dtype: Any,
-                    quant_min: Any = None, quant_max: Any = None, *args: Any,
-                    **kwargs: Any) -> Value:
+def quantize_affine(cx: Context, x: Any, block_size: Any, scale: Any, zero_point: Any,
+                    output_dtype: Any, quant_min: Any = None, quant_max: Any = None,
+                    *args: Any, **kwargs: Any) -> Value:
     _token_block(_activation(x, "the quantized input"), block_size)
     return quantize_per_token(cx, x, scale, zero_point, quant_min, quant_max, output_dtype)
 
@@ -188,14 +195,14 @@ def dequantize_per_token(cx: Context, xq: Any, scales: Any, zero_points: Any, qu
                          quant_max: int, dtype: Any, output_dtype: Any = "torch.float32") -> Value:
     q = _qparams_of(xq, scales, zero_points)
     _per_token_args(xq, dtype, quant_min, quant_max)
-    _require(_is(output_dtype, "float32"), f"activations dequantize to float32 only, not {output_dtype}")
+    _float32_result(output_dtype, "activations")
     _require(q.result is not None and xq is q.result[0],
              "only activations quantized with these parameters dequantize with them")
     return vkq_dequantize_per_token(*q.result)
 
 
-def dequantize_affine(cx: Context, x: Any, block_size: Any, scale: Any, zero_point: Any, input_dtype: Any,
-                      quant_min: Any = None, quant_max: Any = None, *args: Any,
+def dequantize_affine(cx: Context, x: Any, block_size: Any, scale: Any, zero_point: Any,
+                      input_dtype: Any, quant_min: Any = None, quant_max: Any = None, *args: Any,
                       output_dtype: Any = "torch.float32", **kwargs: Any) -> Any:
     """torchao's dequantize_affine: of a constant int4 weight (folded), or of per-token
     quantized activations."""
@@ -203,7 +210,7 @@ def dequantize_affine(cx: Context, x: Any, block_size: Any, scale: Any, zero_poi
         _require(len(block_size) == 2 and block_size[0] == 1,
                  f"int4 weights are quantized in groups along K (block size [1, group]), got "
                  f"{list(block_size)}")
-        _require(_is(output_dtype, "float32"), f"weights dequantize to float32 only, not {output_dtype}")
+        _float32_result(output_dtype, "weights")
         return _int4_weight(x, scale, zero_point, -8 if quant_min is None else quant_min,
                             7 if quant_max is None else quant_max, input_dtype, block_size[1])
     return dequantize_per_token(cx, x, scale, zero_point, quant_min, quant_max, input_dtype,
@@ -245,7 +252,8 @@ def rms_norm(cx: Context, x: Any, normalized_shape: Any, weight: Any = None,
     x = _activation(x, "rms_norm's input")
     _require(list(normalized_shape) == [x.shape[-1]],
              f"rms_norm over the last axis only ({[x.shape[-1]]}), got {list(normalized_shape)}")
-    _require(weight is None or isinstance(weight, np.ndarray), "rms_norm's weight must be a constant")
+    _require(weight is None or isinstance(weight, np.ndarray),
+             "rms_norm's weight must be a constant")
     w = np.ones(x.shape[-1], np.float32) if weight is None else weight
     return vkq_rms_norm(x, w, eps=F32_EPS if eps is None else eps)
 
@@ -254,7 +262,8 @@ def to_float32(cx: Context, x: Any, dtype: Any = None, *args: Any, **kwargs: Any
     """aten.to / _to_copy to float32 of a float32 tensor: nothing to do."""
     dtype = kwargs.get("dtype", dtype)
     _require(dtype is None or _is(dtype, "float32"), f"conversion to {dtype} is not supported")
-    _require(isinstance(x, np.ndarray) or x.dtype == np.float32, f"conversion of {x} is not supported")
+    _require(isinstance(x, np.ndarray) or x.dtype == np.float32,
+             f"conversion of {x} is not supported")
     return x
 
 
