@@ -25,7 +25,10 @@ from PyTorch's own intermediate values:
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,3 +353,10 @@ def test_other_activation_quantization_is_refused(device, mapping, per_tensor, m
     ep = torch.export.export(OtherActivationQuantization(mapping, per_tensor), (torch.randn(4, 64),))
     with pytest.raises(vkq.TorchExportError, match=f"node 'choose_qparams_affine'.*{message}"):
         vkq.from_torch(ep)
+
+
+def test_import_vkq_does_not_import_torch():
+    code = "import sys, vkq; assert 'torch' not in sys.modules, 'torch imported'"
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

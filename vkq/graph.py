@@ -9,7 +9,9 @@
 
 Capture goes through the public ops: on graph values they add a node (op, inputs, attributes,
 prepacked weight, constants and the op's plan, made once) and return graph values. When the
-with-block ends the graph is built once:
+with-block ends the graph's passes rewrite its nodes (vkq.passes: by default quantize ->
+dequantize -> int4 linear chains become one fused linear; `g.nodes` lists the result,
+`g.pass_log` the rewrites), and the graph is built once:
 
 - intermediate tensors and scratch share one arena, placed by liveness (two tensors share
   bytes only if no node sees both alive);
