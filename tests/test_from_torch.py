@@ -360,3 +360,49 @@ def test_import_vkq_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+class HandWrittenRMSNorm(nn.Module):
+    """Hugging Face's LlamaRMSNorm, as it reads."""
+
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(d) + 0.5)
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+def test_hand_written_rms_norm_becomes_one_node(device):
+    torch.manual_seed(4)
+    norm = HandWrittenRMSNorm(64)
+    model = nn.Sequential(norm, quantizer_flow(nn.Sequential(nn.Linear(64, 32, bias=False)), 32))
+    x = torch.randn(3, 64) * 3
+    g = convert(model, x)
+    assert [n.op.name for n in g.nodes] == ["rms_norm", "qta8a_qga4w_linear"], g.nodes
+    with torch.no_grad():
+        h = norm(x).double().numpy()
+        want = model(x).double().numpy()
+    # rms_norm on either side: the fp32 sum of K squares (K·u relative), half of that through
+    # rsqrt, rsqrt's own ulps and two products; (K + 8)·u covers both sides
+    e_h = (64 + 8) * U * np.abs(h)
+    bound = linear_error(h, e_h, dequantized_weight(model[1][0])) + 2 * U * np.abs(want)
+    err = np.abs(g(input=x.numpy())["output0"] - want)
+    assert np.all(err <= bound), err.max()
+    g.close()
+
+
+def test_rms_norm_pattern_with_other_uses_is_left_alone(device):
+    class Reused(nn.Module):
+        def forward(self, x):
+            r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+            return x * r, r            # the scale is an output too: not one rms_norm
+
+    ep = torch.export.export(Reused(), (torch.randn(2, 8),))
+    with pytest.raises(vkq.TorchExportError, match="aten.rsqrt.default"):
+        vkq.from_torch(ep)

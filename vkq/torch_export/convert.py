@@ -2,7 +2,8 @@
 
 The program is first brought to its ATen inference form with an empty decomposition table
 (`run_decompositions({})`: torchao's and quantized_decomposed's quantization ops, aten.linear
-and aten.rms_norm stay whole). Every op is looked up in vkq.torch_export.handlers.HANDLERS
+and aten.rms_norm stay whole), and RMSNorm written out by hand becomes aten.rms_norm
+(vkq.torch_export.patterns). Every op is looked up in vkq.torch_export.handlers.HANDLERS
 before anything is built, so all unsupported ops are named in one error. Then the nodes run
 in order inside `vkq.graph()`: the program's user inputs become graph inputs, its parameters
 and buffers numpy constants, its user outputs the graph outputs "output0", "output1", ...
@@ -20,6 +21,7 @@ from vkq.graph import Graph, Value, graph
 from vkq.runtime import Device
 from vkq.tensor import DeviceTensor, to_device
 from vkq.torch_export.handlers import HANDLERS, TorchExportError
+from vkq.torch_export.patterns import fold_rms_norm
 
 __all__ = ["TorchExportError", "from_torch"]
 
@@ -51,7 +53,8 @@ def from_torch(exported_program: Any, *, device: Device | None = None,
         raise TypeError(f"vkq.from_torch takes a torch.export.ExportedProgram (from "
                         f"torch.export.export(model, args)), got "
                         f"{type(exported_program).__name__}")
-    ep = exported_program.run_decompositions({})
+    ep = exported_program.run_decompositions({})  # a new program: its graph is ours to rewrite
+    fold_rms_norm(ep.graph)
     _check_supported(ep.graph)
     return Converter(ep, device, passes).run()
 
