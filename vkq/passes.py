@@ -26,13 +26,15 @@ so only the float epilogue's rounding differs. It does not fire when
   (`vkq.fuse_linear`), a residual, or a kernel forced by name (the fused op has no such
   output stage or choice).
 
-The quantize node stays when its outputs have other users.
+The quantize node stays when its outputs have other users. Where the fused op's own routing
+would skip quantizing (`kernel="auto"` at M = 1 sends float activations straight into the
+q4gsw GEMV), the pass forces its int8 GEMV: the graph asked for quantized activations.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from vkq.ops import contract
+from vkq.ops import contract, qta8a_qga4w_linear
 
 QUANTIZE = "quantize_per_token"
 DEQUANTIZE = "dequantize_per_token"
@@ -57,9 +59,11 @@ def fuse_quantized_linear(graph: Any) -> int:
                 and not any(graph.is_output(v) for v in quantize.outputs.values()):
             old.insert(0, quantize)
         before = " ".join(n.label for n in old)
+        x = quantize.inputs["x"]
         op = contract.get(FUSED_LINEAR)
-        call = op.linear_call(quantize.inputs["x"], linear.weight, linear.constants.get("bias"),
-                              {"act_quant": "int8", "device": graph.device})
+        call = op.linear_call(x, linear.weight, linear.constants.get("bias"),
+                              {"act_quant": "int8", "kernel": _quantizing_kernel(x.spec.rows),
+                               "device": graph.device})
         node = graph.replace(old, op, call, keep={"y": linear.outputs["y"]})
         graph.pass_log.append(f"fuse_quantized_linear: {before} -> {node.label}")
         fused += 1
@@ -82,6 +86,15 @@ def _match(graph: Any, linear: Any) -> tuple[Any, Any] | None:
     if any(dequantize.inputs[r] is not quantize.outputs[r] for r in QPARAM_ROLES):
         return None
     return quantize, dequantize
+
+
+def _quantizing_kernel(rows: int) -> str:
+    """The fused op's kernel choice for `rows`: its own routing, except that where that
+    routing takes the weight-only shortcut (float activations straight into the q4gsw GEMV,
+    no quantization) the int8 GEMV is forced: the graph asked for quantized activations, and
+    the fused result must stay the unfused one's up to the float epilogue."""
+    return "gemv" if qta8a_qga4w_linear.route(rows, "auto") == qta8a_qga4w_linear.WEIGHT_ONLY \
+        else "auto"
 
 
 def _plain_int4(linear: Any) -> bool:
