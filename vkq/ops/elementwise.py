@@ -33,6 +33,14 @@ def elementwise_dispatch(op: str, device: Any, rows: int, cols: int, stride: int
                                      "step": step})
 
 
+def _same_shape_plan(op: str, device: Any, spec: TensorSpec, buffers: dict[str, str]) -> Plan:
+    """One dispatch of `op` whose output "out" has `spec`'s shape, element for element."""
+    cols = spec.shape[-1] if spec.shape else 1
+    rows = spec.rows if spec.shape else 1
+    d = elementwise_dispatch(op, device, rows, cols, cols, 0, buffers)
+    return Plan([d], {"out": TensorSpec.dense(spec.shape)})
+
+
 class _Binary(Op):
     """out = a (op) b for float32 tensors of one shape; `name` is the template's OP."""
 
@@ -43,11 +51,7 @@ class _Binary(Op):
         require_dense_f32(self.name, "b", b)
         if a.shape != b.shape:
             raise ValueError(f"{self.name}: shapes differ: {a.shape} and {b.shape}")
-        cols = a.shape[-1] if a.shape else 1
-        rows = a.rows if a.shape else 1
-        d = elementwise_dispatch(self.name, device, rows, cols, cols, 0,
-                                 {"t_out": "out", "t_a": "a", "t_b": "b"})
-        return Plan([d], {"out": TensorSpec.dense(a.shape)})
+        return _same_shape_plan(self.name, device, a, {"t_out": "out", "t_a": "a", "t_b": "b"})
 
 
 @register
@@ -75,12 +79,8 @@ class Silu(Op):
 
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
-        x = inputs["x"]
-        require_dense_f32(self.name, "x", x)
-        cols = x.shape[-1] if x.shape else 1
-        rows = x.rows if x.shape else 1
-        d = elementwise_dispatch("silu", device, rows, cols, cols, 0, {"t_out": "out", "t_a": "x"})
-        return Plan([d], {"out": TensorSpec.dense(x.shape)})
+        require_dense_f32(self.name, "x", inputs["x"])
+        return _same_shape_plan(self.name, device, inputs["x"], {"t_out": "out", "t_a": "x"})
 
 
 @register
