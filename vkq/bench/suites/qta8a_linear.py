@@ -31,7 +31,7 @@ from vkq.ops.contract import Plan, TensorSpec
 from vkq.ops.q4gsw_linear import Q4gswLinear, prepack_quantized
 from vkq.reference.q4gsw import q4gsw_dequantize_reference, q4gsw_linear_reference
 from vkq.reference.qta8a_qga4w import qta8a_error_bound, qta8a_qga4w_linear_reference
-from vkq.runtime import Buffer, CommandBatch
+from vkq.runtime import Buffer
 
 SHAPES = ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336))
 MS = (1, 2, 4, 8, 16, 24, 128, 512)
