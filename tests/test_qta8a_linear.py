@@ -60,7 +60,7 @@ def check(y: np.ndarray, x: np.ndarray, w: vkq.QuantizedWeight, bias) -> None:
     assert np.all(err <= tol), f"max err/tol {np.max(err / tol):.3g}"
 
 
-# -- the reference ------------------------------------------------------------------------------------
+# -- the reference ---------------------------------------------------------------------------------
 def test_reference_group_accumulators_and_float_form():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 48)).astype(np.float32)
@@ -77,7 +77,7 @@ def test_reference_group_accumulators_and_float_form():
                                xd @ w.dequantize().astype(np.float64).T, rtol=1e-12, atol=1e-12)
 
 
-# -- the quantize pass ------------------------------------------------------------------------------
+# -- the quantize pass -----------------------------------------------------------------------------
 @pytest.mark.parametrize("k,skew", [(8, 0), (40, 0), (64, 3), (264, -4), (1000, 0)])
 def test_quantize_pass_writes_the_octet_layout(device, k, skew):
     """Values, octet sums and parameters bit for bit vkq.layouts.pack_int8_token_octets of the
@@ -103,7 +103,7 @@ def test_quantize_pass_writes_the_octet_layout(device, k, skew):
         buf.close()
 
 
-# -- exact integer sums -------------------------------------------------------------------------------
+# -- exact integer sums ----------------------------------------------------------------------------
 def exact_case(m: int, n: int, k: int, gs: int, symmetric: bool, seed: int):
     """Activations and weights whose float epilogue is exact: every row's scale is 2^-3 (its
     values span (q - zp) / 8 for q in [-128, 127] with a chosen zp), weight scales are powers
@@ -145,7 +145,7 @@ def test_integer_sums_are_exact(device, gs, k, symmetric):
     pw.close()
 
 
-# -- float results --------------------------------------------------------------------------------------
+# -- float results ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 24, 25, 33, 70])
 def test_both_kernels_match_the_reference_for_every_m(device, m):
     rng = np.random.default_rng(m)
@@ -195,7 +195,7 @@ def test_leading_dims_and_one_dimensional_x(device):
     check(y1, x[0, 0], w, None)
 
 
-# -- variants ---------------------------------------------------------------------------------------------
+# -- variants --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("symmetric,gs", [(True, 32), (False, 16)])
 def test_int_dot_and_fallback_are_identical(device, symmetric, gs):
     if not device.caps.integer_dot_product:
@@ -235,7 +235,7 @@ def test_gemm_tiles_are_identical_and_gemv_reductions_agree(device):
     w.release()
 
 
-# -- special rows -------------------------------------------------------------------------------------------
+# -- special rows ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kernel", INT8_PATHS)
 def test_constant_zero_and_non_finite_rows(device, kernel):
     """Zero rows give the bias exactly, constant rows their reference; a row with NaN or
@@ -256,7 +256,7 @@ def test_constant_zero_and_non_finite_rows(device, kernel):
     w.release()
 
 
-# -- routing, device tensors, graphs ------------------------------------------------------------------------
+# -- routing, device tensors, graphs ---------------------------------------------------------------
 def test_auto_routing(device, monkeypatch):
     rng = np.random.default_rng(5)
     w = make_weight(33, 128, 32, True, seed=5)
@@ -268,7 +268,8 @@ def test_auto_routing(device, monkeypatch):
     assert len(t.kernels) == 1 and t.kernels[0].startswith("q4gsw_gemv_")
     np.testing.assert_array_equal(y1, vkq.linear(x[:1], w, device=device))
     caps = device.caps
-    for m, path in ((2, "gemv"), (op.GEMV_MAX_ROWS, "gemv"), (op.GEMV_MAX_ROWS + 1, "gemm"), (40, "gemm")):
+    cases = ((2, "gemv"), (op.GEMV_MAX_ROWS, "gemv"), (op.GEMV_MAX_ROWS + 1, "gemm"), (40, "gemm"))
+    for m, path in cases:
         with vkq.trace() as t:
             y = vkq.linear(x[:m], w, act_quant="int8", device=device)
         pick = op.gemv_variant(pw, m, caps) if path == "gemv" else op.gemm_variant(pw, m, caps)
@@ -323,7 +324,7 @@ def test_empty_batch(device):
     assert vkq.linear(np.zeros((0, 32), np.float32), w, act_quant="int8", device=device).shape == (0, 8)
 
 
-# -- bad input -----------------------------------------------------------------------------------------
+# -- bad input -------------------------------------------------------------------------------------
 def test_bad_inputs(device):
     rng = np.random.default_rng(1)
     W = rng.standard_normal((8, 32)).astype(np.float32)

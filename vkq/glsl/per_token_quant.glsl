@@ -60,8 +60,8 @@ float pt_residual(float a, float b, float q) {
 // estimate q = ma / mb (the hardware's, a few ulps off at most) is stepped to a neighbour
 // while the exact residual r = ma - q*mb says the quotient lies beyond the midpoint on that
 // side: with u the ulp above q, ma/mb > q + u/2 <=> r > (u/2) * mb, an exact product (u is a
-// power of two). Ties cannot occur (a float32 quotient is never a 25-bit midpoint). Four steps
-// correct a start up to four ulps away (Vulkan allows `/` 2.5 ulps).
+// power of two). Ties cannot occur (a float32 quotient is never a 25-bit midpoint). Up to four
+// steps correct a start four ulps away (Vulkan allows `/` 2.5 ulps).
 float div_rn(float a, float b) {
     const uint abits = floatBitsToUint(a), bbits = floatBitsToUint(b);
     const int ea = int(abits >> 23) - 126, eb = int(bbits >> 23) - 126;  // biased 1..254: normal
@@ -88,6 +88,8 @@ float div_rn(float a, float b) {
             q = uintBitsToFloat(bits + 1u);
         } else if (-r > half_down) {
             q = uintBitsToFloat(bits - 1u);
+        } else {
+            break;  // q is RN(ma / mb): usually at once
         }
     }
     return uintBitsToFloat(floatBitsToUint(q) + uint((ea - eb) << 23));  // q * 2^(ea - eb)

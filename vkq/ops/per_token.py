@@ -96,8 +96,8 @@ class DequantizePerToken(Op):
                 raise ValueError(f"{self.name}: {role} must have shape {lead} (one per row of "
                                  f"xq {xq.shape}), got {spec.shape}")
         check_fits(device.caps, [dense_need("float32 output y", (rows, k))])
-        d = PlannedDispatch(variant_name("dequantize_per_token"),
-                            grid_2d(ceil_div(rows * k, 4 * WORKGROUP), device.caps.max_workgroup_count[0]),
+        groups = grid_2d(ceil_div(rows * k, 4 * WORKGROUP), device.caps.max_workgroup_count[0])
+        d = PlannedDispatch(variant_name("dequantize_per_token"), groups,
                             {"t_y": "y", "t_q": "xq", "t_scales": "scales", "t_zps": "zero_points"},
                             {"total": rows * k, "k": k})
         return Plan([d] if rows else [], {"y": TensorSpec.dense(xq.shape)})

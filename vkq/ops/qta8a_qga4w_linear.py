@@ -30,14 +30,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-import numpy as np
-
 from vkq import layouts
-from vkq.layouts import INT8_TOKEN_OCTETS, LayoutError
+from vkq.layouts import INT8_TOKEN_OCTETS
 from vkq.ops import contract, q4gsw_linear
 from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_tensor,
-                            grid_2d, packed_need, tensor_device, wrong_device_input)
-from vkq.ops.contract import DENSE, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec, register, register_linear
+                            grid_2d, packed_need, require_float_activations, tensor_device)
+from vkq.ops.contract import (Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec, register,
+                              register_linear)
 from vkq.reference.qta8a_qga4w import qta8a_qga4w_linear_reference
 from vkq.runtime import default_device
 from vkq.shaderlib import variant_info, variant_name
@@ -223,12 +222,7 @@ class Qta8aQga4wLinear(Op):
              device: Any) -> Plan:
         x = inputs["x"]
         n, k = weight.shape
-        if x.layout != DENSE or x.dtype != np.float32:
-            msg = wrong_device_input(x, "act_quant='int8' linear takes float32 activations",
-                                     "vkq.to_device(x_float32)")
-            raise (TypeError if x.layout == DENSE else LayoutError)(msg)
-        if not x.shape or x.shape[-1] != k:
-            raise ValueError(f"x must have shape [..., K] with K = {k} (the weight's), got {x.shape}")
+        require_float_activations(x, k, "act_quant='int8' linear takes float32 activations")
         m = x.rows
         out = {"y": TensorSpec.dense(x.shape[:-1] + (n,))}
         path = route(m, attrs.get("kernel", "auto"))
