@@ -18,6 +18,7 @@ import pytest
 from vkq import shaderlib
 from vkq.ops import q4gsw_linear as q4
 from vkq.ops import q8ta_linear as q8
+from vkq.ops import qta8a_qga4w_linear as qta
 from vkq.ops import contract, rms_norm, variant_choices
 from vkq.runtime.capabilities import Capabilities, CoopMatShape
 
@@ -40,6 +41,7 @@ Q4_GROUP_SIZES = (8, 16, 32, 64, 128)
 Q4_SHAPES = ((1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336), (24, 40))
 KERNELS = ("auto", "gemv", "gemm", "coopmat")
 Q8_MS = (1, 2, 5, 256, 257)
+QTA_MS = (1, 2, 3, 25, 65, 257)
 Q8_SHAPES = ((1024, 4096), (4096, 4096), (q8.MANY_N, 4096), (4096, q8.LONG_K), (9, 16))
 
 
@@ -186,6 +188,34 @@ def test_q8ta_routes_to_declared_supported_variants(profile):
     if coop:  # both tiles: the big one once a shape makes enough of them
         assert {q8.pick_variant(q8.GEMM, dev.caps, m, n) for m, n in ((257, 4096), (5, 9))} == {
             "q8ta_linear_coopmat_t128x128", "q8ta_linear_coopmat_t64x64"}
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=PROFILE_IDS)
+def test_qta8a_routes_to_declared_supported_variants(profile):
+    """act_quant='int8': the quantize pass then an int8 GEMV or GEMM (integer dot or its
+    fallback, per the profile), or at M <= WEIGHT_ONLY_MAX_ROWS under "auto" the q4gsw path."""
+    dev = FakeDevice(profile)
+    op = contract.get(qta.Qta8aQga4wLinear.name)
+    routed: set[str] = set()
+    for (n, k), gs, asym, half in itertools.product(Q4_SHAPES, Q4_GROUP_SIZES, (False, True),
+                                                    (False, True)):
+        if k % gs:
+            continue
+        w = q4_weight(dev, n, k, gs, asym, half)
+        for m, kernel in itertools.product(QTA_MS, qta.KERNELS):
+            x = contract.TensorSpec.dense((m, k))
+            plan = op.plan({"x": x}, {"kernel": kernel, "has_bias": False}, w, dev)
+            for name in plan.variants:
+                dev.kernel(name)
+            routed.update(plan.variants)
+            if kernel == "auto" and m <= qta.WEIGHT_ONLY_MAX_ROWS:
+                assert plan.variants[0].startswith("q4gsw_gemv_")
+            else:
+                assert plan.variants[0] == qta.quantize_variant(dev.caps) and len(plan.variants) == 2
+                dot = "_idot_" if profile["integer_dot_product"] else "_fallback_"
+                assert dot in plan.variants[1]
+    assert any(n.startswith("qta8a_gemv_") for n in routed)
+    assert any(n.startswith("qta8a_gemm_") for n in routed)
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=PROFILE_IDS)

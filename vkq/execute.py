@@ -63,13 +63,14 @@ def run_op(op_name: str, inputs: Mapping[str, Any], attrs: Mapping[str, Any] | N
 
 def _cached_plan(op: contract.Op, specs: dict[str, TensorSpec], attrs: dict[str, Any], pw: Any,
                  device: Device) -> Plan:
-    """op.plan, remembered on the prepacked weight (or the op) for the same specs and
+    """op.plan, remembered on the prepacked weight (or the op) for the same op, specs and
     attributes: an eager call in a decode loop plans once. Plans are pure functions of
-    these, the weight and the device's capabilities."""
+    these, the weight and the device's capabilities (ops may share a prepacked weight:
+    q4gsw_linear and qta8a_qga4w_linear do)."""
     owner = pw if pw is not None else op
     cache = owner.__dict__.setdefault("_plan_cache", {})
     try:
-        key = (tuple(sorted(specs.items())), tuple(sorted(attrs.items())), id(device))
+        key = (op.name, tuple(sorted(specs.items())), tuple(sorted(attrs.items())), id(device))
         hit = cache.get(key)
     except TypeError:  # an unhashable attribute: plan every time
         return op.plan(specs, attrs, pw, device)

@@ -1,5 +1,5 @@
-"""Public elementwise, normalization and lookup ops: `vkq.rms_norm`, `vkq.add`,
-`vkq.silu_mul`, `vkq.take_rows`.
+"""Public elementwise, normalization and lookup ops: `vkq.rms_norm`, `vkq.add`, `vkq.mul`,
+`vkq.silu`, `vkq.silu_mul`, `vkq.take_rows`.
 
 Each takes numpy arrays (result: numpy), DeviceTensors (result: a DeviceTensor, returned
 without waiting for the GPU) or, inside `with vkq.graph() as g:`, graph values.
@@ -41,6 +41,16 @@ def rms_norm(x: Tensor, weight: np.ndarray, eps: float = 1e-6, *,
 def add(a: Tensor, b: Tensor, *, device: Device | None = None) -> Tensor:
     """`a + b` for float32 tensors of one shape (a decoder layer's residual add)."""
     return run_op("add", {"a": float_tensor("a", a), "b": float_tensor("b", b)}, device=device)["out"]
+
+
+def mul(a: Tensor, b: Tensor, *, device: Device | None = None) -> Tensor:
+    """`a * b` for float32 tensors of one shape."""
+    return run_op("mul", {"a": float_tensor("a", a), "b": float_tensor("b", b)}, device=device)["out"]
+
+
+def silu(x: Tensor, *, device: Device | None = None) -> Tensor:
+    """`silu(x) = x / (1 + exp(-x))` elementwise, float32."""
+    return run_op("silu", {"x": float_tensor("x", x)}, device=device)["out"]
 
 
 def take_rows(table: Tensor, index: Any, rows: int = 1, *, device: Device | None = None) -> Tensor:

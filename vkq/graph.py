@@ -9,7 +9,9 @@
 
 Capture goes through the public ops: on graph values they add a node (op, inputs, attributes,
 prepacked weight, constants and the op's plan, made once) and return graph values. When the
-with-block ends the graph is built once:
+with-block ends the graph's passes rewrite its nodes (vkq.passes: by default quantize ->
+dequantize -> int4 linear chains become one fused linear; `g.nodes` lists the result,
+`g.pass_log` the rewrites), and the graph is built once:
 
 - intermediate tensors and scratch share one arena, placed by liveness (two tensors share
   bytes only if no node sees both alive); a node's persistent state (`Plan.state`: counters
@@ -32,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vkq import layouts
+from vkq import passes as passes_module
 from vkq.ops import contract
 from vkq.ops.contract import DENSE, Plan, TensorSpec
 from vkq.runtime import Buffer, Device, default_device
@@ -92,13 +95,22 @@ class Param:
         return f"<vkq graph param {self.name} (slot {self.slot})>"
 
 
-class _Node:
+class Node:
+    """One op call of a graph: `op`, its `inputs` and `outputs` by role (graph values), `attrs`,
+    prepacked `weight`, `constants` and `plan`. Passes read these (vkq.passes) and change the
+    graph only through `Graph.replace`."""
+
     def __init__(self, index: int, op: contract.Op, inputs: dict[str, Value], attrs: dict[str, Any],
                  weight: Any, constants: dict[str, np.ndarray], plan: Plan):
         self.index, self.op, self.inputs, self.attrs = index, op, inputs, attrs
         self.weight, self.constants, self.plan = weight, constants, plan
         self.outputs: dict[str, Value] = {}
         self.label = f"{index}:{op.name}"
+
+    def __repr__(self) -> str:
+        """One line: `label(input role=value, ...) -> output values`."""
+        ins = ", ".join(f"{r}={v.name}" for r, v in self.inputs.items())
+        return f"{self.label}({ins}) -> {', '.join(v.name for v in self.outputs.values())}"
 
 
 def plan_arena(intervals: list[tuple[int, int, int]]) -> tuple[list[int], int]:
@@ -128,9 +140,14 @@ def plan_arena(intervals: list[tuple[int, int, int]]) -> tuple[list[int], int]:
 class Graph:
     """A captured sequence of op calls, built into one replayable program (module docstring)."""
 
-    def __init__(self, device: Device | None = None):
+    def __init__(self, device: Device | None = None, passes: Any = None):
         self.device = device or default_device()
-        self._nodes: list[_Node] = []
+        #: rewrites of the captured nodes run when the graph is built (vkq.passes); None: the
+        #: default ones, () none
+        self.passes = tuple(passes_module.DEFAULT_PASSES if passes is None else passes)
+        #: what each pass changed, one line per rewrite
+        self.pass_log: list[str] = []
+        self._nodes: list[Node] = []
         self._inputs: dict[str, Value] = {}
         self._outputs: dict[str, Value] = {}
         self._built = False
@@ -218,6 +235,13 @@ class Graph:
         for name, a in attrs.items():
             if isinstance(a, Param) and a.graph is not self:
                 raise GraphError(f"{op.name}: attribute {name!r} is a parameter of another graph")
+        node = self._plan_node(op, inputs, attrs, weight, constants)
+        self._nodes.append(node)
+        return dict(node.outputs)
+
+    def _plan_node(self, op: contract.Op, inputs: dict[str, Value], attrs: dict[str, Any],
+                   weight: Any, constants: dict[str, np.ndarray]) -> Node:
+        """Prepack and plan one call on this graph's values: a node numbered as the next one."""
         wdev = getattr(weight, "device", None)
         if wdev is not None and wdev is not self.device:
             raise GraphError(f"{op.name}: the weight lives on another device than the graph")
@@ -227,13 +251,12 @@ class Graph:
             if id(inputs[role]) not in self._external:
                 raise GraphError(f"{op.name} updates {role!r} in place: inside a graph that must "
                                  f"be a DeviceTensor (captured by reference), not a graph value")
-        node = _Node(len(self._nodes), op, inputs, attrs, pw, dict(constants), plan)
+        node = Node(len(self._nodes), op, inputs, attrs, pw, dict(constants), plan)
         for role, spec in plan.outputs.items():
             node.outputs[role] = Value(self, spec, f"%{node.index}.{role}", node.index)
-        self._nodes.append(node)
         if pw is not None:
             self._weights.append(pw)
-        return dict(node.outputs)
+        return node
 
     def _capture_tensor(self, op: str, role: str, t: DeviceTensor) -> Value:
         if t.device is not self.device:
@@ -247,6 +270,61 @@ class Graph:
         self._external[id(v)] = (v, t)
         return v
 
+    # -- what passes see and do ---------------------------------------------------------------
+    @property
+    def nodes(self) -> list[Node]:
+        """The nodes in execution order (once built: after the passes); each prints as one line."""
+        return list(self._nodes)
+
+    def producer(self, value: Value) -> Node | None:
+        """The node whose output `value` is (None for inputs and captured tensors)."""
+        return next((n for n in self._nodes if any(v is value for v in n.outputs.values())), None)
+
+    def users(self, value: Value) -> list[tuple[Node, str]]:
+        """(node, input role) of every use of `value` by a node."""
+        return [(n, r) for n in self._nodes for r, v in n.inputs.items() if v is value]
+
+    def is_output(self, value: Value) -> bool:
+        return any(v is value for v in self._outputs.values())
+
+    def replace(self, old: list[Node], op: contract.Op, call: contract.Call,
+                keep: dict[str, Value]) -> Node:
+        """Replace the nodes `old` by one node running `call` of `op`, where the last of them
+        was. The new node's outputs named in `keep` take over those values (same specs), so
+        later nodes and graph outputs read them unchanged; every other output of `old` must
+        be unused outside `old`. Returns the new node, labelled with the last one's number
+        until the build numbers the nodes again (so `pass_log` lines speak of the nodes as
+        captured)."""
+        if self._built:
+            raise GraphError("this graph is already built; passes run before it is")
+        gone = {id(n) for n in old}
+        kept = {id(v) for v in keep.values()}
+        for n in old:
+            for v in n.outputs.values():
+                if id(v) not in kept and (self.is_output(v) or any(
+                        id(u) not in gone for u, _ in self.users(v))):
+                    raise GraphError(f"{n.label}: its output {v.name} is still used")
+        constants = {k: v for k, v in call.constants.items() if v is not None}  # as run_op
+        node = self._plan_node(op, dict(call.inputs), dict(call.attrs), call.weight, constants)
+        for role, v in keep.items():
+            if node.plan.outputs.get(role) != v.spec:
+                raise GraphError(f"{op.name}: output {role!r} would be "
+                                 f"{node.plan.outputs.get(role)}, not {v.spec.describe()}")
+            node.outputs[role] = v
+        last = max(old, key=self._nodes.index)
+        node.index, node.label = last.index, f"{last.index}:{op.name}"  # until build renumbers
+        at = self._nodes.index(last)
+        self._nodes = ([n for n in self._nodes[:at] if id(n) not in gone] + [node]
+                       + self._nodes[at + 1:])
+        return node
+
+    def _renumber(self) -> None:
+        """Number the nodes (labels, value names) by their order, after the passes."""
+        for i, n in enumerate(self._nodes):
+            n.index, n.label = i, f"{i}:{n.op.name}"
+            for role, v in n.outputs.items():
+                v.producer, v.name = i, f"%{i}.{role}"
+
     # -- build --------------------------------------------------------------------------------
     def build(self) -> None:
         """Plan the arena, allocate, record the program (once; the with-block calls it)."""
@@ -255,6 +333,9 @@ class Graph:
         if not self._outputs:
             raise GraphError("the graph has no outputs: mark results with g.output(name, value)")
         try:
+            for rewrite in self.passes:
+                rewrite(self)
+            self._renumber()
             self._build()
         except BaseException:
             self._release()
@@ -344,7 +425,7 @@ class Graph:
                                           part.spec.nbytes)
         return ranges
 
-    def _node_buffers(self, node: _Node, ranges: dict[Any, Any]) -> dict[str, Any]:
+    def _node_buffers(self, node: Node, ranges: dict[Any, Any]) -> dict[str, Any]:
         bufs: dict[str, Any] = {"dummy": self._dummy, "params": self._params_buffer}
         for role, v in node.inputs.items():
             bufs[role] = ranges[id(v)]
@@ -510,7 +591,7 @@ def _param_value(p: Param, value: Any) -> int:
     return int(value)
 
 
-def _scratch_key(node: _Node, role: str) -> tuple[str, int, str]:
+def _scratch_key(node: Node, role: str) -> tuple[str, int, str]:
     return ("scratch", node.index, role)
 
 
@@ -559,6 +640,8 @@ def _from_storage(spec: TensorSpec, data: np.ndarray) -> np.ndarray:
     return layouts.UNPACKERS[spec.layout](packed)
 
 
-def graph(device: Device | None = None) -> Graph:
-    """Start capturing a graph: `with vkq.graph() as g: ...` (see the module docstring)."""
-    return Graph(device)
+def graph(device: Device | None = None, passes: Any = None) -> Graph:
+    """Start capturing a graph: `with vkq.graph() as g: ...` (see the module docstring).
+    `passes`: the rewrites run when it is built (default: vkq.passes.DEFAULT_PASSES; `()`
+    for none)."""
+    return Graph(device, passes)

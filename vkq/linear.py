@@ -2,7 +2,8 @@
 
 The op comes from the registry (vkq.ops.contract.LINEAR_OPS) by (weight kind, activation
 kind): int4 weights with float activations run q4gsw_linear, int8 weights with int8
-activations q8ta_linear.
+activations q8ta_linear, int4 weights with float activations quantized per token
+(act_quant="int8") qta8a_qga4w_linear.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
            rms_norm: tuple[np.ndarray, float] | None = None,
            input_scale: float | None = None, input_zero_point: int | None = None,
            output_scale: float | None = None, output_zero_point: int | None = None,
-           activation: str = "none", kernel: str = "auto", device: Device | None = None) -> Any:
+           activation: str = "none", kernel: str = "auto", act_quant: str | None = None,
+           device: Device | None = None) -> Any:
     """`y = x @ dequant(w).T + bias (+ residual)` for quantized weights `w` `[N, K]`.
 
     int8 weights (`w.bits == 8`, docs/design.md §3 q8ta): `x` is int8 `[..., K]` quantized
@@ -48,6 +50,13 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
     `FusedWeight` (vkq.fuse_linear): then the result is a tuple with one array per fused
     weight, or silu(gate) * up for epilogue="silu_mul".
 
+    `act_quant="int8"` (int4 weights): `x` (float `[..., K]`) is quantized per token to int8
+    on the GPU (as `vkq.quantize_per_token`, PyTorch's dynamic per-token scheme) and meets the
+    int4 weights in integer dot products; the result is float32 `[..., N]` (docs/design.md
+    §3 qta8a_qga4w; one submit, two dispatches). `kernel="auto"` may run the weight-only
+    path instead where that is faster (M = 1: vkq.ops.qta8a_qga4w_linear.WEIGHT_ONLY_MAX_ROWS);
+    `kernel="gemv"` or `"gemm"` always quantizes. No residual or fused weights with it yet.
+
     `x` may be a numpy array (the result is numpy), a `DeviceTensor` (the result is a
     DeviceTensor, returned without waiting for the GPU) or a graph value inside
     `with vkq.graph()` (the result is a graph value).
@@ -58,7 +67,7 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
     kind = _weight_kind(base)
     if kernel not in ("auto", "gemv", "gemm", "coopmat"):
         raise ValueError(f"kernel must be 'auto', 'gemv', 'gemm' or 'coopmat', got {kernel!r}")
-    op = contract.get(_linear_op(kind, "int8" if kind == "int8" else "float"))
+    op = contract.get(_linear_op(kind, _activation_kind(kind, act_quant)))
     call = op.linear_call(x, w, bias, dict(
         residual=residual, rms_norm=rms_norm, input_scale=input_scale, input_zero_point=input_zero_point,
         output_scale=output_scale, output_zero_point=output_zero_point, activation=activation,
@@ -68,6 +77,24 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
     out = run_op(op.name, call.inputs, call.attrs, weight=call.weight, constants=call.constants,
                  device=device)
     return call.finish(out)
+
+
+#: act_quant values vkq.linear takes (None: activations as given).
+ACT_QUANT = (None, "int8")
+
+
+def _activation_kind(weight_kind: str, act_quant: Any) -> str:
+    """The registry's activation kind: what x is, and what the op does with it."""
+    if act_quant not in ACT_QUANT:
+        raise ValueError(f"act_quant must be None or 'int8' (dynamic per-token int8 "
+                         f"activations), got {act_quant!r}")
+    if act_quant is None:
+        return "int8" if weight_kind == "int8" else "float"
+    if weight_kind != "int4":
+        raise TypeError(f"act_quant='int8' quantizes float activations for int4 weights; "
+                        f"{weight_kind} weights take int8 activations with input_scale and "
+                        f"input_zero_point instead")
+    return "dynamic_int8"
 
 
 def _linear_op(weight_kind: str, activation: str) -> str:

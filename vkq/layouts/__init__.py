@@ -24,6 +24,8 @@ from .group_params import (
 from .int4_uvec4 import INT4_UVEC4, int4_weight_nbytes, pack_int4_weight, unpack_int4_weight
 from .int8_4h4w import INT8_4H4W, int8_4h4w_nbytes, pack_int8_4h4w, unpack_int8_4h4w
 from .int8_4w import INT8_4W, int8_4w_nbytes, pack_int8_4w, unpack_int8_4w
+from .int8_token_octets import (INT8_TOKEN_OCTETS, int8_token_octets_nbytes, pack_int8_token_octets,
+                                unpack_int8_token_octets)
 from .int8_weight import INT8_WEIGHT, int8_weight_nbytes, pack_int8_weight, unpack_int8_weight
 from .packed import REPACK_HINTS, LayoutError, PackedTensor
 
@@ -33,6 +35,7 @@ __all__ = [
     "REPACK_HINTS",
     "INT8_4H4W",
     "INT8_4W",
+    "INT8_TOKEN_OCTETS",
     "INT8_WEIGHT",
     "INT4_UVEC4",
     "GROUP_PARAMS_NG",
@@ -41,6 +44,8 @@ __all__ = [
     "unpack_int8_4h4w",
     "pack_int8_4w",
     "unpack_int8_4w",
+    "pack_int8_token_octets",
+    "unpack_int8_token_octets",
     "pack_int8_weight",
     "unpack_int8_weight",
     "pack_int4_weight",
@@ -68,6 +73,7 @@ UNPACKERS = {
 _NBYTES = {
     INT8_4H4W: int8_4h4w_nbytes,
     INT8_4W: int8_4w_nbytes,
+    INT8_TOKEN_OCTETS: int8_token_octets_nbytes,
     INT8_WEIGHT: int8_weight_nbytes,
     INT4_UVEC4: int4_weight_nbytes,
     GROUP_PARAMS_NG: group_params_nbytes,

@@ -85,6 +85,16 @@ def require_dense_f32(op: str, what: str, spec: TensorSpec, dims: str = "") -> N
         raise TypeError(f"{op}: {what} must be a dense float32{shape} tensor, got {spec.describe()}")
 
 
+def require_float_activations(x: TensorSpec, k: int, takes: str) -> None:
+    """A float linear's input: dense float32 `[..., K]` with the weight's K (`takes` says
+    what the op takes, for the message when x is another kind of tensor)."""
+    if x.layout != "dense" or x.dtype != np.float32:
+        msg = wrong_device_input(x, takes, "vkq.to_device(x_float32)")
+        raise (TypeError if x.layout == "dense" else layouts.LayoutError)(msg)
+    if not x.shape or x.shape[-1] != k:
+        raise ValueError(f"x must have shape [..., K] with K = {k} (the weight's), got {x.shape}")
+
+
 def tensor_device(x: Any) -> Any:
     """The device of a DeviceTensor or graph value; None for host arrays (numpy 2 arrays
     have a `device` attribute of their own: "cpu")."""

@@ -1,5 +1,6 @@
 """Elementwise ops between a decoder layer's linears (elementwise.comp.j2): the residual add,
-SwiGLU's silu(gate) * up, and taking columns out of a fused output. One thread per output
+SwiGLU's silu(gate) * up, and taking columns out of a fused output; plain mul and silu (for
+graphs converted from PyTorch, vkq.from_torch). One thread per output
 element; float32 in and out."""
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 
 from vkq.ops.common import ceil_div, grid_2d, require_dense_f32
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
-from vkq.reference.elementwise import add_reference, silu_mul_reference
+from vkq.reference.elementwise import (add_reference, mul_reference, silu_mul_reference,
+                                       silu_reference)
 from vkq.runtime.memory import RANGE_ALIGN
 from vkq.shaderlib import variant_name
 
@@ -20,7 +22,7 @@ WORKGROUP = 256  # elementwise.comp.j2's local size
 
 def elementwise_dispatch(op: str, device: Any, rows: int, cols: int, stride: int, off: int,
                          buffers: dict[str, str], step: int = 1) -> PlannedDispatch:
-    """One elementwise.comp.j2 dispatch of `op` ("add", "silu_mul", "copy_cols") over
+    """One elementwise.comp.j2 dispatch of `op` ("add", "mul", "silu", "silu_mul", "copy_cols") over
     [rows, cols] outputs (see the template)."""
     variant = variant_name("elementwise", OP=op)
     total = rows * cols
@@ -31,12 +33,16 @@ def elementwise_dispatch(op: str, device: Any, rows: int, cols: int, stride: int
                                      "step": step})
 
 
-@register
-class Add(Op):
-    """out = a + b (same shape; the residual add of a decoder layer)."""
+def _same_shape_plan(op: str, device: Any, spec: TensorSpec, buffers: dict[str, str]) -> Plan:
+    """One dispatch of `op` whose output "out" has `spec`'s shape, element for element."""
+    cols = spec.shape[-1] if spec.shape else 1
+    rows = spec.rows if spec.shape else 1
+    d = elementwise_dispatch(op, device, rows, cols, cols, 0, buffers)
+    return Plan([d], {"out": TensorSpec.dense(spec.shape)})
 
-    name = "add"
-    reference = staticmethod(add_reference)
+
+class _Binary(Op):
+    """out = a (op) b for float32 tensors of one shape; `name` is the template's OP."""
 
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
@@ -44,12 +50,37 @@ class Add(Op):
         require_dense_f32(self.name, "a", a)
         require_dense_f32(self.name, "b", b)
         if a.shape != b.shape:
-            raise ValueError(f"add: shapes differ: {a.shape} and {b.shape}")
-        cols = a.shape[-1] if a.shape else 1
-        rows = a.rows if a.shape else 1
-        d = elementwise_dispatch("add", device, rows, cols, cols, 0,
-                                 {"t_out": "out", "t_a": "a", "t_b": "b"})
-        return Plan([d], {"out": TensorSpec.dense(a.shape)})
+            raise ValueError(f"{self.name}: shapes differ: {a.shape} and {b.shape}")
+        return _same_shape_plan(self.name, device, a, {"t_out": "out", "t_a": "a", "t_b": "b"})
+
+
+@register
+class Add(_Binary):
+    """out = a + b (same shape; the residual add of a decoder layer)."""
+
+    name = "add"
+    reference = staticmethod(add_reference)
+
+
+@register
+class Mul(_Binary):
+    """out = a * b (same shape; a gate applied to a value)."""
+
+    name = "mul"
+    reference = staticmethod(mul_reference)
+
+
+@register
+class Silu(Op):
+    """out = silu(x) = x / (1 + exp(-x)), any shape."""
+
+    name = "silu"
+    reference = staticmethod(silu_reference)
+
+    def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
+             device: Any) -> Plan:
+        require_dense_f32(self.name, "x", inputs["x"])
+        return _same_shape_plan(self.name, device, inputs["x"], {"t_out": "out", "t_a": "x"})
 
 
 @register

@@ -34,9 +34,9 @@ import numpy as np
 from vkq import layouts
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
 from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_input,
-                            float_tensor, grid_2d, positive_finite, tensor_device, weight_needs,
-                            wrong_device_input)
-from vkq.ops.contract import (DENSE, OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec,
+                            float_tensor, grid_2d, positive_finite, require_float_activations,
+                            tensor_device, weight_needs)
+from vkq.ops.contract import (OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec,
                               output_y, register, register_linear)
 from vkq.ops.elementwise import fused_outputs
 from vkq.ops.rms_norm import norm_dispatch
@@ -633,12 +633,7 @@ class Q4gswLinear(Op):
              device: Any) -> Plan:
         x = inputs["x"]
         n, k = weight.shape
-        if x.layout != DENSE or x.dtype != np.float32:
-            msg = wrong_device_input(x, "int4 weight-only linear takes float32 activations",
-                                     "vkq.to_device(x_float32)")
-            raise (TypeError if x.layout == DENSE else LayoutError)(msg)
-        if not x.shape or x.shape[-1] != k:
-            raise ValueError(f"x must have shape [..., K] with K = {k} (the weight's), got {x.shape}")
+        require_float_activations(x, k, "int4 weight-only linear takes float32 activations")
         m = x.rows
         choice = {c: attrs[c] for c in _CHOICES if attrs.get(c) is not None}
         # the GEMV applies the residual and silu_mul itself (pairs need an even shape);

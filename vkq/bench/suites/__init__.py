@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-ORDER = ("rms_norm", "coopmat_peak", "q4gsw_linear", "q8ta_linear", "eager", "decode", "llama")
+ORDER = ("rms_norm", "coopmat_peak", "q4gsw_linear", "q8ta_linear", "qta8a_linear", "eager", "decode", "llama")
 
 
 def load() -> None:

@@ -1,0 +1,262 @@
+"""qta8a_qga4w linear (docs/design.md §3): float activations quantized per token to int8 on the
+GPU, times int4 group-wise weights, float32 output.
+
+    w = vkq.quantize_weight(W, bits=4, group_size=32)       # the same weight as vkq.linear(x, w)
+    y = vkq.linear(x, w, act_quant="int8")                   # quantize pass + fused linear
+
+The weight is the q4gsw op's device copy (Q4gswWeight: nibbles with the +8 offset, scales and
+zeros [N, n_groups], fp16 or float32): quantize once, run either path. The weight sums the
+integer corrections need come from the nibbles inside the kernels, so no second copy exists.
+
+One call, one submit, two dispatches:
+
+1. the quantize pass (quantize_per_token.comp.j2, MODE "octets"): one workgroup per row writes
+   the row's int8 values in the "int8_token_octets" layout, their sums per 8 k and the row's
+   scale and zero point (scratch), with exactly the math of vkq.quantize_per_token;
+2. the fused linear: `qta8a_qga4w_linear_gemv.comp.j2` (rows of x per workgroup; M up to
+   GEMV_MAX_ROWS) or the register-tiled `qta8a_qga4w_linear.comp.j2` (larger M). Integer dot
+   products (or the bit-identical int32 fallback where the device has no
+   shaderIntegerDotProduct) form the exact int32 sums, the float epilogue scales them.
+
+Routing (`kernel="auto"`) also weighs the weight-only q4gsw path (docs/design.md §5): at
+M <= WEIGHT_ONLY_MAX_ROWS the float activations go straight into the q4gsw GEMV (no
+quantization: more accurate, and without the quantize pass's dependent dispatch). That
+threshold is a prior until the lead measures it (vkq/bench/suites/qta8a_linear.py: the
+M = 1 rows time both with the quantize pass counted). `kernel="gemv"` / `"gemm"` force the
+int8 kernels at any M. Observable with `vkq.trace()`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from vkq import layouts
+from vkq.layouts import INT8_TOKEN_OCTETS
+from vkq.ops import contract, q4gsw_linear
+from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_tensor,
+                            grid_2d, packed_need, require_float_activations, tensor_device)
+from vkq.ops.contract import (Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec, register,
+                              register_linear)
+from vkq.reference.qta8a_qga4w import qta8a_qga4w_linear_reference
+from vkq.runtime import default_device
+from vkq.shaderlib import variant_info, variant_name
+
+KERNELS = ("auto", "gemv", "gemm")
+WEIGHT_ONLY, GEMV, GEMM = "weight_only", "gemv", "gemm"
+
+#: M <= this runs the weight-only q4gsw path under kernel="auto". A prior, not a measurement:
+#: a decode GEMV streams the whole weight either way, and the int8 path adds a dependent
+#: dispatch (an empty chained one costs 1.7 us on the H200, docs/design.md §1) to a 7.6 us
+#: GEMV (4096 x 4096, g32): more than the 10 % the int8 path may cost. The bench suite's
+#: M = 1 rows decide it.
+WEIGHT_ONLY_MAX_ROWS = 1
+#: M <= this runs the GEMV (rows of x per workgroup), above the GEMM. Not measured yet: the
+#: q4gsw op's measured crossing point (24).
+GEMV_MAX_ROWS = 24
+#: GEMV shape by M (the first whose limit holds): lanes, channels (R) and rows of x (MR)
+#: per workgroup. Without subgroup arithmetic, GEMV_FALLBACK_SHAPE (one row per workgroup).
+GEMV_SHAPES: tuple[tuple[int, str], ...] = ((1, "l128r8m1"), (2, "l128r4m2"), (1 << 62, "l128r4m4"))
+GEMV_FALLBACK_SHAPE = "l128r8m1"
+#: GEMM tile (rows x channels) by M. Not measured yet.
+GEMM_TILES: tuple[tuple[int, str], ...] = ((64, "32x64"), (256, "64x64"), (1 << 62, "128x64"))
+
+#: The quantize pass's scratch (vkq/layouts/int8_token_octets.py arrays) by role.
+SCRATCH = {"data": "scratch.xq", "sums": "scratch.sums", "qparams": "scratch.qparams"}
+
+
+def group_mode(group_size: int) -> str:
+    """"word": one group per 32-k weight word or more (group_size % 32 == 0); "comp": groups
+    of 8-k components."""
+    return "word" if group_size % 32 == 0 else "comp"
+
+
+def group_units(group_size: int) -> int:
+    """Words ("word") or components ("comp") per group: the kernels' GROUP_UNITS."""
+    return group_size // (32 if group_mode(group_size) == "word" else 8)
+
+
+def route(m: int, kernel: str) -> str:
+    """WEIGHT_ONLY, GEMV or GEMM for M rows under the user's `kernel` choice."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel != "auto":
+        return kernel
+    if m <= WEIGHT_ONLY_MAX_ROWS:
+        return WEIGHT_ONLY
+    return GEMV if m <= GEMV_MAX_ROWS else GEMM
+
+
+def gemv_shape(m: int, subgroup: bool) -> str:
+    if not subgroup:
+        return GEMV_FALLBACK_SHAPE
+    return next(s for max_m, s in GEMV_SHAPES if m <= max_m)
+
+
+def gemv_variant(w: Any, m: int, caps: Any, int_dot: bool | None = None,
+                 subgroup: bool | None = None) -> str:
+    """The GEMV variant for M rows of weight `w` (anything with has_zeros, group_size and
+    half_params, like Q4gswWeight) on a device with `caps` (`int_dot` / `subgroup` override
+    the capabilities: tests)."""
+    dot = bool(caps.integer_dot_product if int_dot is None else int_dot)
+    sub = bool(caps.subgroup_arithmetic if subgroup is None else subgroup)
+    return variant_name("qta8a_gemv", INT_DOT=dot, ASYM=bool(w.has_zeros),
+                        GROUP=group_mode(w.group_size), SHAPE=gemv_shape(m, sub), SUBGROUP=sub,
+                        P16=bool(w.half_params))
+
+
+def gemm_variant(w: Any, m: int, caps: Any, int_dot: bool | None = None,
+                 tile: str | None = None) -> str:
+    """The GEMM variant for M rows (the GEMM_TILES tile unless `tile` forces one)."""
+    dot = bool(caps.integer_dot_product if int_dot is None else int_dot)
+    tile = tile or next(t for max_m, t in GEMM_TILES if m <= max_m)
+    return variant_name("qta8a_gemm", INT_DOT=dot, ASYM=bool(w.has_zeros),
+                        GROUP=group_mode(w.group_size), TILE=tile, P16=bool(w.half_params))
+
+
+def quantize_variant(caps: Any) -> str:
+    """The quantize pass, with subgroup reductions where the device has them."""
+    return variant_name("qta8a_quantize", SUBGROUP=bool(caps.subgroup_arithmetic))
+
+
+def quantize_dispatch(device: Any, m: int, k: int) -> PlannedDispatch:
+    """The quantize pass: "x" [M, K] float32 -> the SCRATCH roles."""
+    return PlannedDispatch(quantize_variant(device.caps),
+                           grid_2d(m, device.caps.max_workgroup_count[0]),
+                           {"t_q": SCRATCH["data"], "t_sums": SCRATCH["sums"],
+                            "t_qparams": SCRATCH["qparams"], "t_x": "x"},
+                           {"n_rows": m, "k": k})
+
+
+def int8_dispatches(device: Any, w: Any, m: int, has_bias: bool, path: str,
+                    int_dot: bool | None = None, subgroup: bool | None = None,
+                    gemm_tile: str | None = None) -> tuple[list[PlannedDispatch], dict[str, int]]:
+    """The quantize pass and the GEMV or GEMM for `y[:m*N] = qta8a(x[:m*K], w) (+ bias)`, and
+    their scratch (role -> bytes). Roles: "x", "y", "bias" (or "dummy"), "weight.*",
+    SCRATCH."""
+    n, k = w.shape
+    caps = device.caps
+    max_x, max_y, max_z = caps.max_workgroup_count
+    bufs = {"t_out": "y", "t_x": SCRATCH["data"], "t_sums": SCRATCH["sums"],
+            "t_qparams": SCRATCH["qparams"], "t_weight": "weight.weight",
+            "t_scales": "weight.scales", "t_bias": "bias" if has_bias else "dummy"}
+    if w.has_zeros:
+        bufs["t_zeros"] = "weight.zeros"
+    push = {"m": m, "n": n, "k": k, "n_groups": w.n_groups, "has_bias": int(has_bias)}
+    spec = {"GROUP_UNITS": group_units(w.group_size)}
+    if path == GEMV:
+        variant = gemv_variant(w, m, caps, int_dot, subgroup)
+        p = variant_info(variant).params
+        gx, gy, _ = grid_2d(ceil_div(n, p["R"]), max_x)
+        groups = (gx, gy, ceil_div(m, p["MR"]))
+        if groups[2] > max_z:
+            raise ValueError(f"M = {m} needs {groups[2]} GEMV row blocks, over this device's "
+                             f"{max_z}; use kernel='gemm' or 'auto'")
+    else:
+        variant = gemm_variant(w, m, caps, int_dot, gemm_tile)
+        p = variant_info(variant).params
+        groups = (ceil_div(n, p["TX"] * p["TN"]), ceil_div(m, p["TY"] * p["TM"]), 1)
+        if groups[0] > max_x or groups[1] > max_y:
+            raise ValueError(f"an [{m} x {n}] GEMM needs {groups[:2]} workgroups, over this "
+                             f"device's {(max_x, max_y)}; pass fewer rows per call")
+    sizes = layouts.packed_nbytes(INT8_TOKEN_OCTETS, (m, k))
+    scratch = {role: sizes[name] for name, role in SCRATCH.items()}
+    return [quantize_dispatch(device, m, k), PlannedDispatch(variant, groups, bufs, push, spec)], scratch
+
+
+def _weight_shape(w: Any) -> tuple[int, int]:
+    if isinstance(w, q4gsw_linear.Q4gswWeight):
+        return w.shape
+    if getattr(w, "bits", None) == 4:
+        return w.shape
+    raise TypeError(f"act_quant='int8' needs int4 weights (vkq.quantize_weight(W, bits=4, "
+                    f"group_size=...) or a Q4gswWeight), got "
+                    f"{'bits=%s' % w.bits if hasattr(w, 'bits') else type(w).__name__}")
+
+
+@register
+class Qta8aQga4wLinear(Op):
+    """`y = qta8a(x, w) (+ bias)`: x [..., K] float32 quantized per token to int8 on the GPU,
+    w int4 group-wise [N, K]; y float32 [..., N] (module docstring).
+
+    Input "x" dense float32 [..., K]; constant "bias" [N]. Attributes: "kernel" ("auto" |
+    "gemv" | "gemm"), "has_bias"; tests force "int_dot", "subgroup", "gemm_tile".
+    """
+
+    name = "qta8a_qga4w_linear"
+    reference = staticmethod(qta8a_qga4w_linear_reference)
+    constant_roles = ("bias",)
+
+    def prepack(self, weight: Any, device: Any) -> Any:
+        return contract.get(q4gsw_linear.Q4gswLinear.name).prepack(weight, device)
+
+    def linear_call(self, x: Any, w: Any, bias: Any, options: Mapping[str, Any]) -> Call:
+        if hasattr(w, "parts"):
+            raise ValueError("act_quant='int8' takes one int4 weight: fused weights "
+                             "(vkq.fuse_linear) do not support it yet")
+        if options.get("residual") is not None:
+            raise ValueError("act_quant='int8' does not take residual= yet: add it with vkq.add")
+        given = [q for q in INT8_QPARAMS if options.get(q) is not None]
+        if given:
+            raise TypeError(f"act_quant='int8' quantizes float activations itself (per token): "
+                            f"{', '.join(given)} must not be given")
+        if options.get("activation", "none") != "none":
+            raise ValueError("act_quant='int8' linear has no fused activation")
+        n, k = _weight_shape(w)
+        b32 = bias_vector(bias, n)
+        xi = float_tensor("x", x)
+        spec = xi.spec
+        if spec.shape:  # x, y and the quantize pass's scratch against the device's limits
+            device = (options.get("device") or getattr(w, "device", None) or tensor_device(x)
+                      or default_device())
+            rows = spec.rows
+            needs = [dense_need("float32 output y", (rows, n))]
+            if spec.shape[-1] == k:
+                needs.append(packed_need("quantized activations", INT8_TOKEN_OCTETS, (rows, k)))
+            if isinstance(xi, HostTensor):
+                needs.append(dense_need("float32 activations x", (rows, k)))
+            check_fits(device.caps, needs)
+        attrs = {"kernel": options.get("kernel", "auto"), "has_bias": b32 is not None}
+        return Call({"x": xi}, attrs, w, {"bias": b32})
+
+    def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
+             device: Any) -> Plan:
+        x = inputs["x"]
+        n, k = weight.shape
+        require_float_activations(x, k, "act_quant='int8' linear takes float32 activations")
+        m = x.rows
+        out = {"y": TensorSpec.dense(x.shape[:-1] + (n,))}
+        path = route(m, attrs.get("kernel", "auto"))
+        has_bias = bool(attrs.get("has_bias"))
+        if m == 0:
+            return Plan([], out)
+        if path == WEIGHT_ONLY:
+            dispatches, scratch = q4gsw_linear.linear_dispatches(device, weight, m, has_bias)
+        else:
+            dispatches, scratch = int8_dispatches(device, weight, m, has_bias, path,
+                                                  attrs.get("int_dot"), attrs.get("subgroup"),
+                                                  attrs.get("gemm_tile"))
+        return Plan(dispatches, out, scratch)
+
+
+def describe_variants(caps: Any) -> dict[str, str]:
+    """What act_quant='int8' runs for a symmetric g32 weight with fp16 parameters (M up to
+    WEIGHT_ONLY_MAX_ROWS: the q4gsw GEMV, described there)."""
+    w = _Kind(has_zeros=False, group_size=32, half_params=True)
+    out = {"qta8a_qga4w quantize pass": quantize_variant(caps)}
+    for m in (WEIGHT_ONLY_MAX_ROWS + 1, 3):
+        out[f"qta8a_qga4w GEMV (M={m})"] = gemv_variant(w, m, caps)
+    for m in (GEMV_MAX_ROWS + 1, 512):
+        out[f"qta8a_qga4w GEMM (M={m})"] = gemm_variant(w, m, caps)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    """A weight's kind, as the variant pickers read it."""
+
+    has_zeros: bool
+    group_size: int
+    half_params: bool
+
+
+register_linear("int4", "dynamic_int8", Qta8aQga4wLinear.name)
