@@ -231,6 +231,15 @@ def test_fused_linears_on_tensor_cores(tc_device):
     y = vkq.linear(x, g, residual=r, device=tc_device)
     want = q4gsw_linear_reference(x, g.q, g.scales, g.zeros, 32) + r
     assert np.all(np.abs(y - want) <= fp16_tolerance(x, g, None) + 2.0 ** -23 * np.abs(want))
+    # rms_norm= before the coopmat GEMM: the prep pass reads the normalized rows from scratch
+    from vkq.reference import rms_norm_reference
+    norm = rng.uniform(0.5, 1.5, 64).astype(np.float32)
+    with vkq.trace() as t:
+        y = vkq.linear(x, g, rms_norm=(norm, 1e-5), device=tc_device)
+    assert t.kernels[0].startswith("rms_norm") and "q4gsw_coopmat_prep" in t.kernels, t.kernels
+    h = rms_norm_reference(x, norm, 1e-5)
+    want = q4gsw_linear_reference(h, g.q, g.scales, g.zeros, 32)
+    assert np.all(np.abs(y - want) <= fp16_tolerance(h, g, None) + 2.0 ** -20 * np.abs(want))
 
 
 # -- on tensor cores: q8ta -----------------------------------------------------------------------
