@@ -92,6 +92,8 @@ class _Case:
             ref = q4gsw_linear_reference(*args)
             w = q4gsw_dequantize_reference(*args[1:])
             tol = 1e-5 * (np.abs(self.x.astype(np.float64)) @ np.abs(w).T)
+            if any("coopmat" in v for v in plan.variants):  # fp16 operands (docs/design.md §5)
+                tol *= (2.0 ** -9 + self.k * 2.0 ** -23) / 1e-5 * 2
         else:
             ref, tol = qta8a_qga4w_linear_reference(*args), qta8a_error_bound(*args)
         if not np.all(np.abs(y[:, cols] - ref) <= tol + 1e-6):
@@ -114,7 +116,9 @@ def _rows(ctx: BenchContext, m: int, n: int, k: int, peak: float | None) -> Iter
         for op_name, attrs, note in (
                 (qta8a.Qta8aQga4wLinear.name, {"kernel": "gemv" if m == 1 else "auto"},
                  "int8 path: quantize pass + fused kernel, L2-cold"),
-                (Q4gswLinear.name, {"kernel": "auto"}, "peer: weight-only, float x, L2-cold")):
+                (Q4gswLinear.name, {"kernel": "auto"}, "peer: weight-only, float x, L2-cold"),
+                *([(Q4gswLinear.name, {"kernel": "gemm"}, "peer: weight-only, fp32 GEMM forced, L2-cold")]
+                  if m > qta8a.GEMV_MAX_ROWS else [])):
             plan = case.plan(op_name, **attrs)
             case.check(op_name, plan)
             int8 = op_name != Q4gswLinear.name
