@@ -356,7 +356,8 @@ class Attention(Op):
     [max_seq, n_kv_heads * D], optionally "k_new" and "v_new" float32 [T, n_kv_heads * D]
     (written into the caches at rows pos.., in place); weight None or a RopeTable (q and
     k_new are then pre-RoPE); attributes "pos" (int or graph parameter), "n_heads",
-    "n_kv_heads", "kernel" ("auto", "single", "split"); output "y" float32 like q."""
+    "n_kv_heads", "kernel" ("auto", "single", "split"); output "y" float32 like q. The
+    reference: attention_reference; with a table or new rows, attention_step_reference."""
 
     name = "attention"
     reference = staticmethod(attention_reference)
