@@ -725,6 +725,59 @@ def test_prefill_step_graph_replays_at_a_position_parameter(device):
         g.close()
 
 
+def test_decode_step_without_room_for_the_fused_kernel(device, monkeypatch):
+    """On a device with 16 KiB of shared memory a head_dim of 1024 leaves no room for the
+    fused kernel's copy of the new k and v row: the step runs the rope and kv_write
+    dispatches, then the plain decode kernel, with the same results."""
+    monkeypatch.setattr(device, "caps", dataclasses.replace(device.caps, max_shared_memory=16 * KIB))
+    assert op.fused_fits(512, device.caps) and not op.fused_fits(1024, device.caps)
+    n_heads, n_kv, d, cache_rows, pos = 2, 1, 1024, 21, 13  # shapes no other test plans
+    table = vkq.RopeTable(d, cache_rows)
+    q, k, v, k_new, v_new = step_inputs(1, cache_rows, pos, n_heads, n_kv, d, seed=30)
+    kd, vd = on_device(device, k, v)
+    with vkq.trace() as t:
+        y = vkq.attention(q, kd, vd, pos, n_heads, n_kv, rope=table, new_kv=(k_new, v_new)).numpy()
+    assert t.kernels[:-1] == ["rope", "rope", "kv_write_f32"]
+    assert t.kernels[-1].startswith("attention_f32_vec4_") and not t.kernels[-1].endswith("_fused")
+    check_step(device, y, kd, vd, q, k, v, pos, n_heads, n_kv, table, (k_new, v_new))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_decode_step_without_subgroup_operations(device, monkeypatch, dtype):
+    """The fused kernel's shared-memory variant (devices without subgroup arithmetic)."""
+    monkeypatch.setattr(device, "caps", dataclasses.replace(
+        device.caps, subgroup_shuffle=False, subgroup_arithmetic=False))
+    n_heads, n_kv, d, pos = 8, 2, 64, 70
+    cache_rows = 83 + (dtype == np.float16)  # shapes no other test plans
+    table = vkq.RopeTable(d, cache_rows)
+    q, k, v, k_new, v_new = step_inputs(1, cache_rows, pos, n_heads, n_kv, d, seed=31, dtype=dtype)
+    kd, vd = on_device(device, k, v)
+    nan_row = np.full((1, n_kv * d), np.nan, np.float32)
+    for kernel in op.KERNELS:
+        vkq.kv_write(kd, nan_row, pos)  # the row the step writes: NaN until it does
+        vkq.kv_write(vd, nan_row, pos)
+        with vkq.trace() as t:
+            y = vkq.attention(q, kd, vd, pos, n_heads, n_kv, rope=table, new_kv=(k_new, v_new),
+                              kernel=kernel).numpy()
+        assert t.kernels == [fused_name(np.dtype(dtype).name.replace("float", "f"), True, kernel, device)]
+        assert "_subgroup" not in t.kernels[0]
+        check_step(device, y, kd, vd, q, k, v, pos, n_heads, n_kv, table, (k_new, v_new))
+
+
+def test_llama_decode_step_has_no_rope_or_kv_write_dispatch(device):
+    """The Llama decode graph attends through the fused call: per layer one attention
+    dispatch and no rope or kv_write of its own."""
+    from vkq.models.llama import CONFIGS, LlamaModel, LlamaWeights
+    model = LlamaModel(LlamaWeights.random(CONFIGS["tiny"]), device=device, max_seq=32)
+    try:
+        names = model.step_graph().kernel_names
+        assert not [n for n in names if n.startswith(("rope", "kv_write"))], names
+        assert len([n for n in names if n.startswith("attention_")]) == CONFIGS["tiny"].layers
+        assert all(n.endswith("_fused") for n in names if n.startswith("attention_"))
+    finally:
+        model.close()
+
+
 def test_step_plan_on_an_h200():
     """Llama-3-8B's decode step with float16 caches: one dispatch of the fused variant,
     RoPE and the cache write on, the caches written in place; prefill: rope, rope, kv_write,

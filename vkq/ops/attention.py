@@ -26,9 +26,10 @@ A decode step's RoPE and cache write can be part of the call (`Fusion`): with a 
 the op's weight q (and the new key) are pre-RoPE; with inputs "k_new" / "v_new" [T, kv_dim]
 the op writes them into the caches at rows pos .. pos + T - 1 (in place: Plan.writes) and
 attends over them. For T == 1 that is the decode kernel's "fused" variant, one dispatch
-(attention.comp.j2 says how it stays race-free); for T > 1 the plan runs the rope and
-kv_write ops' dispatches first (q roped into scratch), then the attention: the same bits as
-calling those ops in turn.
+(attention.comp.j2 says how it stays race-free); for T > 1 (and where the fused kernel's
+shared copy of the new row does not fit: head dims near 1024 on devices with 16 KiB) the
+plan runs the rope and kv_write ops' dispatches first (q roped into scratch), then the
+attention: the same results as calling those ops in turn.
 """
 from __future__ import annotations
 
@@ -225,14 +226,12 @@ class _Call:
     table: DeviceRopeTable | None
     new_kv: bool
 
+    #: a decode step whose RoPE / cache write the attention kernel does itself
+    fused: bool
+
     @property
     def rows(self) -> int:
         return self.q.shape[0]
-
-    @property
-    def fused(self) -> bool:
-        """A decode step whose RoPE / cache write the attention kernel does itself."""
-        return self.rows == 1 and (self.table is not None or self.new_kv)
 
 
 def _new_kv(inputs: Mapping[str, TensorSpec], rows: int, width: int) -> bool:
@@ -266,6 +265,18 @@ def _positions(table: DeviceRopeTable | None, rows: int, cache_rows: int, dim: i
         raise IndexError(f"attention: {rows} rows need positions past the RoPE table's "
                          f"{table.max_positions}")
     return table.max_positions, "RoPE table"
+
+
+def fused_fits(dim: int, caps: Any) -> bool:
+    """Whether the fused decode kernel's shared copy of the new k and v row (as float or
+    vec4 elements) fits the device's shared memory with the kernel's other arrays."""
+    p = decode_params()
+    # attention.comp.j2's largest arrays (q_s, p_s, part_s) at their template sizes, the
+    # rest (a few per-head values) rounded up
+    other = 16 * p["SLOTS"] * p["WG"] + 4 * p["MAX_HPW"] * (p["WG"] // p["LANES"] + 1 + p["WG"]) + 256
+    vec4 = dim % 4 == 0
+    units = dim // 4 if vec4 else dim
+    return other + 2 * units * (16 if vec4 else 4) <= caps.max_shared_memory
 
 
 def _attention_plan(c: _Call, device: Any, q_role: str) -> Plan:
@@ -319,7 +330,7 @@ def _renamed(plan: Plan, roles: Mapping[str, str]) -> list[PlannedDispatch]:
 
 
 def _prelude(c: _Call, device: Any) -> tuple[list[PlannedDispatch], dict[str, int]]:
-    """Prefill (T > 1): the rope and kv_write ops' dispatches that leave q roped in
+    """Unfused (prefill): the rope and kv_write ops' dispatches that leave q roped in
     "scratch.q" and the new rows in the caches (RoPE'd keys: straight into a float32 cache,
     through "scratch.k" into a float16 one); their scratch."""
     rope, kv_write = contract.get("rope"), contract.get("kv_write")
@@ -369,7 +380,7 @@ class Attention(Op):
 
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
-        c = self._call(inputs, attrs, weight)
+        c = self._call(inputs, attrs, weight, device)
         writes = frozenset({"k_cache", "v_cache"}) if c.new_kv else frozenset()
         if c.rows == 0:
             return Plan([], {"y": TensorSpec.dense(c.q.shape)}, writes=writes)
@@ -380,7 +391,8 @@ class Attention(Op):
         return dataclasses.replace(plan, dispatches=prelude + plan.dispatches,
                                    scratch={**plan.scratch, **scratch}, writes=writes)
 
-    def _call(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], table: Any) -> _Call:
+    def _call(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], table: Any,
+              device: Any) -> _Call:
         q, k, v = inputs["q"], inputs["k_cache"], inputs["v_cache"]
         kind = cache_kind("k_cache", k, self.name)
         cache_kind("v_cache", v, self.name)
@@ -389,8 +401,9 @@ class Attention(Op):
         new_kv = _new_kv(inputs, q.shape[0], k.shape[1])
         capacity, what = _positions(table, q.shape[0], k.shape[0], dim)
         push, params_role = position_args(self.name, attrs["pos"], q.shape[0], capacity, what)
+        fused = q.shape[0] == 1 and (table is not None or new_kv) and fused_fits(dim, device.caps)
         return _Call(q, k, kind, dim, n_heads, n_kv, attrs["pos"], push, params_role,
-                     attrs.get("kernel", "auto"), table, new_kv)
+                     attrs.get("kernel", "auto"), table, new_kv, fused)
 
 
 def describe_variants(caps: Any) -> dict[str, str]:
