@@ -421,40 +421,47 @@ def test_write_prefill_then_three_decode_steps(device):
     assert pos == prompt + 3
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["kv_write", "fused"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_decode_graph_replays_equal_eager_bit_for_bit(device, dtype):
+def test_decode_graph_replays_equal_eager_bit_for_bit(device, dtype, fused):
     """One decode step captured once (kv_write of k and v at the position parameter, then
-    attention), replayed step after step; the same steps eagerly on other caches give the
-    same bits, and every replay matches the reference. The chunks follow the position: one
-    at first, then more, merged by the last (a counter not reset would leave y unwritten)."""
+    attention; or one call with rope= and new_kv=, one dispatch), replayed step after step;
+    the same steps eagerly on other caches give the same bits, and every replay matches the
+    reference, caches included. The chunks follow the position: one at first, then more,
+    merged by the last (a counter not reset would leave y unwritten). A RoPE table shorter
+    than the cache bounds the position parameter."""
     n_heads, n_kv, d, cache_rows, steps = 8, 2, 64, 160, 40
     width = n_kv * d
+    table = vkq.RopeTable(d, cache_rows - 10) if fused else None
+    end = cache_rows - 10 if fused else cache_rows  # positions [0, end)
     caches = [vkq.kv_cache(cache_rows, width, dtype, device=device) for _ in range(4)]
+
+    def step(q, k, v, k_cache, v_cache, pos):
+        if fused:
+            return vkq.attention(q, k_cache, v_cache, pos, n_heads, n_kv, rope=table, new_kv=(k, v))
+        vkq.kv_write(k_cache, k, pos)
+        vkq.kv_write(v_cache, v, pos)
+        return vkq.attention(q, k_cache, v_cache, pos, n_heads, n_kv)
+
     with vkq.graph() as g:
-        pos = g.param("pos")
         q, k, v = g.input("q", (1, n_heads * d)), g.input("k", (1, width)), g.input("v", (1, width))
-        kc = vkq.kv_write(caches[0], k, pos)
-        vc = vkq.kv_write(caches[1], v, pos)
-        g.output("y", vkq.attention(q, kc, vc, pos, n_heads, n_kv))
+        g.output("y", step(q, k, v, caches[0], caches[1], g.param("pos")))
     try:
         kind = np.dtype(dtype).name.replace("float", "f")
         sub = "_subgroup" if op.decode_subgroup(device.caps) else ""
-        assert g.kernel_names == [f"kv_write_{kind}", f"kv_write_{kind}", f"attention_{kind}_vec4_split{sub}"]
+        assert g.kernel_names == ([f"attention_{kind}_vec4_split{sub}_fused"] if fused else
+                                  [f"kv_write_{kind}", f"kv_write_{kind}", f"attention_{kind}_vec4_split{sub}"])
         rng = np.random.default_rng(7)
         host_k = np.zeros((cache_rows, width), dtype)
         host_v = host_k.copy()
-        for p in list(range(steps)) + [cache_rows - 2, cache_rows - 1]:
+        for p in list(range(steps)) + [end - 2, end - 1]:
             qs, ks, vs = inputs(1, 1, n_heads, n_kv, d, seed=int(rng.integers(1 << 30)))
             y = g(q=qs, k=ks, v=vs, pos=p)["y"]
-            vkq.kv_write(caches[2], ks, p)
-            vkq.kv_write(caches[3], vs, p)
-            eager = vkq.attention(qs, caches[2], caches[3], p, n_heads, n_kv).numpy()
-            np.testing.assert_array_equal(y, eager)
-            host_k = kv_write_reference(host_k, ks, p)
-            host_v = kv_write_reference(host_v, vs, p)
-            check(y, qs, host_k, host_v, p, n_heads, n_kv)
-        with pytest.raises(GraphError, match=r"parameter 'pos' must be in \[0, 160\), got 160"):
-            g(q=qs, k=ks, v=vs, pos=cache_rows)
+            np.testing.assert_array_equal(y, step(qs, ks, vs, caches[2], caches[3], p).numpy())
+            host_k, host_v = check_step(device, y, caches[0], caches[1], qs, host_k, host_v, p,
+                                        n_heads, n_kv, table, (ks, vs))
+        with pytest.raises(GraphError, match=rf"parameter 'pos' must be in \[0, {end}\), got {end}"):
+            g(q=qs, k=ks, v=vs, pos=end)
     finally:
         g.close()
 
@@ -665,40 +672,6 @@ def test_prefill_step_rows_after_earlier_tokens(device, dtype, ratio):
                 assert t.kernels[:-1] == ["rope", "rope", "kv_write_f16", "kv_write_f16"]
             assert t.kernels[-1].startswith("attention_tiled_" if rows > 1 else "attention_")
             check_step(device, y, kd, vd, q, k, v, pos, n_heads, n_kv, table, (k_new, v_new))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_decode_step_graph_replays_at_a_position_parameter(device, dtype):
-    """One decode step (q, k, v in; RoPE, cache write and attention in one dispatch)
-    captured once and replayed step after step, several in a row, against the same steps
-    eagerly on other caches (bit for bit) and the numpy steps; a position past the RoPE
-    table is refused before anything runs."""
-    n_heads, n_kv, d, cache_rows, steps = 8, 2, 64, 160, 40
-    width = n_kv * d
-    table = vkq.RopeTable(d, cache_rows - 10)  # shorter than the cache: it bounds the position
-    caches = [vkq.kv_cache(cache_rows, width, dtype, device=device) for _ in range(4)]
-    with vkq.graph() as g:
-        pos = g.param("pos")
-        q, k, v = g.input("q", (1, n_heads * d)), g.input("k", (1, width)), g.input("v", (1, width))
-        g.output("y", vkq.attention(q, caches[0], caches[1], pos, n_heads, n_kv, rope=table,
-                                    new_kv=(k, v)))
-    try:
-        assert g.kernel_names == [fused_name(np.dtype(dtype).name.replace("float", "f"), True, "auto", device)]
-        rng = np.random.default_rng(17)
-        host_k = np.zeros((cache_rows, width), dtype)
-        host_v = host_k.copy()
-        for p in list(range(steps)) + [cache_rows - 12, cache_rows - 11]:
-            qs, ks, vs = inputs(1, 1, n_heads, n_kv, d, seed=int(rng.integers(1 << 30)))
-            y = g(q=qs, k=ks, v=vs, pos=p)["y"]
-            eager = vkq.attention(qs, caches[2], caches[3], p, n_heads, n_kv, rope=table,
-                                  new_kv=(ks, vs)).numpy()
-            np.testing.assert_array_equal(y, eager)
-            host_k, host_v = check_step(device, y, caches[0], caches[1], qs, host_k, host_v, p,
-                                        n_heads, n_kv, table, (ks, vs))
-        with pytest.raises(GraphError, match=r"parameter 'pos' must be in \[0, 150\), got 150"):
-            g(q=qs, k=ks, v=vs, pos=cache_rows - 10)
-    finally:
-        g.close()
 
 
 def test_prefill_step_graph_replays_at_a_position_parameter(device):

@@ -22,7 +22,7 @@ other nodes between replays; graphs and cached eager plans own them, zeroed once
 The plan depends on the shapes only, never on the position: an eager call and a graph replay
 with the same shapes run the same kernels on the same chunks and agree bit for bit.
 
-A decode step's RoPE and cache write can be part of the call (`Fusion`): with a RopeTable as
+A decode step's RoPE and cache write can be part of the call (`_Call`): with a RopeTable as
 the op's weight q (and the new key) are pre-RoPE; with inputs "k_new" / "v_new" [T, kv_dim]
 the op writes them into the caches at rows pos .. pos + T - 1 (in place: Plan.writes) and
 attends over them. For T == 1 that is the decode kernel's "fused" variant, one dispatch
@@ -225,7 +225,6 @@ class _Call:
     kernel: str
     table: DeviceRopeTable | None
     new_kv: bool
-
     #: a decode step whose RoPE / cache write the attention kernel does itself
     fused: bool
 
@@ -356,6 +355,7 @@ def _prelude(c: _Call, device: Any) -> tuple[list[PlannedDispatch], dict[str, in
             dispatches += _renamed(kv_write.plan({"cache": c.k, "x": new_k}, at, None, device),
                                    {"cache": "k_cache", "x": "scratch.k"})
             scratch["scratch.k"] = new_k.nbytes
+        # v_cache's spec is k_cache's (checked)
         dispatches += _renamed(kv_write.plan({"cache": c.k, "x": new_k}, at, None, device),
                                {"cache": "v_cache", "x": "v_new"})
     return dispatches, scratch
