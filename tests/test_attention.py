@@ -27,7 +27,8 @@ from vkq.graph import GraphError
 from vkq.ops import attention as op
 from vkq.ops import contract
 from vkq.ops.contract import TensorSpec
-from vkq.reference import attention_reference, attention_step_reference, kv_write_reference
+from vkq.reference import attention_reference, kv_write_reference
+from vkq.reference.attention import attention_step_reference
 
 U = 2.0 ** -24  # fp32 unit roundoff
 KIB = 1024
