@@ -5,13 +5,7 @@ prefill of 1 .. 64 rows after earlier tokens; grouped-query ratios 1, 3, 4, 8 an
 dims 64, 128 and 512 (and odd ones); one chunk, and chunks merged by the last to finish, on
 float32 and float16 caches; rows past a query's position are never read; the merge's
 counters are left zero, so graph replays and eager calls in a row stay right and agree bit
-for bit; the chunking follows the context and fills an H200; misuse is a clear error.
-
-The decoder step's call (rope=, new_kv=) against rope + kv_write + attention in numpy: one
-dispatch for a decode step (RoPE of q and k and the cache write inside), the rope and
-kv_write dispatches first for prefill; the caches hold exactly what kv_write of the RoPE'd
-keys would; the rows it writes hold NaN before, so a read of a cache row before its write
-would show; graph replays at a position parameter; bad arguments."""
+for bit; the chunking follows the context and fills an H200; misuse is a clear error."""
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +22,6 @@ from vkq.ops import attention as op
 from vkq.ops import contract
 from vkq.ops.contract import TensorSpec
 from vkq.reference import attention_reference, kv_write_reference
-from vkq.reference.attention import attention_step_reference
 
 U = 2.0 ** -24  # fp32 unit roundoff
 KIB = 1024
@@ -91,17 +84,12 @@ def on_device(device, *arrays):
     return out
 
 
-def plan_of(device, rows, cache_rows, n_heads, n_kv, d, dtype=np.float32, kernel="auto", step=False):
-    """The op's plan for these shapes on `device` (anything with `caps`); `step`: with a RoPE
-    table and new k/v rows (a decoder step's call)."""
+def plan_of(device, rows, cache_rows, n_heads, n_kv, d, dtype=np.float32, kernel="auto"):
+    """The op's plan for these shapes on `device` (anything with `caps`)."""
     cache = TensorSpec.dense((cache_rows, n_kv * d), dtype)
-    specs = {"q": TensorSpec.dense((rows, n_heads * d)), "k_cache": cache, "v_cache": cache}
-    table = None
-    if step:
-        specs.update(k_new=TensorSpec.dense((rows, n_kv * d)), v_new=TensorSpec.dense((rows, n_kv * d)))
-        table = types.SimpleNamespace(head_dim=d, max_positions=cache_rows)  # what plans read of one
     return contract.get("attention").plan(
-        specs, {"pos": 0, "n_heads": n_heads, "n_kv_heads": n_kv, "kernel": kernel}, table, device)
+        {"q": TensorSpec.dense((rows, n_heads * d)), "k_cache": cache, "v_cache": cache},
+        {"pos": 0, "n_heads": n_heads, "n_kv_heads": n_kv, "kernel": kernel}, None, device)
 
 
 def one_dispatch(t, rows: int, kernel: str) -> str:
@@ -372,9 +360,7 @@ def test_routes_to_declared_supported_variants(profile):
             [np.float32, np.float16] * 15, list(op.KERNELS) * 10):
         if dtype == np.float16 and d % 4:
             continue
-        dispatches = [x for step in (False, True)
-                      for x in plan_of(dev, rows, 4096, n_heads, n_kv, d, dtype, kernel, step).dispatches]
-        for dispatch in dispatches:
+        for dispatch in plan_of(dev, rows, 4096, n_heads, n_kv, d, dtype, kernel).dispatches:
             info = shaderlib.variant_info(dispatch.variant)
             assert all(getattr(dev.caps, f) for f in info.requires), (dispatch.variant, info.requires)
             if "BN" in dispatch.spec:
@@ -422,47 +408,40 @@ def test_write_prefill_then_three_decode_steps(device):
     assert pos == prompt + 3
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["kv_write", "fused"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_decode_graph_replays_equal_eager_bit_for_bit(device, dtype, fused):
+def test_decode_graph_replays_equal_eager_bit_for_bit(device, dtype):
     """One decode step captured once (kv_write of k and v at the position parameter, then
-    attention; or one call with rope= and new_kv=, one dispatch), replayed step after step;
-    the same steps eagerly on other caches give the same bits, and every replay matches the
-    reference, caches included. The chunks follow the position: one at first, then more,
-    merged by the last (a counter not reset would leave y unwritten). A RoPE table shorter
-    than the cache bounds the position parameter."""
+    attention), replayed step after step; the same steps eagerly on other caches give the
+    same bits, and every replay matches the reference. The chunks follow the position: one
+    at first, then more, merged by the last (a counter not reset would leave y unwritten)."""
     n_heads, n_kv, d, cache_rows, steps = 8, 2, 64, 160, 40
     width = n_kv * d
-    table = vkq.RopeTable(d, cache_rows - 10) if fused else None
-    end = cache_rows - 10 if fused else cache_rows  # positions [0, end)
     caches = [vkq.kv_cache(cache_rows, width, dtype, device=device) for _ in range(4)]
-
-    def step(q, k, v, k_cache, v_cache, pos):
-        if fused:
-            return vkq.attention(q, k_cache, v_cache, pos, n_heads, n_kv, rope=table, new_kv=(k, v))
-        vkq.kv_write(k_cache, k, pos)
-        vkq.kv_write(v_cache, v, pos)
-        return vkq.attention(q, k_cache, v_cache, pos, n_heads, n_kv)
-
     with vkq.graph() as g:
+        pos = g.param("pos")
         q, k, v = g.input("q", (1, n_heads * d)), g.input("k", (1, width)), g.input("v", (1, width))
-        g.output("y", step(q, k, v, caches[0], caches[1], g.param("pos")))
+        kc = vkq.kv_write(caches[0], k, pos)
+        vc = vkq.kv_write(caches[1], v, pos)
+        g.output("y", vkq.attention(q, kc, vc, pos, n_heads, n_kv))
     try:
         kind = np.dtype(dtype).name.replace("float", "f")
         sub = "_subgroup" if op.decode_subgroup(device.caps) else ""
-        assert g.kernel_names == ([f"attention_{kind}_vec4_split{sub}_fused"] if fused else
-                                  [f"kv_write_{kind}", f"kv_write_{kind}", f"attention_{kind}_vec4_split{sub}"])
+        assert g.kernel_names == [f"kv_write_{kind}", f"kv_write_{kind}", f"attention_{kind}_vec4_split{sub}"]
         rng = np.random.default_rng(7)
         host_k = np.zeros((cache_rows, width), dtype)
         host_v = host_k.copy()
-        for p in list(range(steps)) + [end - 2, end - 1]:
+        for p in list(range(steps)) + [cache_rows - 2, cache_rows - 1]:
             qs, ks, vs = inputs(1, 1, n_heads, n_kv, d, seed=int(rng.integers(1 << 30)))
             y = g(q=qs, k=ks, v=vs, pos=p)["y"]
-            np.testing.assert_array_equal(y, step(qs, ks, vs, caches[2], caches[3], p).numpy())
-            host_k, host_v = check_step(device, y, caches[0], caches[1], qs, host_k, host_v, p,
-                                        n_heads, n_kv, table, (ks, vs))
-        with pytest.raises(GraphError, match=rf"parameter 'pos' must be in \[0, {end}\), got {end}"):
-            g(q=qs, k=ks, v=vs, pos=end)
+            vkq.kv_write(caches[2], ks, p)
+            vkq.kv_write(caches[3], vs, p)
+            eager = vkq.attention(qs, caches[2], caches[3], p, n_heads, n_kv).numpy()
+            np.testing.assert_array_equal(y, eager)
+            host_k = kv_write_reference(host_k, ks, p)
+            host_v = kv_write_reference(host_v, vs, p)
+            check(y, qs, host_k, host_v, p, n_heads, n_kv)
+        with pytest.raises(GraphError, match=r"parameter 'pos' must be in \[0, 160\), got 160"):
+            g(q=qs, k=ks, v=vs, pos=cache_rows)
     finally:
         g.close()
 
@@ -527,284 +506,3 @@ def test_errors(device):
     with pytest.raises(GraphError, match="host array"):
         with vkq.graph() as g:
             vkq.attention(g.input("q", q.shape), k, v, g.param("pos"), 4, 2)
-
-
-# -- the decoder step's call: RoPE of q and k and the k/v cache write inside -------------------
-def step_inputs(rows: int, cache_rows: int, pos: int, n_heads: int, n_kv: int, d: int, seed: int,
-                dtype=np.float32):
-    """Pre-RoPE q, new k and v rows, and caches holding random rows before pos and NaN from
-    pos on (rows the call writes, and rows past it, which it must never read)."""
-    q, k, v = inputs(rows, cache_rows, n_heads, n_kv, d, seed, dtype)
-    k[pos:] = np.nan
-    v[pos:] = np.nan
-    _, k_new, v_new = inputs(rows, rows, n_heads, n_kv, d, seed + 1)
-    return q, k, v, k_new, v_new
-
-
-def check_step(device, y, kd, vd, q, k, v, pos, n_heads, n_kv, table, new_kv):
-    """y within attention's tolerance of the numpy steps (rope, kv_write, attention), and the
-    caches bit for bit what kv_write of the (RoPE'd) rows leaves (RoPE's products are exact
-    roundings and float16 rounds to nearest even alike); returns the host caches after."""
-    ref_y, qr, k_after, v_after = attention_step_reference(
-        q, k, v, pos, n_heads, n_kv, rope=None if table is None else (table.cos, table.sin),
-        new_kv=new_kv)
-    check(y, qr, k_after, v_after, pos, n_heads, n_kv)
-    assert np.all(np.isfinite(y))
-    np.testing.assert_array_equal(kd.numpy(), k_after)  # (untouched without new_kv)
-    np.testing.assert_array_equal(vd.numpy(), v_after)
-    return k_after, v_after
-
-
-def fused_name(kind: str, vec4: bool, kernel: str, device) -> str:
-    """The fused decode variant's name for a cache kind ("f32", "f16") and kernel choice."""
-    sub = "_subgroup" if op.decode_subgroup(device.caps) else ""
-    return f"attention_{kind}_{'vec4' if vec4 else 'scalar'}_{'final' if kernel == 'single' else 'split'}{sub}_fused"
-
-
-STEP_CASES = [  # cache rows, pos, n_heads, n_kv_heads, head_dim
-    (40, 0, 2, 2, 64),        # a context of one row: the new row alone
-    (200, 76, 4, 1, 64),      # ratio 4
-    (96, 95, 2, 2, 128),      # the whole cache
-    (70, 69, 32, 8, 128),     # Llama-3-8B's heads
-    (45, 3, 3, 1, 6),         # 3 heads of 6: the scalar kernel, pairs (j, j + 3)
-    (33, 32, 6, 2, 36),       # head_dim 36: vec4, RoPE pairs straddle vec4s (half = 18)
-    (50, 7, 16, 1, 64),       # ratio 16: two blocks of 8 heads share the kv head (one writes)
-    (60, 20, 8, 2, 256),      # head_dim 256: blocks of 4 heads, two per kv head
-    (30, 4, 2, 1, 512),       # 512: one head a block
-]
-
-
-@pytest.mark.parametrize("kernel", op.KERNELS)
-@pytest.mark.parametrize("cache_rows,pos,n_heads,n_kv,d,dtype",
-                         [c + (t,) for c in STEP_CASES for t in (np.float32, np.float16)
-                          if t == np.float32 or c[-1] % 4 == 0])  # float16: head_dim % 4 == 0
-def test_decode_step_is_one_dispatch_equal_to_rope_write_attention(device, kernel, cache_rows, pos,
-                                                                    n_heads, n_kv, d, dtype):
-    table = vkq.RopeTable(d, cache_rows + 3, theta=10000.0)
-    q, k, v, k_new, v_new = step_inputs(1, cache_rows, pos, n_heads, n_kv, d, seed=pos + d, dtype=dtype)
-    kd, vd = on_device(device, k, v)
-    with vkq.trace() as t:
-        y = vkq.attention(q, kd, vd, pos, n_heads, n_kv, rope=table, new_kv=(k_new, v_new),
-                          kernel=kernel).numpy()
-    kind = np.dtype(dtype).name.replace("float", "f")
-    assert t.kernels == [fused_name(kind, d % 4 == 0, kernel, device)]
-    check_step(device, y, kd, vd, q, k, v, pos, n_heads, n_kv, table, (k_new, v_new))
-
-
-@pytest.mark.parametrize("parts", ["rope", "new_kv"])
-@pytest.mark.parametrize("rows", [1, 3])
-def test_rope_or_new_rows_alone(device, parts, rows):
-    """rope= alone (q pre-RoPE, the caches as they are) and new_kv= alone (k written as
-    given); the decode step is one dispatch either way."""
-    cache_rows, pos, n_heads, n_kv, d = 50, 20, 8, 2, 64
-    table = vkq.RopeTable(d, 64) if parts == "rope" else None
-    q, k, v, k_new, v_new = step_inputs(rows, cache_rows, pos, n_heads, n_kv, d, seed=3 + rows)
-    new_kv = (k_new, v_new) if parts == "new_kv" else None
-    if new_kv is None:  # nothing is written: rows pos.. must hold what the query sees
-        k[pos:], v[pos:] = inputs(cache_rows - pos, cache_rows - pos, 1, n_kv, d, seed=5)[1:]
-    kd, vd = on_device(device, k, v)
-    with vkq.trace() as t:
-        y = vkq.attention(q, kd, vd, pos, n_heads, n_kv, rope=table, new_kv=new_kv).numpy()
-    if rows == 1:
-        assert len(t.kernels) == 1 and t.kernels[0].endswith("_fused"), t.kernels
-    else:
-        assert t.kernels[-1].startswith("attention_tiled_")
-        assert t.kernels[:-1] == (["rope"] if table else ["kv_write_f32", "kv_write_f32"])
-    check_step(device, y, kd, vd, q, k, v, pos, n_heads, n_kv, table, new_kv)
-
-
-#: decode contexts around the chunk lengths (8, 16, 32, 64) and the segment (64 rows)
-STEP_CONTEXTS = (1, 2, 3, 7, 8, 9, 15, 17, 31, 33, 63, 64, 65, 127, 128, 129, 200)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("ratio", [1, 4, 8])
-def test_decode_steps_over_contexts_and_chunk_boundaries(device, dtype, ratio):
-    """Decode steps one after another on the same caches, each writing row ctx - 1 (NaN
-    before the call) and attending rows 0 .. ctx - 1, over every kernel path and contexts
-    around every chunk and segment boundary; float16 caches hold the rounded RoPE'd keys,
-    and the step attends exactly those."""
-    n_kv, d, cache_rows = 2, 64, 200
-    n_heads = n_kv * ratio
-    table = vkq.RopeTable(d, cache_rows, scaling={"factor": 8.0, "low_freq_factor": 1.0,
-                                                  "high_freq_factor": 4.0,
-                                                  "original_max_position_embeddings": 64})
-    q, k, v = inputs(len(STEP_CONTEXTS), cache_rows, n_heads, n_kv, d, seed=20 + ratio, dtype=dtype)
-    kd, vd = on_device(device, k, v)
-    rng = np.random.default_rng(ratio)
-    nan_row = np.full((1, n_kv * d), np.nan, np.float32)
-    for kernel in op.KERNELS:
-        for i, ctx in enumerate(STEP_CONTEXTS):
-            for cache, host in ((kd, k), (vd, v)):  # the row the step writes: NaN until it does
-                vkq.kv_write(cache, nan_row, ctx - 1)
-                host[ctx - 1] = np.nan
-            k_new, v_new = (rng.standard_normal((1, n_kv * d)).astype(np.float32) for _ in range(2))
-            with vkq.trace() as t:
-                y = vkq.attention(q[i:i + 1], kd, vd, ctx - 1, n_heads, n_kv, rope=table,
-                                  new_kv=(k_new, v_new), kernel=kernel).numpy()
-            assert t.kernels == [fused_name(np.dtype(dtype).name.replace("float", "f"), True, kernel, device)]
-            k, v = check_step(device, y, kd, vd, q[i:i + 1], k, v, ctx - 1, n_heads, n_kv, table,
-                              (k_new, v_new))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("ratio", [1, 4, 8])
-def test_prefill_step_rows_after_earlier_tokens(device, dtype, ratio):
-    """Prefill of T = 1, 2, 3, 5, 17 rows with rope= and new_kv= after earlier tokens: the
-    rope and kv_write dispatches first (a float32 cache takes the RoPE'd keys straight from
-    rope, a float16 one through kv_write), then attention, equal to those ops in turn."""
-    n_kv, d, cache_rows = 2, 64, 120
-    n_heads = n_kv * ratio
-    table = vkq.RopeTable(d, cache_rows)
-    kind = np.dtype(dtype).name.replace("float", "f")
-    for rows in (1, 2, 3, 5, 17):
-        for pos in (1, 37, cache_rows - rows):
-            q, k, v, k_new, v_new = step_inputs(rows, cache_rows, pos, n_heads, n_kv, d,
-                                                seed=rows * 7 + pos, dtype=dtype)
-            kd, vd = on_device(device, k, v)
-            with vkq.trace() as t:
-                y = vkq.attention(q, kd, vd, pos, n_heads, n_kv, rope=table,
-                                  new_kv=(k_new, v_new)).numpy()
-            if rows == 1:
-                assert t.kernels == [fused_name(kind, True, "auto", device)]
-            elif dtype == np.float32:  # q, then k into the cache; v
-                assert t.kernels[:-1] == ["rope", "rope", "kv_write_f32"]
-            else:  # q, then k into scratch; k and v into the caches
-                assert t.kernels[:-1] == ["rope", "rope", "kv_write_f16", "kv_write_f16"]
-            assert t.kernels[-1].startswith("attention_tiled_" if rows > 1 else "attention_")
-            check_step(device, y, kd, vd, q, k, v, pos, n_heads, n_kv, table, (k_new, v_new))
-
-
-def test_prefill_step_graph_replays_at_a_position_parameter(device):
-    """A prefill of 5 rows with rope= and new_kv= captured once, replayed at several
-    positions (the same one twice in a row with new rows)."""
-    n_heads, n_kv, d, cache_rows, rows = 8, 2, 64, 80, 5
-    table = vkq.RopeTable(d, cache_rows)
-    kd, vd = (vkq.kv_cache(cache_rows, n_kv * d, device=device) for _ in range(2))
-    with vkq.graph() as g:
-        pos = g.param("pos")
-        q = g.input("q", (rows, n_heads * d))
-        k, v = g.input("k", (rows, n_kv * d)), g.input("v", (rows, n_kv * d))
-        g.output("y", vkq.attention(q, kd, vd, pos, n_heads, n_kv, rope=table, new_kv=(k, v)))
-    try:
-        assert g.kernel_names[-1].startswith("attention_tiled_") and "rope" in g.kernel_names
-        host_k = np.zeros((cache_rows, n_kv * d), np.float32)
-        host_v = host_k.copy()
-        for i, p in enumerate((0, 5, 5, 40, 2, cache_rows - rows)):
-            qs, ks, vs = inputs(rows, rows, n_heads, n_kv, d, seed=200 + i)
-            y = g(q=qs, k=ks, v=vs, pos=p)["y"]
-            host_k, host_v = check_step(device, y, kd, vd, qs, host_k, host_v, p, n_heads, n_kv,
-                                        table, (ks, vs))
-    finally:
-        g.close()
-
-
-def test_decode_step_without_room_for_the_fused_kernel(device, monkeypatch):
-    """On a device with 16 KiB of shared memory a head_dim of 1024 leaves no room for the
-    fused kernel's copy of the new k and v row: the step runs the rope and kv_write
-    dispatches, then the plain decode kernel, with the same results."""
-    monkeypatch.setattr(device, "caps", dataclasses.replace(device.caps, max_shared_memory=16 * KIB))
-    assert op.fused_fits(512, device.caps) and not op.fused_fits(1024, device.caps)
-    n_heads, n_kv, d, cache_rows, pos = 2, 1, 1024, 21, 13  # shapes no other test plans
-    table = vkq.RopeTable(d, cache_rows)
-    q, k, v, k_new, v_new = step_inputs(1, cache_rows, pos, n_heads, n_kv, d, seed=30)
-    kd, vd = on_device(device, k, v)
-    with vkq.trace() as t:
-        y = vkq.attention(q, kd, vd, pos, n_heads, n_kv, rope=table, new_kv=(k_new, v_new)).numpy()
-    assert t.kernels[:-1] == ["rope", "rope", "kv_write_f32"]
-    assert t.kernels[-1].startswith("attention_f32_vec4_") and not t.kernels[-1].endswith("_fused")
-    check_step(device, y, kd, vd, q, k, v, pos, n_heads, n_kv, table, (k_new, v_new))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_decode_step_without_subgroup_operations(device, monkeypatch, dtype):
-    """The fused kernel's shared-memory variant (devices without subgroup arithmetic)."""
-    monkeypatch.setattr(device, "caps", dataclasses.replace(
-        device.caps, subgroup_shuffle=False, subgroup_arithmetic=False))
-    n_heads, n_kv, d, pos = 8, 2, 64, 70
-    cache_rows = 83 + (dtype == np.float16)  # shapes no other test plans
-    table = vkq.RopeTable(d, cache_rows)
-    q, k, v, k_new, v_new = step_inputs(1, cache_rows, pos, n_heads, n_kv, d, seed=31, dtype=dtype)
-    kd, vd = on_device(device, k, v)
-    nan_row = np.full((1, n_kv * d), np.nan, np.float32)
-    for kernel in op.KERNELS:
-        vkq.kv_write(kd, nan_row, pos)  # the row the step writes: NaN until it does
-        vkq.kv_write(vd, nan_row, pos)
-        with vkq.trace() as t:
-            y = vkq.attention(q, kd, vd, pos, n_heads, n_kv, rope=table, new_kv=(k_new, v_new),
-                              kernel=kernel).numpy()
-        assert t.kernels == [fused_name(np.dtype(dtype).name.replace("float", "f"), True, kernel, device)]
-        assert "_subgroup" not in t.kernels[0]
-        check_step(device, y, kd, vd, q, k, v, pos, n_heads, n_kv, table, (k_new, v_new))
-
-
-def test_llama_decode_step_has_no_rope_or_kv_write_dispatch(device):
-    """The Llama decode graph attends through the fused call: per layer one attention
-    dispatch and no rope or kv_write of its own."""
-    from vkq.models.llama import CONFIGS, LlamaModel, LlamaWeights
-    model = LlamaModel(LlamaWeights.random(CONFIGS["tiny"]), device=device, max_seq=32)
-    try:
-        names = model.step_graph().kernel_names
-        assert not [n for n in names if n.startswith(("rope", "kv_write"))], names
-        assert len([n for n in names if n.startswith("attention_")]) == CONFIGS["tiny"].layers
-        assert all(n.endswith("_fused") for n in names if n.startswith("attention_"))
-    finally:
-        model.close()
-
-
-def test_step_plan_on_an_h200():
-    """Llama-3-8B's decode step with float16 caches: one dispatch of the fused variant,
-    RoPE and the cache write on, the caches written in place; prefill: rope, rope, kv_write,
-    kv_write, then the tiled kernel."""
-    h200 = types.SimpleNamespace(caps=h200_caps())
-    for rows in (1, 17):
-        plan = plan_of(h200, rows, 8192, 32, 8, 128, np.float16, step=True)
-        assert plan.writes == {"k_cache", "v_cache"}
-        if rows == 1:
-            (d,) = plan.dispatches
-            assert d.variant == "attention_f16_vec4_split_subgroup_fused"
-            assert d.spec == {"DIM": 32, "HPW": 4, "ROPE": 1, "NEW_KV": 1} and d.groups == (33, 8, 1)
-            assert d.buffers["t_knew"] == "k_new" and d.buffers["t_cos"] == "weight.cos"
-        else:
-            assert plan.variants[:4] == ["rope", "rope", "kv_write_f16", "kv_write_f16"]
-            assert plan.variants[4] == "attention_tiled_f16_vec4_split"
-            assert plan.dispatches[4].buffers["t_q"] == "scratch.q"
-            assert set(plan.scratch) == {"scratch.q", "scratch.k", "scratch.part", "scratch.stats"}
-
-
-def test_step_errors(device):
-    n_heads, n_kv, d = 4, 2, 8
-    q, k, v = inputs(2, 20, n_heads, n_kv, d, seed=1)
-    kd, vd = on_device(device, k, v)
-    table = vkq.RopeTable(d, 20)
-    k_new, v_new = np.zeros((2, n_kv * d), np.float32), np.zeros((2, n_kv * d), np.float32)
-    with pytest.raises(ValueError, match=r"k_new is \[2, 8\], not \[T, n_kv_heads \* head_dim\] = \[2, 16\]"):
-        vkq.attention(q, kd, vd, 0, n_heads, n_kv, new_kv=(k_new[:, :8], v_new))
-    with pytest.raises(ValueError, match=r"v_new is \[1, 16\], not .* = \[2, 16\] \(a row per query row\)"):
-        vkq.attention(q, kd, vd, 0, n_heads, n_kv, new_kv=(k_new, v_new[:1]))
-    with pytest.raises(TypeError, match="k_new must be a dense float32"):
-        vkq.attention(q, kd, vd, 0, n_heads, n_kv, new_kv=(k_new[0], v_new))
-    with pytest.raises(TypeError, match=r"new_kv must be a pair \(k, v\)"):
-        vkq.attention(q, kd, vd, 0, n_heads, n_kv, new_kv=k_new)
-    with pytest.raises(ValueError, match="must be two tensors, not one"):
-        vkq.attention(q, kd, kd, 0, n_heads, n_kv, new_kv=(k_new, v_new))
-    with pytest.raises(TypeError, match="updates '[kv]_cache' in place: pass a vkq.DeviceTensor"):
-        vkq.attention(q, k, v, 0, n_heads, n_kv, new_kv=(k_new, v_new), device=device)
-    with pytest.raises(TypeError, match="rope must be a vkq.RopeTable or None, got tuple"):
-        vkq.attention(q, kd, vd, 0, n_heads, n_kv, rope=(table.cos, table.sin))
-    with pytest.raises(ValueError, match="the RoPE table is for head_dim 16, the heads have 8"):
-        vkq.attention(q, kd, vd, 0, n_heads, n_kv, rope=vkq.RopeTable(16, 20))
-    short = vkq.RopeTable(d, 10)
-    with pytest.raises(IndexError, match=r"positions \[9, 11\) are out of a RoPE table of 10 rows"):
-        vkq.attention(q, kd, vd, 9, n_heads, n_kv, rope=short, new_kv=(k_new, v_new))
-    with pytest.raises(IndexError, match="2 rows need positions past the RoPE table's 1"):
-        vkq.attention(q, kd, vd, 0, n_heads, n_kv, rope=vkq.RopeTable(d, 1))
-    with pytest.raises(IndexError, match=r"positions \[19, 21\) are out of a cache of 20 rows"):
-        vkq.attention(q, kd, vd, 19, n_heads, n_kv, rope=table, new_kv=(k_new, v_new))
-    with pytest.raises(GraphError, match="updates 'k_cache' in place"):
-        with vkq.graph() as g:
-            kc = g.input("kc", (20, n_kv * d))
-            vkq.attention(g.input("q", q.shape), kc, vd, g.param("pos"), n_heads, n_kv,
-                          new_kv=(g.input("k", k_new.shape), g.input("v", v_new.shape)))
-    # the caches were not touched by any refused call
-    np.testing.assert_array_equal(kd.numpy(), k)

@@ -3,10 +3,7 @@
 // constants, the specialization constants DIM (head_dim in elements of T) and HPW (query
 // heads per workgroup), the cache loads and the query position. Template parameters: T
 // ("vec4" or "float"), F16 (the caches hold float16, four per uvec2), FINAL (one chunk: no
-// partials, no counters), FUSED (attention.comp.j2 only: it writes the new k/v row into the
-// caches, which it binds read-write, and reads RoPE tables of `table_rows` rows).
-{% set FUSED = FUSED | default(false) %}
-{% set CACHE = "readwrite" if FUSED else "readonly" %}
+// partials, no counters).
 {{ spec_constant("DIM", "uint", 32) }}
 {{ spec_constant("HPW", "uint", 4) }}
 {{ buffer("t_out", T, "writeonly") }}
@@ -17,8 +14,8 @@
 {% endif %}
 {{ buffer("t_q", T) }}
 {% if F16 %}
-{{ buffer("t_k", "uvec2", CACHE) }}
-{{ buffer("t_v", "uvec2", CACHE) }}
+{{ buffer("t_k", "uvec2") }}
+{{ buffer("t_v", "uvec2") }}
 {% include "half.glsl" %}
 
 vec4 load_k(uint i) {
@@ -29,8 +26,8 @@ vec4 load_v(uint i) {
     return unpack_halves(t_v[i]);
 }
 {% else %}
-{{ buffer("t_k", T, CACHE) }}
-{{ buffer("t_v", T, CACHE) }}
+{{ buffer("t_k", T) }}
+{{ buffer("t_v", T) }}
 
 {{ T }} load_k(uint i) {
     return t_k[i];
@@ -41,7 +38,7 @@ vec4 load_v(uint i) {
 }
 {% endif %}
 {{ buffer("t_params", "uint") }}
-{{ push_constants([("n_heads", "uint"), ("group", "uint"), ("kv_width", "uint"), ("cache_rows", "uint"), ("rows", "uint"), ("scale", "float"), ("pos", "uint"), ("pos_slot", "uint"), ("split", "uint"), ("chunk_min", "uint"), ("chunk_max", "uint"), ("n_chunks", "uint")] + ([("table_rows", "uint")] if FUSED else [])) }}
+{{ push_constants([("n_heads", "uint"), ("group", "uint"), ("kv_width", "uint"), ("cache_rows", "uint"), ("rows", "uint"), ("scale", "float"), ("pos", "uint"), ("pos_slot", "uint"), ("split", "uint"), ("chunk_min", "uint"), ("chunk_max", "uint"), ("n_chunks", "uint")]) }}
 
 const float NO_SCORE = -3.402823466e38;  // below every score: 2^(NO_SCORE - m) == 0
 

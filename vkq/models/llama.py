@@ -334,9 +334,10 @@ class LlamaModel:
         for L, kc, vc in zip(self.layers, self.k_cache, self.v_cache):
             # the norms are folded into the one-row GEMVs (a dispatch of their own for prefill)
             q, k, v = vkq.linear(x, L["qkv"], rms_norm=(L["attn_norm"], c.rms_eps))
-            # RoPE of q and k and the cache write inside the attention call: for a decode step
-            # one dispatch (no dependent dispatch level of their own)
-            a = vkq.attention(q, kc, vc, pos, c.heads, c.kv_heads, rope=self.rope, new_kv=(k, v))
+            q = vkq.rope(q, self.rope, pos, c.heads)
+            vkq.rope(k, self.rope, pos, c.kv_heads, out=kc)  # RoPE'd keys straight into the cache
+            vkq.kv_write(vc, v, pos)
+            a = vkq.attention(q, kc, vc, pos, c.heads, c.kv_heads)
             x = vkq.linear(a, L["o"], residual=x)
             h = vkq.linear(x, L["gate_up"], rms_norm=(L["mlp_norm"], c.rms_eps))
             x = vkq.linear(h, L["down"], residual=x)

@@ -21,15 +21,6 @@ other nodes between replays; graphs and cached eager plans own them, zeroed once
 
 The plan depends on the shapes only, never on the position: an eager call and a graph replay
 with the same shapes run the same kernels on the same chunks and agree bit for bit.
-
-A decode step's RoPE and cache write can be part of the call (`_Call`): with a RopeTable as
-the op's weight q (and the new key) are pre-RoPE; with inputs "k_new" / "v_new" [T, kv_dim]
-the op writes them into the caches at rows pos .. pos + T - 1 (in place: Plan.writes) and
-attends over them. For T == 1 that is the decode kernel's "fused" variant, one dispatch
-(attention.comp.j2 says how it stays race-free); for T > 1 (and where the fused kernel's
-shared copy of the new row does not fit: head dims near 1024 on devices with 16 KiB) the
-plan runs the rope and kv_write ops' dispatches first (q roped into scratch), then the
-attention: the same results as calling those ops in turn.
 """
 from __future__ import annotations
 
@@ -37,15 +28,11 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-import numpy as np
-
-from vkq.ops import contract
 from vkq.ops.common import ceil_div, check_fits, dense_need, require_dense_f32
 from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
 from vkq.ops.kv_write import cache_kind
 from vkq.ops.positions import position_args
 from vkq.reference.attention import attention_reference
-from vkq.rope_table import DeviceRopeTable, RopeTable
 from vkq.shaderlib import declared_variants, variant_name
 
 KERNELS = ("auto", "single", "split")
@@ -109,7 +96,7 @@ def choose_split(kernel: str, units: int, cache_rows: int, least: int, caps: Any
 def decode_params() -> dict[str, int]:
     """The decode kernel's template shape (WG, LANES, MAX_HPW, SLOTS)."""
     return declared_variants()[variant_name("attention", KV="f32", VEC4=True, OUT="final",
-                                            SUBGROUP=False, FUSED=False)][1]
+                                            SUBGROUP=False)][1]
 
 
 def tiled_params() -> dict[str, int]:
@@ -207,215 +194,66 @@ def _check_limits(k: TensorSpec, grid: tuple[int, int, int], caps: Any) -> None:
                          f"{tuple(caps.max_workgroup_count[1:])}; pass fewer rows per call")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Call:
-    """One attention call, checked: its shapes, its position (the attribute, and as push
-    constants and the parameter binding's role) and what it does besides attending: RoPE of q
-    and the new key from `table`, the new k/v rows written into the caches (`new_kv`)."""
-
-    q: TensorSpec
-    k: TensorSpec
-    kind: str
-    dim: int
-    n_heads: int
-    n_kv: int
-    pos: Any
-    pos_push: dict[str, int]
-    params_role: str
-    kernel: str
-    table: DeviceRopeTable | None
-    new_kv: bool
-    #: a decode step whose RoPE / cache write the attention kernel does itself
-    fused: bool
-
-    @property
-    def rows(self) -> int:
-        return self.q.shape[0]
-
-
-def _new_kv(inputs: Mapping[str, TensorSpec], rows: int, width: int) -> bool:
-    """Whether the call writes new k/v rows: inputs "k_new" and "v_new", dense float32
-    [T, n_kv_heads * head_dim] (checked)."""
-    given = [r for r in ("k_new", "v_new") if r in inputs]
-    if not given:
-        return False
-    if len(given) == 1:
-        raise ValueError("attention: k_new and v_new go together (new_kv=(k, v))")
-    for role in given:
-        x = inputs[role]
-        require_dense_f32("attention", role, x, "[T, n_kv_heads * head_dim]")
-        if x.shape != (rows, width):
-            raise ValueError(f"attention: {role} is {list(x.shape)}, not [T, n_kv_heads * head_dim] "
-                             f"= [{rows}, {width}] (a row per query row)")
-    return True
-
-
-def _positions(table: DeviceRopeTable | None, rows: int, cache_rows: int, dim: int) -> tuple[int, str]:
-    """(how many positions there are, what bounds them): the cache's rows, or a RoPE table's
-    where it is shorter (after checking that the table fits the heads)."""
-    if table is None:
-        return cache_rows, "cache"
-    if table.head_dim != dim:
-        raise ValueError(f"attention: the RoPE table is for head_dim {table.head_dim}, the heads "
-                         f"have {dim}")
-    if table.max_positions >= cache_rows:
-        return cache_rows, "cache"
-    if rows > table.max_positions:
-        raise IndexError(f"attention: {rows} rows need positions past the RoPE table's "
-                         f"{table.max_positions}")
-    return table.max_positions, "RoPE table"
-
-
-def fused_fits(dim: int, caps: Any) -> bool:
-    """Whether the fused decode kernel's shared copy of the new k and v row (as float or
-    vec4 elements) fits the device's shared memory with the kernel's other arrays."""
-    p = decode_params()
-    # attention.comp.j2's largest arrays (q_s, p_s, part_s) at their template sizes, the
-    # rest (a few per-head values) rounded up
-    other = 16 * p["SLOTS"] * p["WG"] + 4 * p["MAX_HPW"] * (p["WG"] // p["LANES"] + 1 + p["WG"]) + 256
-    vec4 = dim % 4 == 0
-    units = dim // 4 if vec4 else dim
-    return other + 2 * units * (16 if vec4 else 4) <= caps.max_shared_memory
-
-
-def _attention_plan(c: _Call, device: Any, q_role: str) -> Plan:
-    """The attention dispatch (one: the last chunk merges), reading q from `q_role`; for a
-    fused call the decode kernel's "fused" variant with its RoPE tables and new k/v rows."""
-    caps = device.caps
-    vec4, units = _elements(c.dim, c.kind)
-    group, rows, cache_rows = c.n_heads // c.n_kv, c.rows, c.k.shape[0]
-    spec = tiled_spec(group, units, 16 if vec4 else 4, caps) if rows > 1 else None
-    if spec is not None:
-        rows_per_group, least = (tiled_params()["WG"] // spec["LANES"]) // spec["HPW"], spec["BN"]
-    else:
-        spec, rows_per_group, least = decode_spec(group, units), 1, MIN_CHUNK
-    row_groups, blocks = ceil_div(rows, rows_per_group), c.n_heads // spec["HPW"]
-    split = choose_split(c.kernel, row_groups * blocks, cache_rows, least, caps)
-    n_chunks = split.max_chunks(cache_rows)
-    grid = (n_chunks, blocks, row_groups)
-    _check_limits(c.k, grid, caps)
-    final = n_chunks == 1
-    out = "final" if final else "split"
-    variant = (variant_name("attention_tiled", KV=c.kind, VEC4=vec4, OUT=out) if rows_per_group > 1
-               else variant_name("attention", KV=c.kind, VEC4=vec4, OUT=out,
-                                 SUBGROUP=decode_subgroup(caps), FUSED=c.fused))
-    bufs = {"t_out": "y", "t_q": q_role, "t_k": "k_cache", "t_v": "v_cache", "t_params": c.params_role}
-    push = dict(c.pos_push, n_heads=c.n_heads, group=group, kv_width=c.n_kv * units,
-                cache_rows=cache_rows, rows=rows,
-                scale=math.log2(math.e) / math.sqrt(c.dim),  # scores in log2 units
-                split=split.want, chunk_min=split.least, chunk_max=split.most, n_chunks=n_chunks)
-    if c.fused:
-        rope, new = c.table is not None, c.new_kv
-        bufs.update(t_cos="weight.cos" if rope else "dummy", t_sin="weight.sin" if rope else "dummy",
-                    t_knew="k_new" if new else "dummy", t_vnew="v_new" if new else "dummy")
-        spec = dict(spec, ROPE=int(rope), NEW_KV=int(new))
-        push["table_rows"] = c.table.max_positions if rope else 1
-    y = {"y": TensorSpec.dense(c.q.shape)}
-    if final:
-        return Plan([PlannedDispatch(variant, grid, bufs, push, spec)], y)
-    part = (rows, c.n_heads, n_chunks, c.dim)
-    check_fits(caps, [dense_need("attention's partial outputs", part),
-                      dense_need("attention's partial (max, sum)", part[:3] + (2,))])
-    bufs.update(t_part="scratch.part", t_stats="scratch.stats", t_count="state.count")
-    return Plan([PlannedDispatch(variant, grid, bufs, push, spec)], y,
-                scratch={"scratch.part": 4 * math.prod(part), "scratch.stats": 8 * math.prod(part[:3])},
-                state={"state.count": 4 * row_groups * blocks})
-
-
-def _renamed(plan: Plan, roles: Mapping[str, str]) -> list[PlannedDispatch]:
-    """Another op's dispatches with their buffer roles renamed to this plan's."""
-    return [dataclasses.replace(d, buffers={b: roles.get(r, r) for b, r in d.buffers.items()},
-                                _resolved=None) for d in plan.dispatches]
-
-
-def _prelude(c: _Call, device: Any) -> tuple[list[PlannedDispatch], dict[str, int]]:
-    """Unfused (prefill): the rope and kv_write ops' dispatches that leave q roped in
-    "scratch.q" and the new rows in the caches (RoPE'd keys: straight into a float32 cache,
-    through "scratch.k" into a float16 one); their scratch."""
-    rope, kv_write = contract.get("rope"), contract.get("kv_write")
-    at = {"pos": c.pos}
-    heads = {"pos": c.pos, "n_heads": c.n_heads}
-    kv_heads = {"pos": c.pos, "n_heads": c.n_kv}
-    new_k = TensorSpec.dense((c.rows, c.k.shape[1]))
-    dispatches: list[PlannedDispatch] = []
-    scratch: dict[str, int] = {}
-    if c.table is not None:
-        dispatches += _renamed(rope.plan({"x": c.q}, heads, c.table, device), {"x": "q", "y": "scratch.q"})
-        scratch["scratch.q"] = c.q.nbytes
-    if c.new_kv:
-        if c.table is None:
-            dispatches += _renamed(kv_write.plan({"cache": c.k, "x": new_k}, at, None, device),
-                                   {"cache": "k_cache", "x": "k_new"})
-        elif c.k.dtype == np.float32:
-            dispatches += _renamed(rope.plan({"x": new_k, "cache": c.k}, kv_heads, c.table, device),
-                                   {"x": "k_new", "cache": "k_cache"})
-        else:
-            dispatches += _renamed(rope.plan({"x": new_k}, kv_heads, c.table, device),
-                                   {"x": "k_new", "y": "scratch.k"})
-            dispatches += _renamed(kv_write.plan({"cache": c.k, "x": new_k}, at, None, device),
-                                   {"cache": "k_cache", "x": "scratch.k"})
-            scratch["scratch.k"] = new_k.nbytes
-        # v_cache's spec is k_cache's (checked)
-        dispatches += _renamed(kv_write.plan({"cache": c.k, "x": new_k}, at, None, device),
-                               {"cache": "v_cache", "x": "v_new"})
-    return dispatches, scratch
-
-
 @register
 class Attention(Op):
     """Inputs "q" float32 [T, n_heads * D], "k_cache" and "v_cache" float32 or float16
-    [max_seq, n_kv_heads * D], optionally "k_new" and "v_new" float32 [T, n_kv_heads * D]
-    (written into the caches at rows pos.., in place); weight None or a RopeTable (q and
-    k_new are then pre-RoPE); attributes "pos" (int or graph parameter), "n_heads",
-    "n_kv_heads", "kernel" ("auto", "single", "split"); output "y" float32 like q. The
-    reference: attention_reference; with a table or new rows, attention_step_reference."""
+    [max_seq, n_kv_heads * D]; attributes "pos" (int or graph parameter), "n_heads",
+    "n_kv_heads", "kernel" ("auto", "single", "split"); output "y" float32 like q."""
 
     name = "attention"
     reference = staticmethod(attention_reference)
 
-    def prepack(self, weight: Any, device: Any) -> DeviceRopeTable:
-        if not isinstance(weight, RopeTable):
-            raise TypeError(f"attention: rope must be a vkq.RopeTable, got {type(weight).__name__}")
-        return weight.prepacked(device)
-
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
-        c = self._call(inputs, attrs, weight, device)
-        writes = frozenset({"k_cache", "v_cache"}) if c.new_kv else frozenset()
-        if c.rows == 0:
-            return Plan([], {"y": TensorSpec.dense(c.q.shape)}, writes=writes)
-        if c.fused or (c.table is None and not c.new_kv):
-            return dataclasses.replace(_attention_plan(c, device, "q"), writes=writes)
-        prelude, scratch = _prelude(c, device)
-        plan = _attention_plan(c, device, "q" if c.table is None else "scratch.q")
-        return dataclasses.replace(plan, dispatches=prelude + plan.dispatches,
-                                   scratch={**plan.scratch, **scratch}, writes=writes)
-
-    def _call(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], table: Any,
-              device: Any) -> _Call:
         q, k, v = inputs["q"], inputs["k_cache"], inputs["v_cache"]
         kind = cache_kind("k_cache", k, self.name)
         cache_kind("v_cache", v, self.name)
         n_heads, n_kv = int(attrs["n_heads"]), int(attrs["n_kv_heads"])
         dim = _head_dim(q, k, v, n_heads, n_kv)
-        new_kv = _new_kv(inputs, q.shape[0], k.shape[1])
-        capacity, what = _positions(table, q.shape[0], k.shape[0], dim)
-        push, params_role = position_args(self.name, attrs["pos"], q.shape[0], capacity, what)
-        fused = q.shape[0] == 1 and (table is not None or new_kv) and fused_fits(dim, device.caps)
-        return _Call(q, k, kind, dim, n_heads, n_kv, attrs["pos"], push, params_role,
-                     attrs.get("kernel", "auto"), table, new_kv, fused)
+        rows, cache_rows = q.shape[0], k.shape[0]
+        push, params_role = position_args(self.name, attrs["pos"], rows, cache_rows, "cache")
+        if rows == 0:
+            return Plan([], {"y": TensorSpec.dense(q.shape)})
+        caps = device.caps
+        vec4, units = _elements(dim, kind)
+        group = n_heads // n_kv
+        spec = tiled_spec(group, units, 16 if vec4 else 4, caps) if rows > 1 else None
+        if spec is not None:
+            rows_per_group, least = (tiled_params()["WG"] // spec["LANES"]) // spec["HPW"], spec["BN"]
+        else:
+            spec, rows_per_group, least = decode_spec(group, units), 1, MIN_CHUNK
+        row_groups, blocks = ceil_div(rows, rows_per_group), n_heads // spec["HPW"]
+        split = choose_split(attrs.get("kernel", "auto"), row_groups * blocks, cache_rows, least, caps)
+        n_chunks = split.max_chunks(cache_rows)
+        grid = (n_chunks, blocks, row_groups)
+        _check_limits(k, grid, caps)
+        final = n_chunks == 1
+        out = "final" if final else "split"
+        variant = (variant_name("attention_tiled", KV=kind, VEC4=vec4, OUT=out) if rows_per_group > 1
+                   else variant_name("attention", KV=kind, VEC4=vec4, OUT=out, SUBGROUP=decode_subgroup(caps)))
+        bufs = {"t_out": "y", "t_q": "q", "t_k": "k_cache", "t_v": "v_cache", "t_params": params_role}
+        push = dict(push, n_heads=n_heads, group=group, kv_width=n_kv * units, cache_rows=cache_rows,
+                    rows=rows, scale=math.log2(math.e) / math.sqrt(dim),  # scores in log2 units
+                    split=split.want, chunk_min=split.least, chunk_max=split.most, n_chunks=n_chunks)
+        y = {"y": TensorSpec.dense(q.shape)}
+        if final:
+            return Plan([PlannedDispatch(variant, grid, bufs, push, spec)], y)
+        part = (rows, n_heads, n_chunks, dim)
+        check_fits(caps, [dense_need("attention's partial outputs", part),
+                          dense_need("attention's partial (max, sum)", part[:3] + (2,))])
+        bufs.update(t_part="scratch.part", t_stats="scratch.stats", t_count="state.count")
+        return Plan([PlannedDispatch(variant, grid, bufs, push, spec)], y,
+                    scratch={"scratch.part": 4 * math.prod(part), "scratch.stats": 8 * math.prod(part[:3])},
+                    state={"state.count": 4 * row_groups * blocks})
 
 
 def describe_variants(caps: Any) -> dict[str, str]:
     sub = decode_subgroup(caps)
     tiled = tiled_spec(4, 32, 16, caps) is not None
     return {"attention (decode, context in one chunk)":
-                variant_name("attention", KV="f32", VEC4=True, OUT="final", SUBGROUP=sub, FUSED=False),
+                variant_name("attention", KV="f32", VEC4=True, OUT="final", SUBGROUP=sub),
             "attention (decode, long context: chunks, merged by the last)":
-                variant_name("attention", KV="f16", VEC4=True, OUT="split", SUBGROUP=sub, FUSED=False),
-            "attention (decode step: RoPE and the k/v cache write in the same dispatch)":
-                variant_name("attention", KV="f32", VEC4=True, OUT="split", SUBGROUP=sub, FUSED=True),
+                variant_name("attention", KV="f16", VEC4=True, OUT="split", SUBGROUP=sub),
             "attention (prefill)":
                 variant_name("attention_tiled", KV="f16", VEC4=True, OUT="final") if tiled
-                else variant_name("attention", KV="f16", VEC4=True, OUT="final", SUBGROUP=sub,
-                                  FUSED=False)}
+                else variant_name("attention", KV="f16", VEC4=True, OUT="final", SUBGROUP=sub)}

@@ -3,15 +3,11 @@
 q `[T, n_heads * D]` holds positions pos .. pos + T - 1; row t attends cache rows
 0 .. pos + t (inclusive). Query head h reads kv head h // (n_heads // n_kv_heads);
 scores are q . k / sqrt(D), softmax over the attended rows, output the weighted sum of v.
-float64 math, float32 result. attention_step_reference: a decoder step's call, with the RoPE
-and the cache write it may include.
+float64 math, float32 result.
 """
 from __future__ import annotations
 
 import numpy as np
-
-from vkq.reference.kv_write import kv_write_reference
-from vkq.reference.rope import rope_reference
 
 
 def attention_reference(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
@@ -32,24 +28,3 @@ def attention_reference(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
         p = np.exp(s - s.max(axis=1, keepdims=True))
         out[t] = np.einsum("hl,lhd->hd", p, v[:seen]) / p.sum(axis=1, keepdims=True)
     return out.reshape(rows, n_heads * d).astype(np.float32)
-
-
-def attention_step_reference(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
-                             n_heads: int, n_kv_heads: int, *,
-                             rope: tuple[np.ndarray, np.ndarray] | None = None,
-                             new_kv: tuple[np.ndarray, np.ndarray] | None = None
-                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`vkq.attention(..., rope=, new_kv=)` as the ops it stands for, in turn: RoPE of q and
-    of the new keys with the tables `rope` = (cos, sin) (rope_reference), the new k and v rows
-    written into copies of the caches at rows pos.. (kv_write_reference: in the caches'
-    dtype), then attention_reference over them. Returns (y, the RoPE'd q, k_cache, v_cache)."""
-    k_new, v_new = (None, None) if new_kv is None else new_kv
-    if rope is not None:
-        q = rope_reference(q, rope[0], rope[1], pos, n_heads)
-        if k_new is not None:
-            k_new = rope_reference(k_new, rope[0], rope[1], pos, n_kv_heads)
-    if k_new is not None:
-        k_cache = kv_write_reference(k_cache, k_new, pos)
-        v_cache = kv_write_reference(v_cache, v_new, pos)
-    q = np.asarray(q, np.float32)
-    return attention_reference(q, k_cache, v_cache, pos, n_heads, n_kv_heads), q, k_cache, v_cache
