@@ -74,9 +74,8 @@ def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Any, n_heads: in
         k_cache, v_cache: `[max_seq, n_kv_heads * head_dim]`, float32 or float16
             DeviceTensors (a host array is uploaded per eager call, as float32).
         pos: int, or inside a graph a `g.param(...)`; `pos + T <= max_seq`.
-        kernel: "auto" (the context cut into as many chunks as fill the device, merged by
-            the chunk that finishes last); "single" (one chunk covers the context) or "split"
-            (chunks of 8 rows) force a path (tests use them).
+        kernel: "auto"; "single" (one workgroup per head block and row covers the cache) or
+            "split" (the cache in the smallest chunks, then a merging pass) force a path.
     Returns:
         float32 `[T, n_heads * head_dim]`: numpy when every input is a host array, else a
         DeviceTensor (returned without waiting), or a graph value inside a capture.

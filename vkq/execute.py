@@ -106,20 +106,6 @@ def weight_buffers(pw: Any) -> dict[str, Any]:
     return {f"weight.{k}": b for k, b in pw.buffers().items()}
 
 
-def state_buffers(device: Device, plan: Plan) -> dict[str, Buffer]:
-    """The buffers of a plan's persistent state (`Plan.state`) for eager calls: zeroed when
-    first made and kept on the plan, so calls that reuse a cached plan find them as the last
-    call left them (zero). Calls sharing them are ordered by the hazard tracker (each binds
-    them read-write) or by the queue."""
-    if not plan.state:
-        return {}
-    held = plan._state_buffers
-    if held is None or held[0] is not device or any(b.closed for b in held[1].values()):
-        held = plan._state_buffers = (device, {role: device.upload(np.zeros(nbytes, np.uint8))
-                                               for role, nbytes in plan.state.items()})
-    return held[1]
-
-
 def output_buffers(device: Device, plan: Plan) -> dict[str, Any]:
     """New buffers for a plan's outputs; parts of a fused output are slices of their base."""
     out: dict[str, Any] = {}
@@ -154,9 +140,6 @@ def _run_eager(op: contract.Op, plan: Plan, inputs: Mapping[str, Any], pw: Any,
             buf = Buffer(device, nbytes)
             batch.keep(buf)
             buffers[role] = buf
-        # not batch.keep (which closes them after the batch): they outlive the call, and a
-        # plan dropped from the cache before its batch ran frees them only once it has
-        buffers.update(state_buffers(device, plan))
         op.record(batch, buffers, plan)
         downloads = {role: batch.download(outs[role], plan.outputs[role].nbytes)
                      for role in plan.outputs} if download else {}

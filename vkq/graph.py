@@ -14,8 +14,7 @@ dequantize -> int4 linear chains become one fused linear; `g.nodes` lists the re
 `g.pass_log` the rewrites), and the graph is built once:
 
 - intermediate tensors and scratch share one arena, placed by liveness (two tensors share
-  bytes only if no node sees both alive); a node's persistent state (`Plan.state`: counters
-  that must survive from replay to replay) gets zeroed buffers of its own instead;
+  bytes only if no node sees both alive);
 - inputs and outputs get buffers of their own, with host-visible staging;
 - every node is recorded through its op's `record` into one `Program` (vkq.runtime):
   descriptor sets written and barriers placed once, a barrier only where a dispatch touches
@@ -433,8 +432,6 @@ class Graph:
             bufs[role] = ranges[id(v)]
         for role in node.plan.scratch:
             bufs[role] = ranges[_scratch_key(node, role)]
-        for role, nbytes in node.plan.state.items():  # zeroed once; the kernels leave them zero
-            bufs[role] = self._own(self.device.upload(np.zeros(nbytes, np.uint8)))
         for role, arr in node.constants.items():
             bufs[role] = self._own(self.device.upload(arr))
         if node.weight is not None:

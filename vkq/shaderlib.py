@@ -28,7 +28,6 @@ declaration, so the manifest can never disagree with the shader:
 
     {{ local_size(256) }}
     {{ buffer("t_out", "float", "writeonly") }}     -> binding 0, std430 storage buffer
-    {{ buffer("t_part", "vec4", "readwrite", coherent=True) }}  -> read back by other workgroups
     {{ push_constants([("n_rows", "uint"), ("eps", "float")]) }}
     {{ spec_constant("TILE_N", "uint", 8) }}
     {{ require("integer_dot_product") }}            -> device feature the variant needs
@@ -142,14 +141,12 @@ class _Declarations:
         self.local = (int(x), int(y), int(z))
         return f"layout(local_size_x = {x}, local_size_y = {y}, local_size_z = {z}) in;"
 
-    def buffer(self, name: str, elem_type: str, access: str = "readonly", coherent: bool = False) -> str:
+    def buffer(self, name: str, elem_type: str, access: str = "readonly") -> str:
         if access not in ("readonly", "writeonly", "readwrite"):
             raise ShaderError(f"buffer {name!r}: access must be readonly|writeonly|readwrite")
         index = len(self.bindings)
         self.bindings.append({"name": name, "type": elem_type, "access": access})
-        # coherent: what one workgroup writes, another reads in the same dispatch (after the
-        # barriers and atomics that order them), never from a stale cache
-        qualifier = ("" if access == "readwrite" else access + " ") + ("coherent " if coherent else "")
+        qualifier = "" if access == "readwrite" else access + " "
         return (f"layout(set = 0, binding = {index}, std430) {qualifier}restrict buffer "
                 f"Buffer_{name} {{ {elem_type} {name}[]; }};")
 

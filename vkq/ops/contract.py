@@ -14,16 +14,9 @@ An op is an `Op` subclass registered with `register`:
   records each planned dispatch as is; ops rarely need more.
 
 Roles name what a binding is bound to: an input ("x"), an output ("y"), a constant the op
-uploads ("bias"), a weight array ("weight.scales"), a scratch area ("scratch.partials"),
-state that persists from call to call ("state.counters"), or "dummy" (a 16-byte buffer for
-an absent optional input, never read). `vkq.execute` resolves roles to buffers for eager
-calls, `vkq.graph` for graphs.
-
-Scratch lives for one call only: a graph places it in its arena, whose bytes other nodes
-reuse, and eager calls get fresh, uninitialized memory. Bytes that must hold their value from
-one call (or replay) to the next are `Plan.state`: zeroed once where they are allocated (per
-graph node; per cached plan for eager calls) and never cleared again, so the op's kernels must
-leave them zero when they finish (a workgroup counter that the last arrival resets).
+uploads ("bias"), a weight array ("weight.scales"), a scratch area ("scratch.partials"), or
+"dummy" (a 16-byte buffer for an absent optional input, never read). `vkq.execute` resolves
+roles to buffers for eager calls, `vkq.graph` for graphs.
 
 Each op names its numpy reference (`reference`), which the tests compare it with.
 """
@@ -151,11 +144,6 @@ class Plan:
     #: input roles the op updates in place (a KV cache): they must be DeviceTensors, which
     #: graphs capture by reference, so the state persists from one call or replay to the next
     writes: frozenset[str] = frozenset()
-    #: role -> bytes that persist from call to call, zeroed once and left zero by every call
-    #: (module docstring); roles start with "state."
-    state: dict[str, int] = dataclasses.field(default_factory=dict)
-    #: (device, {role: Buffer}): the state buffers of eager calls with this (cached) plan
-    _state_buffers: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def variants(self) -> list[str]:
