@@ -20,9 +20,9 @@ One call, one submit, two dispatches:
 
 Routing (`kernel="auto"`) also weighs the weight-only q4gsw path (docs/design.md §5): at
 M <= WEIGHT_ONLY_MAX_ROWS the float activations go straight into the q4gsw GEMV (no
-quantization: more accurate, and without the quantize pass's dependent dispatch). That
-threshold is a prior until the lead measures it (vkq/bench/suites/qta8a_linear.py: the
-M = 1 rows time both with the quantize pass counted). `kernel="gemv"` / `"gemm"` force the
+quantization: more accurate, and without the quantize pass's dependent dispatch), as
+measured on the H200 (docs/bench-h200.md, session of 2026-11-30: at M = 1 the int8 path
+took 11.9 µs, the q4gsw GEMV 7.1). `kernel="gemv"` / `"gemm"` force the
 int8 kernels at any M. Observable with `vkq.trace()`.
 """
 from __future__ import annotations
@@ -44,11 +44,11 @@ from vkq.shaderlib import variant_info, variant_name
 KERNELS = ("auto", "gemv", "gemm")
 WEIGHT_ONLY, GEMV, GEMM = "weight_only", "gemv", "gemm"
 
-#: M <= this runs the weight-only q4gsw path under kernel="auto". A prior, not a measurement:
-#: a decode GEMV streams the whole weight either way, and the int8 path adds a dependent
-#: dispatch (an empty chained one costs 1.7 us on the H200, docs/design.md §1) to a 7.6 us
-#: GEMV (4096 x 4096, g32): more than the 10 % the int8 path may cost. The bench suite's
-#: M = 1 rows decide it.
+#: M <= this runs the weight-only q4gsw path under kernel="auto". Measured on the H200 at
+#: 4096 x 4096, g32 (docs/bench-h200.md, 2026-11-30): quantize + int8 GEMV 11.9 µs against
+#: the q4gsw GEMV's 7.1 at M = 1 (the quantize pass alone 4.0); at M = 2 still 11.9 against
+#: 8.5, but the weight-only batch GEMV is kept for one row only so that act_quant="int8"
+#: quantizes wherever it is not free to skip (from M = 16 the int8 GEMV is faster).
 WEIGHT_ONLY_MAX_ROWS = 1
 #: M <= this runs the GEMV (rows of x per workgroup), above the GEMM. Not measured yet: the
 #: q4gsw op's measured crossing point (24).
