@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from vkq.execute import run_op
-from vkq.ops.common import float_input, float_tensor, positive_finite
+from vkq.ops.common import float_tensor, rms_norm_params
 from vkq.ops.positions import check_position
 from vkq.runtime import Device
 
@@ -30,11 +30,7 @@ def rms_norm(x: Tensor, weight: np.ndarray, eps: float = 1e-6, *,
         float32 shaped like x (numpy for numpy x, else like x).
     """
     xi = float_tensor("x", x)
-    w = float_input("weight", weight)
-    width = xi.spec.shape[-1] if xi.spec.shape else 0
-    if w.shape != (width,):
-        raise ValueError(f"weight must have shape ({width},) to match x's last axis, got {w.shape}")
-    eps = positive_finite("eps", eps)
+    w, eps = rms_norm_params(weight, eps, xi.spec.shape[-1] if xi.spec.shape else 0)
     return run_op("rms_norm", {"x": xi}, {"eps": eps}, constants={"weight": w}, device=device)["y"]
 
 

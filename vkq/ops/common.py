@@ -36,6 +36,15 @@ def positive_finite(name: str, v: Any) -> float:
     return f
 
 
+def rms_norm_params(weight: Any, eps: Any, width: int, prefix: str = "") -> tuple[np.ndarray, float]:
+    """An rms_norm's weight (float32 [width]) and eps (finite, > 0), checked; `prefix` names
+    the argument they came in ("rms_norm " for vkq.linear's rms_norm=)."""
+    w = float_input(f"{prefix}weight", weight)
+    if w.shape != (width,):
+        raise ValueError(f"{prefix}weight must have shape ({width},) to match x's last axis, got {w.shape}")
+    return w, positive_finite(f"{prefix}eps", eps)
+
+
 def grid_2d(n_groups: int, max_x: int) -> tuple[int, int, int]:
     """Spread a 1-D workgroup count over x and y when it exceeds the device's x limit;
     shaders recover the linear id as x + y * gl_NumWorkGroups.x and skip ids past the end."""

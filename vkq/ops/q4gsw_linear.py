@@ -33,9 +33,9 @@ import numpy as np
 
 from vkq import layouts
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
-from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_input,
-                            float_tensor, grid_2d, positive_finite, require_float_activations,
-                            tensor_device, weight_needs)
+from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_tensor,
+                            grid_2d, require_float_activations, rms_norm_params, tensor_device,
+                            weight_needs)
 from vkq.ops.contract import (OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec,
                               output_y, register, register_linear)
 from vkq.ops.elementwise import fused_outputs
@@ -429,6 +429,11 @@ def route(m: int, kernel: str) -> str:
     return kernel
 
 
+def use_subgroup(dev: Device, gemv_subgroup: bool | None) -> bool:
+    """Whether the GEMV reduces with subgroup shuffles: the caller's choice, else the device's."""
+    return dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
+
+
 def gemv_shape(dev: Device, n: int, k: int, m: int, kernel: str = "auto",
                gemv_config: GemvConfig | None = None,
                gemv_subgroup: bool | None = None) -> GemvConfig | None:
@@ -436,7 +441,7 @@ def gemv_shape(dev: Device, n: int, k: int, m: int, kernel: str = "auto",
     runs instead (route() says "gemm", or M > 1 and the device has no GEMV shape for it)."""
     if route(m, kernel) != "gemv":
         return None
-    sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
+    sub = use_subgroup(dev, gemv_subgroup)
     cfg = gemv_config or pick_gemv_config(n, k, dev.caps.max_shared_memory, sub, m)
     if cfg is None and kernel == "gemv":
         raise ValueError(f"kernel='gemv' with M = {m} > 1 needs subgroup shuffles and "
@@ -471,7 +476,7 @@ def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, ke
     gate/up channels. `norm_eps`: the GEMV folds in rms_norm(x, "norm_weight", norm_eps)
     (the caller checked gemv_folds_norm)."""
     n, k = w.shape
-    sub = dev.caps.subgroup_shuffle if gemv_subgroup is None else gemv_subgroup
+    sub = use_subgroup(dev, gemv_subgroup)
     cfg = gemv_shape(dev, n, k, m, kernel, gemv_config, sub)
     bias = "bias" if has_bias else "dummy"
     bufs = {"t_out": out, "t_x": x, "t_weight": "weight.weight", "t_scales": "weight.scales",
@@ -644,22 +649,19 @@ class Q4gswLinear(Op):
                               residual=inputs.get("residual"),
                               kernel_epilogues=cfg is not None and cfg.rows % 2 == 0)
         eps = attrs.get("norm_eps")
-        sub = device.caps.subgroup_shuffle if choice.get("gemv_subgroup") is None else choice["gemv_subgroup"]
-        folded = eps is not None and gemv_folds_norm(device, weight, cfg, sub, eps)
-        pre: list[PlannedDispatch] = []
-        pre_scratch: dict[str, int] = {}
-        x_role = "x"
-        if eps is not None and not folded and m:  # rms_norm first, into scratch
-            pre = [norm_dispatch(device, m, k, eps, out="scratch.normed", x="x", weight="norm_weight")]
-            pre_scratch = {"scratch.normed": 4 * m * k}
-            x_role = "scratch.normed"
+        folded = eps is not None and gemv_folds_norm(
+            device, weight, cfg, use_subgroup(device, choice.get("gemv_subgroup")), eps)
+        separate_norm = eps is not None and not folded and m > 0  # rms_norm first, into scratch
+        x_role = "scratch.normed" if separate_norm else "x"
         dispatches, scratch = linear_dispatches(device, weight, m, bool(attrs.get("has_bias")),
                                                 out=stage.product, epilogue=stage.in_kernel, x=x_role,
                                                 norm_eps=eps if folded else None,
                                                 **choice) if m else ([], {})
         scratch.update(stage.scratch)
-        scratch.update(pre_scratch)
-        return Plan(pre + dispatches + (stage.dispatches if m else []), stage.outputs, scratch, stage.views)
+        if separate_norm:
+            dispatches.insert(0, norm_dispatch(device, m, k, eps, out=x_role, x="x", weight="norm_weight"))
+            scratch[x_role] = 4 * m * k
+        return Plan(dispatches + (stage.dispatches if m else []), stage.outputs, scratch, stage.views)
 
 
 _CHOICES = ("kernel", "gemv_config", "gemv_subgroup", "gemm_tile", "gemm_splits", "coopmat_tile",
@@ -672,10 +674,7 @@ def _norm_option(option: Any, k: int) -> tuple[np.ndarray | None, float | None]:
         return None, None
     if not isinstance(option, (tuple, list)) or len(option) != 2:
         raise TypeError(f"rms_norm must be a (weight, eps) pair, got {type(option).__name__}")
-    weight = float_input("rms_norm weight", option[0])
-    if weight.shape != (k,):
-        raise ValueError(f"rms_norm weight must have shape ({k},) to match x's last axis, got {weight.shape}")
-    return weight, positive_finite("rms_norm eps", option[1])
+    return rms_norm_params(option[0], option[1], k, "rms_norm ")
 
 
 #: Split-K aims for at least this many GEMM workgroups (4 per SM on a 132-SM H100): a small-M
