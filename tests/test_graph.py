@@ -118,6 +118,21 @@ def test_outputs_stay_on_device_for_chaining(device, layers):
         g.close()
 
 
+def test_replay_returns_only_the_outputs_asked_for(device, layers):
+    g = capture(layers[:1])
+    try:
+        x = np.random.default_rng(6).standard_normal((1, HIDDEN)).astype(np.float32)
+        full = g(x=x)
+        only_k = g(x=x, outputs=("k",))
+        assert list(only_k) == ["k"]
+        np.testing.assert_array_equal(only_k["k"], full["k"])
+        assert list(g(x=x, outputs="y", download=False)) == ["y"]
+        with pytest.raises(GraphError, match=r"unknown outputs \['logits'\]: the graph's outputs are \['k', 'y'\]"):
+            g(x=x, outputs=("y", "logits"))
+    finally:
+        g.close()
+
+
 def test_arena_never_overlaps_live_tensors():
     rng = np.random.default_rng(0)
     for _ in range(200):

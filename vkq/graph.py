@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -459,9 +459,13 @@ class Graph:
     def kernel_names(self) -> list[str]:
         return list(self._program.kernel_names) if self._program else []
 
-    def __call__(self, download: bool = True, **inputs: Any) -> dict[str, Any]:
+    def __call__(self, download: bool = True, outputs: Iterable[str] | None = None,
+                 **inputs: Any) -> dict[str, Any]:
         """Replay with new inputs (name -> array or DeviceTensor); returns name -> numpy array,
-        or name -> DeviceTensor over the graph's output buffers with download=False."""
+        or name -> DeviceTensor over the graph's output buffers with download=False.
+        `outputs` names the outputs returned (default: all): a decode loop that only needs the
+        next token skips copying the logits to numpy."""
+        names = self._output_names(outputs)
         program = self._ready()
         self.device.wait(program.serial)  # staging is rewritten below
         pre = self._write_inputs(inputs)
@@ -472,9 +476,18 @@ class Graph:
             return {n: DeviceTensor.from_spec(self.device, v.spec, self._out_ranges[n] if
                                               isinstance(self._out_ranges[n], BufferSlice)
                                               else BufferSlice(self._out_ranges[n], 0, v.spec.nbytes))
-                    for n, v in self._outputs.items()}
+                    for n, v in ((n, self._outputs[n]) for n in names)}
         self.device.wait(program.serial)
-        return {n: _from_storage(v.spec, self._out_views[n]) for n, v in self._outputs.items()}
+        return {n: _from_storage(self._outputs[n].spec, self._out_views[n]) for n in names}
+
+    def _output_names(self, outputs: Iterable[str] | None) -> list[str]:
+        if outputs is None:
+            return list(self._outputs)
+        names = [outputs] if isinstance(outputs, str) else list(outputs)
+        unknown = sorted(set(names) - set(self._outputs))
+        if unknown:
+            raise GraphError(f"unknown outputs {unknown}: the graph's outputs are {sorted(self._outputs)}")
+        return names
 
     def gpu_ns(self) -> float:
         """GPU time of the last replay (timestamps around the whole program)."""
