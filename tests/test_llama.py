@@ -69,6 +69,20 @@ def test_decode_from_scratch_equals_prefill(device, tiny):
         model.close()
 
 
+def test_a_step_without_logits_gives_the_same_token(device, tiny):
+    """step(logits=False) leaves the logits on the device and returns the same greedy token."""
+    model = LlamaModel(tiny, device, max_seq=16)
+    try:
+        model.prefill(PROMPT)
+        pos = model.pos
+        with_logits = model.step(7)
+        model.pos = pos  # the same position again: the same cache writes
+        nxt, logits = model.step(7, logits=False)
+        assert logits is None and nxt == with_logits[0] == int(np.argmax(with_logits[1]))
+    finally:
+        model.close()
+
+
 def limits_are_errors(model, vocab: int) -> None:
     """A model with max_seq=4 (LlamaModel, or the PyTorch peer): a prompt or a step past the
     cache and a token id outside the vocabulary are ValueErrors saying so."""

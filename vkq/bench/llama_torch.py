@@ -298,9 +298,10 @@ class TorchLlama:
         self.pos += len(t)
         return logits
 
-    def step(self, token: int) -> tuple[int, Any]:
+    def step(self, token: int, logits: bool = True) -> tuple[int, Any]:
         """One decode step: (greedy next token, read back as vkq's step reads it; logits, a
-        float32 torch tensor [vocab] left on the device and overwritten by the next step)."""
+        float32 torch tensor [vocab] left on the device and overwritten by the next step, or
+        None with logits=False)."""
         self._check_room(1)
         self._tokens([token])
         self.token.fill_(int(token))
@@ -310,7 +311,7 @@ class TorchLlama:
         if self._events:
             self._events[1].record()
         self.pos += 1
-        return int(self.next.item()), self.logits
+        return int(self.next.item()), self.logits if logits else None
 
     def last_step_gpu_ns(self) -> float | None:
         """GPU time of the last step (CUDA events around it), or None on CPU."""

@@ -372,12 +372,15 @@ class LlamaModel:
             self._step = g
         return self._step
 
-    def step(self, token: int) -> tuple[int, np.ndarray]:
-        """One decode step (a graph replay): (greedy next token, logits)."""
+    def step(self, token: int, logits: bool = True) -> tuple[int, np.ndarray | None]:
+        """One decode step (a graph replay): (greedy next token, logits); with logits=False
+        the logits stay on the device (None): greedy decoding then copies 4 bytes per token
+        to the host instead of the vocabulary's 4 * vocab."""
         self._check_room(1)
-        out = self.step_graph()(token=int(token), pos=self.pos)
+        out = self.step_graph()(outputs=("next", "logits") if logits else ("next",),
+                                token=int(token), pos=self.pos)
         self.pos += 1
-        return int(out["next"][0]), out["logits"][0]
+        return int(out["next"][0]), out["logits"][0] if logits else None
 
     def generate(self, token: int, n: int, sampler: Callable[[np.ndarray], int] | None = None) -> list[int]:
         """`n` decode steps starting from `token`; the tokens produced. Greedy (the device's
@@ -385,7 +388,7 @@ class LlamaModel:
         step's logits."""
         out = []
         for _ in range(n):
-            greedy, logits = self.step(token)
+            greedy, logits = self.step(token, logits=sampler is not None)
             token = greedy if sampler is None else sampler(logits)
             out.append(token)
         return out
@@ -425,12 +428,15 @@ def check_tokens(tokens: Sequence[int], vocab: int) -> np.ndarray:
 
 
 def benchmark(model: Any, prompt_len: int, decode_tokens: int,
-              warmup_s: float = 0.3) -> dict[str, float]:
+              warmup_s: float = 0.3, repeats: int = 3) -> dict[str, float]:
     """Prefill tok/s for a prompt of `prompt_len` random tokens, then decode tok/s over
-    `decode_tokens` greedy steps (wall), and the decode step's GPU time per token (median
-    of a few more steps). The same prompt and steps run for `warmup_s` first, so clocks and
-    caches are as a serving loop has them. `model`: a LlamaModel, or anything with its
-    `config`, `reset`, `prefill`, `step` and `last_step_gpu_ns` (the PyTorch peer,
+    `decode_tokens` greedy steps (wall), each the median of `repeats` timed passes (one pass
+    is a fraction of a second: a single stall, or clocks still rising, would otherwise set
+    it), and the decode step's GPU time per token (median of a few more steps). The same
+    prompt and steps run for `warmup_s` first, so clocks and caches are as a serving loop
+    has them. Greedy steps leave the logits on the device, as a serving loop that samples
+    on the device does. `model`: a LlamaModel, or anything with its `config`, `reset`,
+    `prefill`, `step` and `last_step_gpu_ns` (the PyTorch peer,
     vkq.bench.llama_torch.TorchLlama)."""
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, model.config.vocab, prompt_len)
@@ -439,25 +445,28 @@ def benchmark(model: Any, prompt_len: int, decode_tokens: int,
         model.reset()
         token = int(np.argmax(model.prefill(prompt)))
         for _ in range(decode_tokens):
-            token, _ = model.step(token)
+            token, _ = model.step(token, logits=False)
         if time.perf_counter() >= end:
             break
-    model.reset()
-    t = time.perf_counter()
-    token = int(np.argmax(model.prefill(prompt)))
-    prefill_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(decode_tokens):
-        token, _ = model.step(token)
-    decode_s = time.perf_counter() - t
+    prefill_s, decode_s = [], []
+    for _ in range(repeats):
+        model.reset()
+        t = time.perf_counter()
+        token = int(np.argmax(model.prefill(prompt)))
+        prefill_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(decode_tokens):
+            token, _ = model.step(token, logits=False)
+        decode_s.append(time.perf_counter() - t)
     spans = []
     model.reset()
     model.prefill(prompt)
     for _ in range(min(8, decode_tokens)):
-        token, _ = model.step(token)
+        token, _ = model.step(token, logits=False)
         ns = model.last_step_gpu_ns()
         if ns is None:
             break
         spans.append(ns)
-    return {"prefill_tok_s": prompt_len / prefill_s, "decode_tok_s": decode_tokens / decode_s,
+    return {"prefill_tok_s": prompt_len / float(np.median(prefill_s)),
+            "decode_tok_s": decode_tokens / float(np.median(decode_s)),
             "decode_gpu_ms": float(np.median(spans)) / 1e6 if spans else float("nan")}
