@@ -198,7 +198,10 @@ def test_not_when_the_linear_is_not_a_plain_int4_one(device):
         g.output("r", vkq.linear(xd2, int4(K, K, 32, 8), residual=x))   # a residual
         xd3 = vkq.dequantize_per_token(*vkq.quantize_per_token(x))
         g.output("k", vkq.linear(xd3, int4(N, K, 32, 9), kernel="gemm"))  # a forced kernel
-    assert g.pass_log == [] and ops(g).count("q4gsw_linear") == 3
+        xd4 = vkq.dequantize_per_token(*vkq.quantize_per_token(x))
+        nw = np.linspace(0.5, 1.5, K).astype(np.float32)  # a norm of the dequantized values:
+        g.output("n", vkq.linear(xd4, int4(N, K, 32, 10), rms_norm=(nw, 1e-5)))  # not of x's
+    assert g.pass_log == [] and ops(g).count("q4gsw_linear") == 4
     g.close()
 
 

@@ -16,6 +16,7 @@ from vkq.ops import contract
 from vkq.ops import qta8a_qga4w_linear as op
 from vkq.ops.common import float_tensor
 from vkq.ops.q4gsw_linear import prepack_q4gsw
+from vkq.reference import silu_mul_reference
 from vkq.reference.per_token import quantize_per_token_reference
 from vkq.reference.qta8a_qga4w import (qta8a_error_bound, qta8a_group_accumulators,
                                        qta8a_qga4w_linear_reference)
@@ -319,6 +320,76 @@ def test_device_tensors_and_graphs(device):
     w.release()
 
 
+# -- rms_norm, residual and fused weights around the int8 kernels ---------------------------------
+# (kernel, M): the weight-only GEMV (M = 1, everything in its kernel), the int8 GEMV and GEMM
+# with the norm and epilogues as dispatches of their own.
+AROUND = [("auto", 1), ("gemv", 3), ("gemm", 5), ("auto", 30)]
+
+
+def _x(m: int, k: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((m, k)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kernel,m", AROUND)
+def test_rms_norm_and_residual(device, kernel, m):
+    """act_quant with rms_norm= quantizes rms_norm(x) (the rms_norm op's bits), and residual=
+    adds in float32: the same bits as the separate calls."""
+    w = make_weight(40, 96, 32, False, seed=8)
+    x, r = _x(m, 96, m), _x(m, 40, m + 1)
+    nw = np.linspace(0.5, 1.5, 96).astype(np.float32)
+    with vkq.trace() as t:
+        y = vkq.linear(x, w, rms_norm=(nw, 1e-5), residual=r, act_quant="int8", kernel=kernel,
+                       device=device)
+    if kernel == "auto" and m == 1:  # the weight-only path: the q4gsw GEMV with both folded in
+        want = vkq.linear(x, w, rms_norm=(nw, 1e-5), residual=r, device=device)
+        assert t.kernels == [t.kernels[0]] and "q4gsw_gemv" in t.kernels[0]
+    else:
+        xn = vkq.rms_norm(x, nw, 1e-5, device=device)
+        want = vkq.linear(xn, w, act_quant="int8", kernel=kernel, device=device) + r
+        assert t.kernels[1] == op.quantize_variant(device.caps) and "add_f32" in t.kernels[-1], t.kernels
+    np.testing.assert_array_equal(y, want)
+    w.release()
+
+
+@pytest.mark.parametrize("kernel,m", AROUND)
+def test_fused_parts_and_silu_mul(device, kernel, m):
+    """q/k/v parts are the separate weights' results; gate/up with silu_mul is silu(gate) * up
+    of them (float32 silu: a few ulps)."""
+    ws = [make_weight(n, 64, 32, True, seed=20 + n) for n in (48, 16, 16)]
+    x = _x(m, 64, 2 * m)
+    got = vkq.linear(x, vkq.fuse_linear(ws), act_quant="int8", kernel=kernel, device=device)
+    for part, w in zip(got, ws):
+        np.testing.assert_array_equal(part, vkq.linear(x, w, act_quant="int8", kernel=kernel,
+                                                       device=device))
+    g, u = make_weight(40, 64, 32, False, seed=31), make_weight(40, 64, 32, False, seed=32)
+    bias = np.linspace(-1, 1, 80).astype(np.float32)  # [b_gate, b_up]
+    y = vkq.linear(x, vkq.fuse_linear([g, u], epilogue="silu_mul"), bias, act_quant="int8",
+                   kernel=kernel, device=device)
+    gate = vkq.linear(x, g, bias[:40], act_quant="int8", kernel=kernel, device=device)
+    up = vkq.linear(x, u, bias[40:], act_quant="int8", kernel=kernel, device=device)
+    want = silu_mul_reference(gate, up)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    for w in ws + [g, u]:
+        w.release()
+
+
+def test_norm_and_epilogues_in_a_graph(device):
+    w = make_weight(32, 64, 32, False, seed=40)
+    nw = np.linspace(0.5, 1.5, 64).astype(np.float32)
+    with vkq.graph(device) as gr:
+        xv, rv = gr.input("x", (3, 64)), gr.input("r", (3, 32))
+        gr.output("y", vkq.linear(xv, w, rms_norm=(nw, 1e-5), residual=rv, act_quant="int8"))
+    try:
+        for seed in range(2):
+            x, r = _x(3, 64, seed), _x(3, 32, seed + 5)
+            np.testing.assert_array_equal(
+                gr(x=x, r=r)["y"],
+                vkq.linear(x, w, rms_norm=(nw, 1e-5), residual=r, act_quant="int8", device=device))
+    finally:
+        gr.close()
+        w.release()
+
+
 def test_empty_batch(device):
     w = make_weight(8, 32, 32, True, seed=0)
     assert vkq.linear(np.zeros((0, 32), np.float32), w, act_quant="int8", device=device).shape == (0, 8)
@@ -335,10 +406,13 @@ def test_bad_inputs(device):
         vkq.linear(x, w4, act_quant="int4", device=device)
     with pytest.raises(TypeError, match="act_quant='int8' quantizes float activations for int4"):
         vkq.linear(x, w8, act_quant="int8", device=device)
-    with pytest.raises(ValueError, match="fused weights"):
-        vkq.linear(x, vkq.fuse_linear([w4, w4]), act_quant="int8", device=device)
-    with pytest.raises(ValueError, match="residual"):
-        vkq.linear(x, w4, residual=np.zeros((2, 8), np.float32), act_quant="int8", device=device)
+    with pytest.raises(ValueError, match=r"residual must have shape \(2, 8\)"):
+        vkq.linear(x, w4, residual=np.zeros((2, 9), np.float32), act_quant="int8", device=device)
+    with pytest.raises(ValueError, match="residual= applies to a plain linear"):
+        vkq.linear(x, vkq.fuse_linear([w4, w4]), residual=np.zeros((2, 16), np.float32),
+                   act_quant="int8", device=device)
+    with pytest.raises(ValueError, match=r"rms_norm weight must have shape \(32,\)"):
+        vkq.linear(x, w4, rms_norm=(np.ones(31, np.float32), 1e-5), act_quant="int8", device=device)
     with pytest.raises(TypeError, match="input_scale must not be given"):
         vkq.linear(x, w4, input_scale=0.5, act_quant="int8", device=device)
     with pytest.raises(ValueError, match="no fused activation"):

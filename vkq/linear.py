@@ -55,7 +55,9 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
     int4 weights in integer dot products; the result is float32 `[..., N]` (docs/design.md
     §3 qta8a_qga4w; one submit, two dispatches). `kernel="auto"` may run the weight-only
     path instead where that is faster (M = 1: vkq.ops.qta8a_qga4w_linear.WEIGHT_ONLY_MAX_ROWS);
-    `kernel="gemv"` or `"gemm"` always quantizes. No residual or fused weights with it yet.
+    `kernel="gemv"` or `"gemm"` always quantizes. `residual`, `rms_norm` and fused weights
+    work with it too (the norm and the epilogues as dispatches of their own around the int8
+    kernels).
 
     `x` may be a numpy array (the result is numpy), a `DeviceTensor` (the result is a
     DeviceTensor, returned without waiting for the GPU) or a graph value inside

@@ -23,8 +23,9 @@ so only the float epilogue's rounding differs. It does not fire when
   tensor: int8 values or parameters that come from elsewhere (graph inputs, other ops,
   another tensor's quantize);
 - the linear is not a plain int4 group-wise one: fused q/k/v parts or a gate/up epilogue
-  (`vkq.fuse_linear`), a residual, or a kernel forced by name (the fused op has no such
-  output stage or choice).
+  (`vkq.fuse_linear`), a residual, or a kernel forced by name (not rewritten yet: the pass
+  keeps to the plain chain), or an rms_norm folded into the linear (`rms_norm=`): that norm
+  is of the dequantized values, while the fused op's rms_norm= normalizes before quantizing.
 
 The quantize node stays when its outputs have other users. Where the fused op's own routing
 would skip quantizing (`kernel="auto"` at M = 1 sends float activations straight into the
@@ -98,10 +99,11 @@ def _quantizing_kernel(rows: int) -> str:
 
 
 def _plain_int4(linear: Any) -> bool:
-    """An int4 group-wise linear with nothing the fused op cannot do: no fused parts or
-    epilogue, no residual, no kernel forced by name."""
+    """An int4 group-wise linear and nothing else: no fused parts or epilogue, no residual,
+    no kernel forced by name, no rms_norm of its input (module docstring)."""
     attrs = linear.attrs
     return (attrs.get("parts") is None and attrs.get("epilogue") is None
+            and attrs.get("norm_eps") is None
             and "residual" not in linear.inputs and attrs.get("kernel", "auto") == "auto"
             and getattr(linear.weight, "group_size", None) is not None)
 

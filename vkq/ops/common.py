@@ -36,6 +36,15 @@ def positive_finite(name: str, v: Any) -> float:
     return f
 
 
+def norm_option(option: Any, k: int) -> tuple[np.ndarray | None, float | None]:
+    """`vkq.linear`'s rms_norm=(weight [K], eps), checked: (float32 weight, eps) or (None, None)."""
+    if option is None:
+        return None, None
+    if not isinstance(option, (tuple, list)) or len(option) != 2:
+        raise TypeError(f"rms_norm must be a (weight, eps) pair, got {type(option).__name__}")
+    return rms_norm_params(option[0], option[1], k, "rms_norm ")
+
+
 def rms_norm_params(weight: Any, eps: Any, width: int, prefix: str = "") -> tuple[np.ndarray, float]:
     """An rms_norm's weight (float32 [width]) and eps (finite, > 0), checked; `prefix` names
     the argument they came in ("rms_norm " for vkq.linear's rms_norm=)."""

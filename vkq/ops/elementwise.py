@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vkq.ops.common import ceil_div, grid_2d, require_dense_f32
-from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, register
+from vkq.ops.contract import Op, Plan, PlannedDispatch, TensorSpec, output_y, register
 from vkq.reference.elementwise import (add_reference, mul_reference, silu_mul_reference,
                                        silu_reference)
 from vkq.runtime.memory import RANGE_ALIGN
@@ -100,6 +100,28 @@ class SiluMul(Op):
         d = elementwise_dispatch("silu_mul", device, x.rows, n, 2 * n, n,
                                  {"t_out": "out", "t_a": "x"}, step=1)
         return Plan([d], {"out": TensorSpec.dense(x.shape[:-1] + (n,))})
+
+
+def fused_parts(w: Any) -> tuple[Any, tuple[int, ...] | None, str | None]:
+    """(the weight the product runs on, parts, epilogue) of a linear's weight: a
+    vkq.FusedWeight's pieces, or (w, None, None) for a plain weight."""
+    parts, epilogue = getattr(w, "parts", None), getattr(w, "epilogue", None)
+    return (w.weight if parts else w), parts, epilogue
+
+
+def fused_bias(bias: np.ndarray | None, epilogue: str | None) -> np.ndarray | None:
+    """A fused weight's float32 bias in the product's channel order: silu_mul's [b_gate, b_up]
+    interleaved as its rows are (gate j, then up j)."""
+    if bias is None or epilogue != "silu_mul":
+        return bias
+    return np.ascontiguousarray(bias.reshape(2, -1).T.reshape(-1))
+
+
+def fused_finish(parts: tuple[int, ...] | None, epilogue: str | None) -> Any:
+    """What a linear call returns from its outputs: "y", or the tuple of parts "y0", "y1", ..."""
+    if parts and epilogue is None:
+        return lambda out: tuple(out[f"y{i}"] for i in range(len(parts)))
+    return output_y
 
 
 @dataclasses.dataclass

@@ -34,11 +34,11 @@ import numpy as np
 from vkq import layouts
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
 from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_tensor,
-                            grid_2d, require_float_activations, rms_norm_params, tensor_device,
+                            grid_2d, norm_option, require_float_activations, tensor_device,
                             weight_needs)
 from vkq.ops.contract import (OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec,
-                              output_y, register, register_linear)
-from vkq.ops.elementwise import fused_outputs
+                              register, register_linear)
+from vkq.ops.elementwise import fused_bias, fused_finish, fused_outputs, fused_parts
 from vkq.ops.rms_norm import norm_dispatch
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
 from vkq.reference.q4gsw import q4gsw_linear_reference
@@ -603,8 +603,7 @@ class Q4gswLinear(Op):
         return _device_weight(weight, device)
 
     def linear_call(self, x: Any, w: Any, bias: Any, options: Mapping[str, Any]) -> Call:
-        parts, epilogue = getattr(w, "parts", None), getattr(w, "epilogue", None)
-        base = w.weight if parts else w
+        base, parts, epilogue = fused_parts(w)
         n, k = _weight_shape(base)
         given = [q for q in INT8_QPARAMS if options.get(q) is not None]
         if given:
@@ -616,9 +615,7 @@ class Q4gswLinear(Op):
         inputs = {"x": float_tensor("x", x)}
         if options.get("residual") is not None:
             inputs["residual"] = float_tensor("residual", options["residual"])
-        b32 = bias_vector(bias, n)
-        if b32 is not None and epilogue == "silu_mul":  # [b_gate, b_up] in the rows' order
-            b32 = np.ascontiguousarray(b32.reshape(2, -1).T.reshape(-1))
+        b32 = fused_bias(bias_vector(bias, n), epilogue)
         spec = inputs["x"].spec
         if spec.shape:  # x and y against the device's limits, before the weight is packed
             device = (options.get("device") or getattr(base, "device", None)
@@ -626,13 +623,11 @@ class Q4gswLinear(Op):
             check_fits(device.caps, [dense_need("float32 output y", (spec.rows, n))]
                        + ([dense_need("float32 activations x", (spec.rows, k))]
                           if isinstance(inputs["x"], HostTensor) else []))
-        norm_weight, norm_eps = _norm_option(options.get("rms_norm"), k)
+        norm_weight, norm_eps = norm_option(options.get("rms_norm"), k)
         attrs = {"kernel": options.get("kernel", "auto"), "has_bias": b32 is not None,
                  "parts": parts, "epilogue": epilogue, "norm_eps": norm_eps}
-        finish = output_y
-        if parts and epilogue is None:
-            finish = lambda out: tuple(out[f"y{i}"] for i in range(len(parts)))  # noqa: E731
-        return Call(inputs, attrs, base, {"bias": b32, "norm_weight": norm_weight}, finish)
+        return Call(inputs, attrs, base, {"bias": b32, "norm_weight": norm_weight},
+                    fused_finish(parts, epilogue))
 
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
@@ -666,15 +661,6 @@ class Q4gswLinear(Op):
 
 _CHOICES = ("kernel", "gemv_config", "gemv_subgroup", "gemm_tile", "gemm_splits", "coopmat_tile",
             "coopmat_splits")
-
-
-def _norm_option(option: Any, k: int) -> tuple[np.ndarray | None, float | None]:
-    """`vkq.linear`'s rms_norm=(weight [K], eps), checked: (float32 weight, eps) or (None, None)."""
-    if option is None:
-        return None, None
-    if not isinstance(option, (tuple, list)) or len(option) != 2:
-        raise TypeError(f"rms_norm must be a (weight, eps) pair, got {type(option).__name__}")
-    return rms_norm_params(option[0], option[1], k, "rms_norm ")
 
 
 #: Split-K aims for at least this many GEMM workgroups (4 per SM on a 132-SM H100): a small-M

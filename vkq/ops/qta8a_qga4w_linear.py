@@ -8,7 +8,8 @@ The weight is the q4gsw op's device copy (Q4gswWeight: nibbles with the +8 offse
 zeros [N, n_groups], fp16 or float32): quantize once, run either path. The weight sums the
 integer corrections need come from the nibbles inside the kernels, so no second copy exists.
 
-One call, one submit, two dispatches:
+One call, one submit, two dispatches (plus, where asked for, an rms_norm dispatch before and
+the fused weights' residual add / silu_mul / part copies after, vkq.ops.elementwise):
 
 1. the quantize pass (quantize_per_token.comp.j2, MODE "octets"): one workgroup per row writes
    the row's int8 values in the "int8_token_octets" layout, their sums per 8 k and the row's
@@ -34,9 +35,12 @@ from vkq import layouts
 from vkq.layouts import INT8_TOKEN_OCTETS
 from vkq.ops import contract, q4gsw_linear
 from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_tensor,
-                            grid_2d, packed_need, require_float_activations, tensor_device)
+                            grid_2d, norm_option, packed_need, require_float_activations,
+                            tensor_device)
 from vkq.ops.contract import (Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec, register,
                               register_linear)
+from vkq.ops.elementwise import fused_bias, fused_finish, fused_outputs, fused_parts
+from vkq.ops.rms_norm import norm_dispatch
 from vkq.reference.qta8a_qga4w import qta8a_qga4w_linear_reference
 from vkq.runtime import default_device
 from vkq.shaderlib import variant_info, variant_name
@@ -118,25 +122,26 @@ def quantize_variant(caps: Any) -> str:
     return variant_name("qta8a_quantize", SUBGROUP=bool(caps.subgroup_arithmetic))
 
 
-def quantize_dispatch(device: Any, m: int, k: int) -> PlannedDispatch:
-    """The quantize pass: "x" [M, K] float32 -> the SCRATCH roles."""
+def quantize_dispatch(device: Any, m: int, k: int, x: str = "x") -> PlannedDispatch:
+    """The quantize pass: `x` [M, K] float32 -> the SCRATCH roles."""
     return PlannedDispatch(quantize_variant(device.caps),
                            grid_2d(m, device.caps.max_workgroup_count[0]),
                            {"t_q": SCRATCH["data"], "t_sums": SCRATCH["sums"],
-                            "t_qparams": SCRATCH["qparams"], "t_x": "x"},
+                            "t_qparams": SCRATCH["qparams"], "t_x": x},
                            {"n_rows": m, "k": k})
 
 
 def int8_dispatches(device: Any, w: Any, m: int, has_bias: bool, path: str,
                     int_dot: bool | None = None, subgroup: bool | None = None,
-                    gemm_tile: str | None = None) -> tuple[list[PlannedDispatch], dict[str, int]]:
-    """The quantize pass and the GEMV or GEMM for `y[:m*N] = qta8a(x[:m*K], w) (+ bias)`, and
-    their scratch (role -> bytes). Roles: "x", "y", "bias" (or "dummy"), "weight.*",
+                    gemm_tile: str | None = None, out: str = "y",
+                    x: str = "x") -> tuple[list[PlannedDispatch], dict[str, int]]:
+    """The quantize pass and the GEMV or GEMM for `out[:m*N] = qta8a(x[:m*K], w) (+ bias)`,
+    and their scratch (role -> bytes). Roles: `x`, `out`, "bias" (or "dummy"), "weight.*",
     SCRATCH."""
     n, k = w.shape
     caps = device.caps
     max_x, max_y, max_z = caps.max_workgroup_count
-    bufs = {"t_out": "y", "t_x": SCRATCH["data"], "t_sums": SCRATCH["sums"],
+    bufs = {"t_out": out, "t_x": SCRATCH["data"], "t_sums": SCRATCH["sums"],
             "t_qparams": SCRATCH["qparams"], "t_weight": "weight.weight",
             "t_scales": "weight.scales", "t_bias": "bias" if has_bias else "dummy"}
     if w.has_zeros:
@@ -160,7 +165,7 @@ def int8_dispatches(device: Any, w: Any, m: int, has_bias: bool, path: str,
                              f"device's {(max_x, max_y)}; pass fewer rows per call")
     sizes = layouts.packed_nbytes(INT8_TOKEN_OCTETS, (m, k))
     scratch = {role: sizes[name] for name, role in SCRATCH.items()}
-    return [quantize_dispatch(device, m, k), PlannedDispatch(variant, groups, bufs, push, spec)], scratch
+    return [quantize_dispatch(device, m, k, x), PlannedDispatch(variant, groups, bufs, push, spec)], scratch
 
 
 def _weight_shape(w: Any) -> tuple[int, int]:
@@ -175,38 +180,42 @@ def _weight_shape(w: Any) -> tuple[int, int]:
 
 @register
 class Qta8aQga4wLinear(Op):
-    """`y = qta8a(x, w) (+ bias)`: x [..., K] float32 quantized per token to int8 on the GPU,
-    w int4 group-wise [N, K]; y float32 [..., N] (module docstring).
+    """`y = qta8a(x, w) (+ bias) (+ residual)`: x [..., K] float32 quantized per token to int8
+    on the GPU, w int4 group-wise [N, K]; y float32 [..., N] (module docstring).
 
-    Input "x" dense float32 [..., K]; constant "bias" [N]. Attributes: "kernel" ("auto" |
-    "gemv" | "gemm"), "has_bias"; tests force "int_dot", "subgroup", "gemm_tile".
+    Input "x" dense float32 [..., K]; optional "residual" [..., N]. Constants: "bias" [N],
+    "norm_weight" [K] with attribute "norm_eps" (x is rms_norm'ed first, then quantized).
+    Attributes: "kernel" ("auto" | "gemv" | "gemm"), "has_bias", "parts"/"epilogue" for
+    fused weights (vkq.ops.elementwise.fused_outputs: after the int8 kernels the residual,
+    silu_mul and part copies are dispatches of their own; the weight-only path at M = 1 runs
+    them as the q4gsw GEMV does, in the kernel); tests force "int_dot", "subgroup",
+    "gemm_tile".
     """
 
     name = "qta8a_qga4w_linear"
     reference = staticmethod(qta8a_qga4w_linear_reference)
-    constant_roles = ("bias",)
+    constant_roles = ("bias", "norm_weight")
 
     def prepack(self, weight: Any, device: Any) -> Any:
         return contract.get(q4gsw_linear.Q4gswLinear.name).prepack(weight, device)
 
     def linear_call(self, x: Any, w: Any, bias: Any, options: Mapping[str, Any]) -> Call:
-        if hasattr(w, "parts"):
-            raise ValueError("act_quant='int8' takes one int4 weight: fused weights "
-                             "(vkq.fuse_linear) do not support it yet")
-        if options.get("residual") is not None:
-            raise ValueError("act_quant='int8' does not take residual= yet: add it with vkq.add")
+        base, parts, epilogue = fused_parts(w)
         given = [q for q in INT8_QPARAMS if options.get(q) is not None]
         if given:
             raise TypeError(f"act_quant='int8' quantizes float activations itself (per token): "
                             f"{', '.join(given)} must not be given")
         if options.get("activation", "none") != "none":
             raise ValueError("act_quant='int8' linear has no fused activation")
-        n, k = _weight_shape(w)
-        b32 = bias_vector(bias, n)
+        n, k = _weight_shape(base)
+        b32 = fused_bias(bias_vector(bias, n), epilogue)
         xi = float_tensor("x", x)
+        inputs = {"x": xi}
+        if options.get("residual") is not None:
+            inputs["residual"] = float_tensor("residual", options["residual"])
         spec = xi.spec
         if spec.shape:  # x, y and the quantize pass's scratch against the device's limits
-            device = (options.get("device") or getattr(w, "device", None) or tensor_device(x)
+            device = (options.get("device") or getattr(base, "device", None) or tensor_device(x)
                       or default_device())
             rows = spec.rows
             needs = [dense_need("float32 output y", (rows, n))]
@@ -215,8 +224,11 @@ class Qta8aQga4wLinear(Op):
             if isinstance(xi, HostTensor):
                 needs.append(dense_need("float32 activations x", (rows, k)))
             check_fits(device.caps, needs)
-        attrs = {"kernel": options.get("kernel", "auto"), "has_bias": b32 is not None}
-        return Call({"x": xi}, attrs, w, {"bias": b32})
+        norm_weight, norm_eps = norm_option(options.get("rms_norm"), k)
+        attrs = {"kernel": options.get("kernel", "auto"), "has_bias": b32 is not None,
+                 "parts": parts, "epilogue": epilogue, "norm_eps": norm_eps}
+        return Call(inputs, attrs, base, {"bias": b32, "norm_weight": norm_weight},
+                    fused_finish(parts, epilogue))
 
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
@@ -224,18 +236,24 @@ class Qta8aQga4wLinear(Op):
         n, k = weight.shape
         require_float_activations(x, k, "act_quant='int8' linear takes float32 activations")
         m = x.rows
-        out = {"y": TensorSpec.dense(x.shape[:-1] + (n,))}
         path = route(m, attrs.get("kernel", "auto"))
-        has_bias = bool(attrs.get("has_bias"))
+        if path == WEIGHT_ONLY:  # the q4gsw op's plan: its GEMV folds norm and epilogues in
+            weight_only = {a: attrs.get(a) for a in ("has_bias", "parts", "epilogue", "norm_eps")}
+            return contract.get(q4gsw_linear.Q4gswLinear.name).plan(inputs, weight_only, weight, device)
+        stage = fused_outputs(device, x.shape[:-1], n, attrs.get("parts"), attrs.get("epilogue"),
+                              residual=inputs.get("residual"))
         if m == 0:
-            return Plan([], out)
-        if path == WEIGHT_ONLY:
-            dispatches, scratch = q4gsw_linear.linear_dispatches(device, weight, m, has_bias)
-        else:
-            dispatches, scratch = int8_dispatches(device, weight, m, has_bias, path,
-                                                  attrs.get("int_dot"), attrs.get("subgroup"),
-                                                  attrs.get("gemm_tile"))
-        return Plan(dispatches, out, scratch)
+            return Plan([], stage.outputs, {}, stage.views)
+        eps = attrs.get("norm_eps")
+        x_role = "x" if eps is None else "scratch.normed"  # rms_norm first, then quantize that
+        dispatches, scratch = int8_dispatches(device, weight, m, bool(attrs.get("has_bias")), path,
+                                              attrs.get("int_dot"), attrs.get("subgroup"),
+                                              attrs.get("gemm_tile"), out=stage.product, x=x_role)
+        if eps is not None:
+            dispatches.insert(0, norm_dispatch(device, m, k, eps, out=x_role, x="x", weight="norm_weight"))
+            scratch[x_role] = 4 * m * k
+        scratch.update(stage.scratch)
+        return Plan(dispatches + stage.dispatches, stage.outputs, scratch, stage.views)
 
 
 def describe_variants(caps: Any) -> dict[str, str]:
