@@ -95,6 +95,7 @@ def test_bad_environment_variable_is_named(name, value):
     (("bench", "--repeats", "0"), "--repeats: expected a positive integer, got '0'"),
     (("bench", "--repeats", "-1"), "--repeats: expected a positive integer, got '-1'"),
     (("bench", "--roofline-mib", "0"), "--roofline-mib: expected a positive integer, got '0'"),
+    (("bench", "--m", "0"), "--m: expected a positive integer, got '0'"),
     (("bench", "--json", "/nonexistent/dir/out.json"), "--json /nonexistent/dir/out.json"),
     (("stats", "rms_norm_vec4", "--spec", "X"), "--spec: 'X': expected NAME=VALUE"),
     (("stats", "rms_norm_vec4", "--spec", "NOPE=3"), "unknown specialization constants ['NOPE']"),

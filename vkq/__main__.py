@@ -107,7 +107,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               flush=True)
         roofline_mib = min(args.roofline_mib, 128) if quick else args.roofline_mib
         rows, meta = run(dev, args.only, quick, args.repeats, frozenset(args.compare),
-                         roofline_mib << 20)
+                         roofline_mib << 20, frozenset(args.m) if args.m else None)
     print(format_table(rows))
     if args.json:
         save_json(args.json, rows, meta)
@@ -271,6 +271,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--compare", nargs="*", default=[], choices=["torch", "torch-compile"],
                    help="also time peers on the same GPU (torch with CUDA; the llama suite's "
                         "need transformers; torch-compile adds its torch.compile'd fp16 peer)")
+    b.add_argument("--m", nargs="+", type=positive_int, metavar="M",
+                   help="time only problems of these row counts in the linear suites "
+                        "(q4gsw_linear, q8ta_linear, qta8a_linear; 1 = the GEMV rows), e.g. "
+                        "--m 512 2048 for the prefill GEMMs")
     b.add_argument("--roofline-mib", type=positive_int, default=1024, metavar="MIB",
                    help="size of the buffer the read roofline streams, capped by the device's "
                         "limits (default: %(default)s; at most 128 with quick shapes)")

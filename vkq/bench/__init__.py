@@ -69,6 +69,12 @@ class BenchContext:
     compare: frozenset[str] = frozenset()
     progress: Callable[[str], None] = lambda msg: None
     cache: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: time only problems with these row counts M (None: all): `bench --m`
+    only_m: frozenset[int] | None = None
+
+    def wants_m(self, m: int) -> bool:
+        """Whether the suites time problems of M rows (`bench --m`)."""
+        return self.only_m is None or m in self.only_m
 
 
 Suite = Callable[[BenchContext], Iterable[Row]]

@@ -28,7 +28,8 @@ def format_table(rows: Iterable[Row]) -> str:
 
 
 def run(device: Device, names: list[str] | None, quick: bool, repeats: int,
-        compare: frozenset[str], roofline_bytes: int) -> tuple[list[Row], dict]:
+        compare: frozenset[str], roofline_bytes: int,
+        only_m: frozenset[int] | None = None) -> tuple[list[Row], dict]:
     suites.load()
     unknown = set(names or []) - set(SUITES)
     if unknown:
@@ -38,7 +39,7 @@ def run(device: Device, names: list[str] | None, quick: bool, repeats: int,
     with StreamingRead(device, roofline_bytes) as stream:
         roof = stream.measure(repeats)
         ctx = BenchContext(device=device, roofline_gbps=roof["gbps"], quick=quick,
-                           repeats=repeats, compare=compare, progress=say)
+                           repeats=repeats, compare=compare, progress=say, only_m=only_m)
         rows = [Row("roofline", f"{roof['bytes'] >> 20} MiB", "read_bandwidth", roof["ns"] / 1e3,
                     bytes=roof["bytes"], roofline_gbps=roof["gbps"]),
                 Row.timed("overhead", "1 workgroup", "read_bandwidth",

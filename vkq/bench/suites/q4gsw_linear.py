@@ -134,7 +134,7 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
     gemm_shapes = ((256, 512),) if quick else GEMM_SHAPES
     gemm_ms = (4, 33) if quick else GEMM_MS
     peer = _TorchPeer(ctx) if "torch" in ctx.compare else None
-    for gs in GEMV_GROUP_SIZES:
+    for gs in GEMV_GROUP_SIZES if ctx.wants_m(1) else ():
         for n, k in gemv_shapes:
             # fp16 parameters (what checkpoints and quantize_weight give) unless noted; at the
             # first group size, symmetric float32 parameters too, for comparison.
@@ -157,7 +157,7 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
                 yield from peer.rows(1, n, k, gs, fp16=(gs == GEMV_GROUP_SIZES[0]))
     batch_ms = (2, 5) if quick else BATCH_MS
     for n, k in gemv_shapes:
-        for m in batch_ms:
+        for m in filter(ctx.wants_m, batch_ms):
             p = _Problem(ctx, m, n, k, 32)
             try:
                 for kernel in ("auto", "gemm") if m in (batch_ms[0], batch_ms[-1]) else ("auto",):
@@ -173,7 +173,7 @@ def bench_q4gsw_linear(ctx: BenchContext) -> Iterator[Row]:
     tensor_cores = coopmat_capable(ctx.device.caps) is None
     peak = coopmat_peaks(ctx).get("f16") if tensor_cores else None
     for n, k in gemm_shapes:
-        for m in gemm_ms:
+        for m in filter(ctx.wants_m, gemm_ms):
             p = _Problem(ctx, m, n, k, 32)
             try:
                 for kernel in ("auto", "gemm") if tensor_cores else ("auto",):

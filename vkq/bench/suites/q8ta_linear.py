@@ -125,6 +125,8 @@ def bench_q8ta_linear(ctx: BenchContext) -> Iterator[Row]:
     else:
         gemv_shapes = [(4096, 4096), (14336, 4096), (4096, 14336), (1024, 4096)]
         gemm_cases = [(m, n, 4096) for n in (4096, 14336) for m in (32, 128, 512, 2048)]
+    gemv_shapes = gemv_shapes if ctx.wants_m(1) else []
+    gemm_cases = [c for c in gemm_cases if ctx.wants_m(c[0])]
     for n, k in gemv_shapes:
         yield _bench_case(ctx, GEMV, 1, n, k, peak)
     tc_peak = coopmat_peaks(ctx).get("i8")
