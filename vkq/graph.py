@@ -472,13 +472,14 @@ class Graph:
         if pre is not None:
             pre.submit()
         program.submit()
+        specs = {n: self._outputs[n].spec for n in names}
         if not download:
-            return {n: DeviceTensor.from_spec(self.device, v.spec, self._out_ranges[n] if
+            return {n: DeviceTensor.from_spec(self.device, spec, self._out_ranges[n] if
                                               isinstance(self._out_ranges[n], BufferSlice)
-                                              else BufferSlice(self._out_ranges[n], 0, v.spec.nbytes))
-                    for n, v in ((n, self._outputs[n]) for n in names)}
+                                              else BufferSlice(self._out_ranges[n], 0, spec.nbytes))
+                    for n, spec in specs.items()}
         self.device.wait(program.serial)
-        return {n: _from_storage(self._outputs[n].spec, self._out_views[n]) for n in names}
+        return {n: _from_storage(spec, self._out_views[n]) for n, spec in specs.items()}
 
     def _output_names(self, outputs: Iterable[str] | None) -> list[str]:
         if outputs is None:

@@ -427,6 +427,19 @@ def check_tokens(tokens: Sequence[int], vocab: int) -> np.ndarray:
     return t.astype(np.int64)
 
 
+def _timed_pass(model: Any, prompt: np.ndarray, decode_tokens: int) -> tuple[float, float, int]:
+    """From an empty context: the prompt's prefill, then greedy decode steps; (prefill
+    seconds, decode seconds, the last token)."""
+    model.reset()
+    t = time.perf_counter()
+    token = int(np.argmax(model.prefill(prompt)))
+    prefill_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(decode_tokens):
+        token, _ = model.step(token, logits=False)
+    return prefill_s, time.perf_counter() - t, token
+
+
 def benchmark(model: Any, prompt_len: int, decode_tokens: int,
               warmup_s: float = 0.3, repeats: int = 3) -> dict[str, float]:
     """Prefill tok/s for a prompt of `prompt_len` random tokens, then decode tok/s over
@@ -441,23 +454,13 @@ def benchmark(model: Any, prompt_len: int, decode_tokens: int,
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, model.config.vocab, prompt_len)
     end = time.perf_counter() + warmup_s
-    while True:
-        model.reset()
-        token = int(np.argmax(model.prefill(prompt)))
-        for _ in range(decode_tokens):
-            token, _ = model.step(token, logits=False)
+    while True:  # at least one pass, even with warmup_s=0
+        _timed_pass(model, prompt, decode_tokens)
         if time.perf_counter() >= end:
             break
-    prefill_s, decode_s = [], []
-    for _ in range(repeats):
-        model.reset()
-        t = time.perf_counter()
-        token = int(np.argmax(model.prefill(prompt)))
-        prefill_s.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        for _ in range(decode_tokens):
-            token, _ = model.step(token, logits=False)
-        decode_s.append(time.perf_counter() - t)
+    prefill_s, decode_s, token = zip(*(_timed_pass(model, prompt, decode_tokens)
+                                       for _ in range(repeats)))
+    token = token[-1]
     spans = []
     model.reset()
     model.prefill(prompt)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -278,6 +278,33 @@ def _device_weight(w: Any, device: Device | None) -> Q4gswWeight:
     if w.closed:
         raise ValueError("this Q4gswWeight has been closed")
     return w
+
+
+def int4_linear_call(x: Any, w: Any, bias: Any, options: Mapping[str, Any], shape: tuple[int, int],
+                     extra_needs: Callable[[TensorSpec], list[Any]] = lambda spec: []) -> Call:
+    """The Call of an int4 linear (this op, and qta8a_qga4w_linear with act_quant="int8")
+    once the op has checked its own options and found the weight's (N, K) `shape`: input "x"
+    (and "residual"), the bias in the product's channel order, rms_norm='s weight and eps,
+    the fused weight's parts and epilogue; x, y and `extra_needs(x's spec)` are checked
+    against the device's limits before the weight is packed."""
+    base, parts, epilogue = fused_parts(w)
+    n, k = shape
+    inputs = {"x": float_tensor("x", x)}
+    if options.get("residual") is not None:
+        inputs["residual"] = float_tensor("residual", options["residual"])
+    b32 = fused_bias(bias_vector(bias, n), epilogue)
+    spec = inputs["x"].spec
+    if spec.shape:
+        device = (options.get("device") or getattr(base, "device", None)
+                  or tensor_device(x) or default_device())
+        check_fits(device.caps, [dense_need("float32 output y", (spec.rows, n))] + extra_needs(spec)
+                   + ([dense_need("float32 activations x", (spec.rows, k))]
+                      if isinstance(inputs["x"], HostTensor) else []))
+    norm_weight, norm_eps = norm_option(options.get("rms_norm"), k)
+    attrs = {"kernel": options.get("kernel", "auto"), "has_bias": b32 is not None,
+             "parts": parts, "epilogue": epilogue, "norm_eps": norm_eps}
+    return Call(inputs, attrs, base, {"bias": b32, "norm_weight": norm_weight},
+                fused_finish(parts, epilogue))
 
 
 def _weight_shape(w: Any) -> tuple[int, int]:
@@ -603,7 +630,7 @@ class Q4gswLinear(Op):
         return _device_weight(weight, device)
 
     def linear_call(self, x: Any, w: Any, bias: Any, options: Mapping[str, Any]) -> Call:
-        base, parts, epilogue = fused_parts(w)
+        base = fused_parts(w)[0]
         n, k = _weight_shape(base)
         given = [q for q in INT8_QPARAMS if options.get(q) is not None]
         if given:
@@ -612,22 +639,7 @@ class Q4gswLinear(Op):
         if options.get("activation", "none") != "none":
             raise ValueError("int4 weight-only linear has no fused activation; fuse gate and up "
                              "with vkq.fuse_linear(..., epilogue='silu_mul')")
-        inputs = {"x": float_tensor("x", x)}
-        if options.get("residual") is not None:
-            inputs["residual"] = float_tensor("residual", options["residual"])
-        b32 = fused_bias(bias_vector(bias, n), epilogue)
-        spec = inputs["x"].spec
-        if spec.shape:  # x and y against the device's limits, before the weight is packed
-            device = (options.get("device") or getattr(base, "device", None)
-                      or tensor_device(x) or default_device())
-            check_fits(device.caps, [dense_need("float32 output y", (spec.rows, n))]
-                       + ([dense_need("float32 activations x", (spec.rows, k))]
-                          if isinstance(inputs["x"], HostTensor) else []))
-        norm_weight, norm_eps = norm_option(options.get("rms_norm"), k)
-        attrs = {"kernel": options.get("kernel", "auto"), "has_bias": b32 is not None,
-                 "parts": parts, "epilogue": epilogue, "norm_eps": norm_eps}
-        return Call(inputs, attrs, base, {"bias": b32, "norm_weight": norm_weight},
-                    fused_finish(parts, epilogue))
+        return int4_linear_call(x, w, bias, options, (n, k))
 
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:

@@ -34,15 +34,11 @@ from typing import Any, Mapping
 from vkq import layouts
 from vkq.layouts import INT8_TOKEN_OCTETS
 from vkq.ops import contract, q4gsw_linear
-from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_tensor,
-                            grid_2d, norm_option, packed_need, require_float_activations,
-                            tensor_device)
-from vkq.ops.contract import (Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec, register,
-                              register_linear)
-from vkq.ops.elementwise import fused_bias, fused_finish, fused_outputs, fused_parts
+from vkq.ops.common import INT8_QPARAMS, ceil_div, grid_2d, packed_need, require_float_activations
+from vkq.ops.contract import Call, Op, Plan, PlannedDispatch, TensorSpec, register, register_linear
+from vkq.ops.elementwise import fused_outputs, fused_parts
 from vkq.ops.rms_norm import norm_dispatch
 from vkq.reference.qta8a_qga4w import qta8a_qga4w_linear_reference
-from vkq.runtime import default_device
 from vkq.shaderlib import variant_info, variant_name
 
 KERNELS = ("auto", "gemv", "gemm")
@@ -200,7 +196,7 @@ class Qta8aQga4wLinear(Op):
         return contract.get(q4gsw_linear.Q4gswLinear.name).prepack(weight, device)
 
     def linear_call(self, x: Any, w: Any, bias: Any, options: Mapping[str, Any]) -> Call:
-        base, parts, epilogue = fused_parts(w)
+        base = fused_parts(w)[0]
         given = [q for q in INT8_QPARAMS if options.get(q) is not None]
         if given:
             raise TypeError(f"act_quant='int8' quantizes float activations itself (per token): "
@@ -208,27 +204,11 @@ class Qta8aQga4wLinear(Op):
         if options.get("activation", "none") != "none":
             raise ValueError("act_quant='int8' linear has no fused activation")
         n, k = _weight_shape(base)
-        b32 = fused_bias(bias_vector(bias, n), epilogue)
-        xi = float_tensor("x", x)
-        inputs = {"x": xi}
-        if options.get("residual") is not None:
-            inputs["residual"] = float_tensor("residual", options["residual"])
-        spec = xi.spec
-        if spec.shape:  # x, y and the quantize pass's scratch against the device's limits
-            device = (options.get("device") or getattr(base, "device", None) or tensor_device(x)
-                      or default_device())
-            rows = spec.rows
-            needs = [dense_need("float32 output y", (rows, n))]
-            if spec.shape[-1] == k:
-                needs.append(packed_need("quantized activations", INT8_TOKEN_OCTETS, (rows, k)))
-            if isinstance(xi, HostTensor):
-                needs.append(dense_need("float32 activations x", (rows, k)))
-            check_fits(device.caps, needs)
-        norm_weight, norm_eps = norm_option(options.get("rms_norm"), k)
-        attrs = {"kernel": options.get("kernel", "auto"), "has_bias": b32 is not None,
-                 "parts": parts, "epilogue": epilogue, "norm_eps": norm_eps}
-        return Call(inputs, attrs, base, {"bias": b32, "norm_weight": norm_weight},
-                    fused_finish(parts, epilogue))
+
+        def scratch_need(spec: TensorSpec) -> list[Any]:  # the quantize pass's output
+            return ([packed_need("quantized activations", INT8_TOKEN_OCTETS, (spec.rows, k))]
+                    if spec.shape[-1] == k else [])
+        return q4gsw_linear.int4_linear_call(x, w, bias, options, (n, k), scratch_need)
 
     def plan(self, inputs: Mapping[str, TensorSpec], attrs: Mapping[str, Any], weight: Any,
              device: Any) -> Plan:
