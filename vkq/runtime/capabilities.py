@@ -28,6 +28,9 @@ COMPONENT_TYPES = {
     lib.VK_COMPONENT_TYPE_SINT64_KHR: "sint64", lib.VK_COMPONENT_TYPE_UINT8_KHR: "uint8",
     lib.VK_COMPONENT_TYPE_UINT16_KHR: "uint16", lib.VK_COMPONENT_TYPE_UINT32_KHR: "uint32",
     lib.VK_COMPONENT_TYPE_UINT64_KHR: "uint64",
+    # VK_COMPONENT_TYPE_BFLOAT16_KHR (VK_KHR_shader_bfloat16): newer than the `vulkan`
+    # binding's headers; the H200's driver lists a bf16 -> fp32 shape with it
+    1000141000: "bfloat16",
 }
 SCOPES = {lib.VK_SCOPE_DEVICE_KHR: "device", lib.VK_SCOPE_WORKGROUP_KHR: "workgroup",
           lib.VK_SCOPE_SUBGROUP_KHR: "subgroup", lib.VK_SCOPE_QUEUE_FAMILY_KHR: "queue_family"}
