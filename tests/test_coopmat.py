@@ -17,13 +17,23 @@ import pytest
 import vkq
 from vkq import shaderlib
 from vkq.ops import q4gsw_linear as q4
+from vkq.ops import contract
 from vkq.ops import q8ta_linear as q8
+from vkq.ops import qta8a_qga4w_linear as qta
+from vkq.execute import weight_buffers
+from vkq.reference.qta8a_qga4w import qta8a_qga4w_linear_reference
+from vkq.runtime import Buffer
 from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.runtime import UnsupportedDevice
 from vkq.runtime.capabilities import CoopMatShape
-from test_q4gsw_linear import check, fp16_tolerance, make_weight, prepack_exact, run_guarded
+from test_q4gsw_linear import GUARD, check, fp16_tolerance, make_weight, prepack_exact, run_guarded
+from test_q4gsw_linear import SENTINEL as SENTINEL_F
 from test_q8ta_linear import (SENTINEL, _run_into, assert_matches, check_exact_accumulators,
                               make_case, q8ta, qparams)
+from test_qta8a_linear import check as check_qta
+from test_qta8a_linear import device_weight, exact_case
+from test_qta8a_linear import make_weight as make_qta_weight
+from test_qta8a_linear import run as run_qta
 
 COOPMAT_VARIANTS = sorted(n for n in shaderlib.declared_variants()
                           if "cooperative_matrix" in shaderlib.variant_info(n).requires)
@@ -68,6 +78,11 @@ def test_a_device_without_tensor_cores_refuses_coopmat_kernels(device):
     with vkq.trace() as t:  # auto falls back to the fp32 GEMM
         vkq.linear(x, w, device=device)
     assert t.kernels[0].startswith("q4gsw_gemm_")
+    with pytest.raises(ValueError, match="kernel='coopmat': the device has no int8 16x16x32"):
+        vkq.linear(x, w, act_quant="int8", kernel="coopmat", device=device)
+    with vkq.trace() as t:  # and act_quant='int8' to the integer-dot GEMM
+        vkq.linear(x, w, act_quant="int8", device=device)
+    assert t.kernels[1].startswith("qta8a_gemm_")
     assert not q8.pick_variant(q8.GEMM, device.caps, 30).startswith(q8.COOPMAT_FAMILY)
 
 
@@ -104,8 +119,8 @@ def test_coopmat_plans_split_small_batches_and_cover_k():
     small = q4.plan_coopmat(128, 4096, 4096, False, half_params=True)
     big = q4.plan_coopmat(2048, 14336, 4096, True)
     mid = q4.plan_coopmat(512, 4096, 4096, False, half_params=True)
-    assert (small.bm, small.bn, mid.bm, mid.bn, big.bm, big.bn) == (64, 64, 128, 128, 128, 256)
-    assert mid.splits == 1 and mid.variant == "q4gsw_coopmat_sym_128x128_p16"
+    assert (small.bm, small.bn, mid.bm, mid.bn, big.bm, big.bn) == (64, 64, 128, 128, 128, 128)
+    assert mid.splits == 1 and mid.variant == f"q4gsw_coopmat_sym_{q4.COOPMAT_BIG_TILE}_p16"
     assert small.splits > 1 and big.splits == 1
     assert small.kernels == ["q4gsw_coopmat_prep", small.variant, "q4gsw_gemm_reduce"]
     for k, splits in ((4096, 3), (1320, 7), (64, 5)):
@@ -272,4 +287,108 @@ def test_q8ta_routes_to_tensor_cores(tc_device):
         y = vkq.linear(x, w, b, **p, device=tc_device)
     assert t.kernels == ["q8ta_linear_coopmat_t64x64"]  # 3 x 1 tiles of 128: the small tile
     assert_matches(y, x, w, b, p)
-    assert q8.pick_variant(q8.GEMM, tc_device.caps, 2048, 4096) == "q8ta_linear_coopmat_t128x128"
+    assert q8.pick_variant(q8.GEMM, tc_device.caps, 2048, 4096) == f"q8ta_linear_coopmat_{q8.COOPMAT_BIG_TILE}"
+
+
+# -- on tensor cores: qta8a_qga4w (act_quant="int8") ---------------------------------------------
+QTA_TILES = sorted({v.values["TILE"] for v in shaderlib.families()[qta.COOPMAT_FAMILY].variants})
+
+
+def qta_coopmat(tile: str | None = None) -> dict:
+    return dict(kernel="coopmat", gemm_tile=tile)
+
+
+@pytest.mark.parametrize("tile", QTA_TILES)
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_qta8a_coopmat_integer_sums_are_exact(tc_device, tile, symmetric):
+    """Exact float epilogues (test_qta8a_linear.exact_case): any wrong integer group sum, scale
+    or zero-point correction changes the result. K / 32 odd (a padding block), groups of one
+    to eight blocks, float32 and fp16 parameters."""
+    for gs, k in ((32, 96), (64, 192), (96, 288), (256, 256)):
+        x, w, bias = exact_case(70, 19, k, gs, symmetric, seed=gs + k)
+        ref = qta8a_qga4w_linear_reference(x, w.q, w.scales, w.zeros, gs, bias).astype(np.float32)
+        pw = device_weight(w, tc_device, "float32" if gs == 96 else "float16")
+        for m in (1, 7, 70):
+            with vkq.trace() as t:
+                y = run_qta(x[:m], pw, bias, tc_device, **qta_coopmat(tile))
+            assert t.kernels[1].startswith(f"qta8a_coopmat_{'sym' if symmetric else 'asym'}_{tile}")
+            np.testing.assert_array_equal(y, ref[:m], err_msg=f"gs={gs} m={m}")
+        pw.close()
+
+
+@pytest.mark.parametrize("m,n,k,gs,symmetric", [
+    (133, 200, 4096, 32, True), (5, 70, 320, 64, False), (257, 1024, 1024, 128, True),
+    (64, 4096, 4096, 32, False), (33, 96, 14336, 4096 // 2, True)])
+def test_qta8a_coopmat_within_the_bound(tc_device, m, n, k, gs, symmetric):
+    rng = np.random.default_rng(m + n)
+    w = make_qta_weight(n, k, gs, symmetric, seed=k)
+    x = rng.standard_normal((m, k)).astype(np.float32) * 3
+    bias = rng.standard_normal(n).astype(np.float32)
+    with vkq.trace() as t:
+        y = vkq.linear(x, w, bias, act_quant="int8", kernel="coopmat", device=tc_device)
+    assert t.kernels[1].startswith("qta8a_coopmat_")
+    check_qta(y, x, w, bias)
+    w.release()
+
+
+@pytest.mark.parametrize("tile", QTA_TILES)
+def test_qta8a_coopmat_no_out_of_bounds_access_and_special_rows(tc_device, tile):
+    """Edge tiles (N % 4 != 0: every fragment through shared memory; N % 4 == 0: interior
+    fragments stored directly), NaN after x and a sentinel after y; NaN/Inf rows give NaN in
+    their row only."""
+    rng = np.random.default_rng(5)
+    for m, n, k, symmetric in ((7, 70, 96, False), (133, 144, 256, True), (66, 132, 128, False)):
+        w = make_qta_weight(n, k, 32, symmetric, seed=n)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        x[1, 3], x[2] = np.nan, 0.0
+        bias = rng.standard_normal(n).astype(np.float32)
+        y = run_qta_guarded(tc_device, w, x, bias, **qta_coopmat(tile))
+        check_qta(y, x, w, bias)
+        assert np.all(np.isnan(y[1])) and np.array_equal(y[2], bias)
+        w.release()
+
+
+def test_qta8a_routes_to_tensor_cores(tc_device):
+    caps = tc_device.caps
+    o = contract.get(qta.Qta8aQga4wLinear.name)
+    q32, w16 = make_qta_weight(4096, 64, 32, True, seed=1), make_qta_weight(64, 64, 16, True, seed=1)
+    w32 = o.prepack(q32, tc_device)
+    assert qta.gemm_variant(w32, 512, caps) == f"qta8a_coopmat_sym_{qta.COOPMAT_BIG_TILE}_p16"
+    assert qta.gemm_variant(w32, 64, caps) == f"qta8a_coopmat_sym_{qta.COOPMAT_SMALL_TILE}_p16"
+    assert qta.gemm_variant(o.prepack(w16, tc_device), 512, caps).startswith("qta8a_gemm_idot_sym_comp_")
+    x = np.random.default_rng(2).standard_normal((30, 64)).astype(np.float32)
+    for kernel, family in (("auto", "qta8a_coopmat_"), ("gemm", "qta8a_gemm_idot_")):
+        with vkq.trace() as t:  # M = 30: the GEMM; "gemm" keeps the integer-dot one
+            y = vkq.linear(x, q32, act_quant="int8", kernel=kernel, device=tc_device)
+        assert t.kernels[1].startswith(family)
+        check_qta(y, x, q32, None)
+    with pytest.raises(ValueError, match="kernel=.coopmat.: group_size 16 is not a multiple of 32"):
+        vkq.linear(np.ones((30, 64), np.float32), w16, act_quant="int8", kernel="coopmat",
+                   device=tc_device)
+    q32.release()
+    w16.release()
+
+
+def run_qta_guarded(device, w, x: np.ndarray, bias, **attrs) -> np.ndarray:
+    """The op's plan recorded with NaN after x and a sentinel after y."""
+    o = contract.get(qta.Qta8aQga4wLinear.name)
+    pw = o.prepack(w, device)
+    m, k = x.shape
+    n = w.shape[0]
+    plan = o.plan({"x": contract.TensorSpec.dense((m, k))},
+                  dict(attrs, has_bias=bias is not None), pw, device)
+    assert list(plan.outputs) == ["y"]
+    host = {"x": np.concatenate([x.reshape(-1), np.full(GUARD, np.nan, np.float32)]),
+            "y": np.full(m * n + GUARD, SENTINEL_F, np.float32),
+            "bias": np.concatenate([bias, np.full(GUARD, np.nan, np.float32)])}
+    bufs = {role: device.upload(a) for role, a in host.items()}
+    bufs.update({role: Buffer(device, nbytes) for role, nbytes in plan.scratch.items()})
+    try:
+        with device.batch() as b:
+            o.record(b, {"dummy": device.dummy_buffer(), **weight_buffers(pw), **bufs}, plan)
+        out = bufs["y"].read(np.float32)
+    finally:
+        for buf in bufs.values():
+            buf.close()
+    np.testing.assert_array_equal(out[m * n:], SENTINEL_F)
+    return out[: m * n].reshape(m, n)

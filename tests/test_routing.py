@@ -187,7 +187,7 @@ def test_q8ta_routes_to_declared_supported_variants(profile):
     assert coop == bool(profile["cooperative_matrix"])
     if coop:  # both tiles: the big one once a shape makes enough of them
         assert {q8.pick_variant(q8.GEMM, dev.caps, m, n) for m, n in ((257, 4096), (5, 9))} == {
-            "q8ta_linear_coopmat_t128x128", "q8ta_linear_coopmat_t64x64"}
+            f"q8ta_linear_coopmat_{q8.COOPMAT_BIG_TILE}", "q8ta_linear_coopmat_t64x64"}
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=PROFILE_IDS)
@@ -204,6 +204,10 @@ def test_qta8a_routes_to_declared_supported_variants(profile):
         w = q4_weight(dev, n, k, gs, asym, half)
         for m, kernel in itertools.product(QTA_MS, qta.KERNELS):
             x = contract.TensorSpec.dense((m, k))
+            if kernel == "coopmat" and qta.coopmat_refusal(w, dev.caps) is not None:
+                with pytest.raises(ValueError, match="kernel='coopmat'"):
+                    op.plan({"x": x}, {"kernel": kernel, "has_bias": False}, w, dev)
+                continue
             plan = op.plan({"x": x}, {"kernel": kernel, "has_bias": False}, w, dev)
             for name in plan.variants:
                 dev.kernel(name)
@@ -212,10 +216,15 @@ def test_qta8a_routes_to_declared_supported_variants(profile):
                 assert plan.variants[0].startswith("q4gsw_gemv_")
             else:
                 assert plan.variants[0] == qta.quantize_variant(dev.caps) and len(plan.variants) == 2
+                if plan.variants[1].startswith("qta8a_coopmat_"):  # int8 tensor cores
+                    assert q8.coopmat_capable(dev.caps) and gs % 32 == 0
+                    continue
                 dot = "_idot_" if profile["integer_dot_product"] else "_fallback_"
                 assert dot in plan.variants[1]
     assert any(n.startswith("qta8a_gemv_") for n in routed)
     assert any(n.startswith("qta8a_gemm_") for n in routed)
+    tensor_cores = any(n.startswith("qta8a_coopmat_") for n in routed)
+    assert tensor_cores == q8.coopmat_capable(dev.caps)
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=PROFILE_IDS)

@@ -1,18 +1,23 @@
 {#- Shared by the coopmat GEMMs (q4gsw_coopmat, q8ta_linear_coopmat): the workgroup's
     BM x BN output tile as WM x WN subgroups, each owning (BM / WM) x (BN / WN) outputs as
     FM x FN accumulators of 16 x 16. Operands come from shared memory, staged per K step
-    as rows of 64 bytes: A row-major (BM rows of x), B column-major (BN channels, each its
-    64 bytes of k), each row padded to PITCH = 5 uvec4 (80 bytes: the 16-byte-aligned
-    stride coopMatLoad wants, and 8 rows of a fragment fall on distinct banks). A step is
-    two fragments deep in k: 2 x 16 fp16 or 2 x 32 int8. The shared arrays hold vectors of
+    as rows of 32 * KD bytes: A row-major (BM rows of x), B column-major (BN channels, each
+    its 32 * KD bytes of k), each row padded by 16 bytes to PITCH (80 bytes for KD = 2: the
+    16-byte-aligned stride coopMatLoad wants, and 8 rows of a fragment fall on distinct
+    banks). A step is KD fragments deep in k: KD x 16 fp16 or KD x 32 int8; KD = 2 unless
+    the template sets it (q8ta only). The shared arrays hold vectors of
     the operand type itself (SH: f16vec4 or i8vec4, UNIT bytes each), never reinterpreted
     words: coopMatLoad reads its own component type. The epilogue stages accumulators in a
     separate array of their type. Import `with context`; the template sets AT (operand
-    type), CT (accumulator type), FK (fragment k), SH, UNIT, BM, BN, WM, WN. -#}
-{% set PITCH = 80 // UNIT %}
+    type), CT (accumulator type), FK (fragment k), SH, UNIT, BM, BN, WM, WN; optionally SO
+    (the staging array's type, default CT) and CLOSE_HOOK (main_loop then also calls
+    `caller("close", ks, buf)` after each fragment ks of a step: per-group epilogues). -#}
+{% set KD = KD | default(2) %}  {# fragments per K step (q8ta only: the others stage 2) #}
+{% set PITCH = (32 * KD + 16) // UNIT %}
 {% set NBUF = NBUF | default(2) %}
 {% set KS = 32 // UNIT %}
 {% set NW = WM * WN %}
+{% set NS = SLOTS | default(NW) %}  {# epilogue staging slots: NW / NS rounds of NS subgroups #}
 {% set FM = BM // WM // 16 %}
 {% set FN = BN // WN // 16 %}
 
@@ -22,7 +27,7 @@
 #define CM_C coopmat<{{ CT }}, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
 shared {{ SH }} sa[{{ NBUF * BM * PITCH }}];  // [buffer][BM rows][PITCH]
 shared {{ SH }} sb[{{ NBUF * BN * PITCH }}];  // [buffer][BN channels][PITCH]
-shared {{ CT }} so[{{ NW * 256 }}];  // the epilogue's staging: one 16 x 16 slot per subgroup
+shared {{ SO | default(CT) }} so[{{ NS * 256 }}];  // the epilogue's staging: NS slots of 16 x 16
 {% endmacro %}
 
 {% macro declare_acc() %}
@@ -32,11 +37,11 @@ shared {{ CT }} so[{{ NW * 256 }}];  // the epilogue's staging: one 16 x 16 slot
 {% endmacro %}
 
 {# One K step from shared buffer `buf`: this subgroup's FM x FN fragments, two deep. #}
-{% macro mma_step(buf) %}
+{% macro mma_step(buf, hook=none) %}
         {
             const uint a_base = {{ buf }} * {{ BM * PITCH }}u + wm * {{ (BM // WM) * PITCH }}u;
             const uint b_base = {{ buf }} * {{ BN * PITCH }}u + wn * {{ (BN // WN) * PITCH }}u;
-{% for ks in range(2) %}
+{% for ks in range(KD) %}
             {
 {% for i in range(FM) %}
                 CM_A a{{ i }};
@@ -50,6 +55,9 @@ shared {{ CT }} so[{{ NW * 256 }}];  // the epilogue's staging: one 16 x 16 slot
                 acc_{{ i }}_{{ j }} = coopMatMulAdd(a{{ i }}, b{{ j }}, acc_{{ i }}_{{ j }});
 {% endfor %}{% endfor %}
             }
+{% if hook %}
+{{ hook("close", ks, buf) }}
+{% endif %}
 {% endfor %}
         }
 {% endmacro %}
@@ -73,7 +81,7 @@ shared {{ CT }} so[{{ NW * 256 }}];  // the epilogue's staging: one 16 x 16 slot
         if (jj + 1u < steps) {
 {{ caller("fetch", 0, "jj + 1u") }}
         }
-{{ mma_step("0u") }}
+{{ mma_step("0u", caller if CLOSE_HOOK | default(false) else none) }}
         barrier();  // every subgroup is done with the buffer
         if (jj + 1u < steps) {
 {{ caller("store", 0, "0u") }}
@@ -107,7 +115,7 @@ shared {{ CT }} so[{{ NW * 256 }}];  // the epilogue's staging: one 16 x 16 slot
 {{ caller("fetch", 0, "jj + 1u") }}
             }
 {% endif %}
-{{ mma_step(p ~ "u") }}
+{{ mma_step(p ~ "u", caller if CLOSE_HOOK | default(false) else none) }}
             if (jj + 1u < steps) {
 {{ caller("store", (1 - p) if PF == 2 else 0, (1 - p) ~ "u") }}
             }
@@ -118,16 +126,25 @@ shared {{ CT }} so[{{ NW * 256 }}];  // the epilogue's staging: one 16 x 16 slot
 {% endif %}
 {% endmacro %}
 
-{# Epilogue: for each fragment (i, j), every subgroup stores its accumulator row-major into
-   its 16 x 16 slot of `so` (element e of subgroup g at so[256 g + e]), then the caller's
-   block reads the slots back with the whole workgroup (`caller(i, j)`). #}
+{# Epilogue: for each fragment (i, j), in rounds r of NS subgroups (SLOTS < NW: 16-subgroup
+   tiles leave no room for a slot each), subgroup r * NS + s stores its accumulator row-major
+   into slot s of `so` (element e at so[256 s + e]), then the caller's block reads the slots
+   back with the whole workgroup (`caller(i, j, r)`). #}
 {% macro each_fragment() %}
 {% for i in range(FM) %}{% for j in range(FN) %}
-    barrier();  // the previous fragment's readers are done with so
+{% for r in range(NW // NS) %}
+    barrier();  // the previous readers are done with so
+{% if NS < NW %}
+    if (gl_SubgroupID / {{ NS }}u == {{ r }}u) {  // uniform per subgroup
+        coopMatStore(acc_{{ i }}_{{ j }}, so, (gl_SubgroupID % {{ NS }}u) * 256u, 16u, gl_CooperativeMatrixLayoutRowMajor);
+    }
+{% else %}
     coopMatStore(acc_{{ i }}_{{ j }}, so, gl_SubgroupID * 256u, 16u, gl_CooperativeMatrixLayoutRowMajor);
+{% endif %}
     barrier();
     {
-{{ caller(i, j) }}
+{{ caller(i, j, r) }}
     }
+{% endfor %}
 {% endfor %}{% endfor %}
 {% endmacro %}

@@ -719,21 +719,18 @@ def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
 # ----------------------------------------------------------------------------- coopmat GEMM
 #: The fp16 tensor-core shape the coopmat GEMM multiplies with (M x N x K, A/B, C/result).
 COOPMAT_SHAPE = (16, 16, 16, "float16", "float32")
-#: Coopmat tiles: 128x256 (single-buffered, 8 subgroups of 64x64) where it makes at least
-#: COOPMAT_WIDE_TILES workgroups; else 128x128 (8 subgroups of 64x32) where that makes at
-#: least COOPMAT_BIG_TILES; neither is split. Else 64x64 (4 of 32x32) with split-K towards
-#: COOPMAT_SPLIT_TARGET workgroups. Measured on the H200 (132 SMs); see docs/tuning.md
-#: §q4gsw coopmat GEMM.
-COOPMAT_WIDE_TILES = 192
+#: Coopmat tiles: COOPMAT_BIG_TILE (128x128 as 16 subgroups of 32x32, loads one step ahead)
+#: where it makes at least COOPMAT_BIG_TILES workgroups, unsplit; else 64x64 (4 of 32x32)
+#: with split-K towards COOPMAT_SPLIT_TARGET workgroups. Measured on the H200 (132 SMs); see
+#: docs/tuning.md §q4gsw coopmat GEMM.
+COOPMAT_BIG_TILE = "128x128w16pf1"
 COOPMAT_BIG_TILES = 96
 COOPMAT_SPLIT_TARGET = 264
 
 
 def coopmat_tile(m: int, n: int) -> str:
-    """The routed coopmat tile for an M x N output (COOPMAT_WIDE_TILES, COOPMAT_BIG_TILES)."""
-    if ceil_div(m, 128) * ceil_div(n, 256) >= COOPMAT_WIDE_TILES:
-        return "128x256s"
-    return "128x128" if ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES else "64x64"
+    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES)."""
+    return COOPMAT_BIG_TILE if ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES else "64x64"
 
 
 def coopmat_capable(caps: Any) -> str | None:

@@ -80,15 +80,16 @@ FAMILY = {GEMV: "q8ta_linear_gemv", GEMM: "q8ta_linear"}
 #: The GEMM path's tensor-core family, and the shape it multiplies with (M x N x K, A/B, C).
 COOPMAT_FAMILY = "q8ta_linear_coopmat"
 COOPMAT_SHAPE = (16, 16, 32, "sint8", "sint32")
-#: Coopmat tiles: 128x128 (8 subgroups of 64x32) where it makes at least COOPMAT_BIG_TILES
-#: workgroups, else 64x64 (4 of 32x32). Measured on the H200 (132 SMs); see docs/tuning.md
-#: §q8ta coopmat GEMM.
+#: Coopmat tiles: COOPMAT_BIG_TILE (128x128, 8 subgroups of 64x32, one shared buffer, K
+#: steps of 128) where it makes at least COOPMAT_BIG_TILES workgroups, else 64x64 (4 of
+#: 32x32). Measured on the H200 (132 SMs); see docs/tuning.md §q8ta coopmat GEMM.
+COOPMAT_BIG_TILE = "t128x128sk4"
 COOPMAT_BIG_TILES = 96
 
 
 def coopmat_tile(m: int, n: int) -> str:
     """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES)."""
-    return "t128x128" if ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES else "t64x64"
+    return COOPMAT_BIG_TILE if ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES else "t64x64"
 #: GEMM tiles (rows x channels) by batch size: 32x128 up to SMALL_M_TILE_MAX rows, 128x64
 #: above. Measured on the H100; see docs/tuning.md §q8ta GEMM tiles.
 SMALL_M_TILE_MAX = 256

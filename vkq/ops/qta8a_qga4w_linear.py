@@ -17,14 +17,17 @@ the fused weights' residual add / silu_mul / part copies after, vkq.ops.elementw
 2. the fused linear: `qta8a_qga4w_linear_gemv.comp.j2` (rows of x per workgroup; M up to
    GEMV_MAX_ROWS) or the register-tiled `qta8a_qga4w_linear.comp.j2` (larger M). Integer dot
    products (or the bit-identical int32 fallback where the device has no
-   shaderIntegerDotProduct) form the exact int32 sums, the float epilogue scales them.
+   shaderIntegerDotProduct) form the exact int32 sums, the float epilogue scales them. Where
+   the device has int8 tensor cores and the group size is a multiple of 32, the GEMM is
+   `qta8a_qga4w_coopmat.comp.j2` instead: the same exact group sums from int8 MMAs.
 
 Routing (`kernel="auto"`) also weighs the weight-only q4gsw path (docs/design.md §5): at
 M <= WEIGHT_ONLY_MAX_ROWS the float activations go straight into the q4gsw GEMV (no
 quantization: more accurate, and without the quantize pass's dependent dispatch), as
 measured on the H200 (docs/bench-h200.md, session of 2026-11-30: at M = 1 the int8 path
 took 11.9 µs, the q4gsw GEMV 7.1). `kernel="gemv"` / `"gemm"` force the
-int8 kernels at any M. Observable with `vkq.trace()`.
+int8 kernels at any M ("gemm": the integer-dot GEMM), `"coopmat"` the GEMM on tensor cores.
+Observable with `vkq.trace()`.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from typing import Any, Mapping
 
 from vkq import layouts
 from vkq.layouts import INT8_TOKEN_OCTETS
-from vkq.ops import contract, q4gsw_linear
+from vkq.ops import contract, q4gsw_linear, q8ta_linear
 from vkq.ops.common import INT8_QPARAMS, ceil_div, grid_2d, packed_need, require_float_activations
 from vkq.ops.contract import Call, Op, Plan, PlannedDispatch, TensorSpec, register, register_linear
 from vkq.ops.elementwise import fused_outputs, fused_parts
@@ -41,7 +44,7 @@ from vkq.ops.rms_norm import norm_dispatch
 from vkq.reference.qta8a_qga4w import qta8a_qga4w_linear_reference
 from vkq.shaderlib import variant_info, variant_name
 
-KERNELS = ("auto", "gemv", "gemm")
+KERNELS = ("auto", "gemv", "gemm", "coopmat")
 WEIGHT_ONLY, GEMV, GEMM = "weight_only", "gemv", "gemm"
 
 #: M <= this runs the weight-only q4gsw path under kernel="auto". Measured on the H200 at
@@ -50,7 +53,8 @@ WEIGHT_ONLY, GEMV, GEMM = "weight_only", "gemv", "gemm"
 #: 8.5, but the weight-only batch GEMV is kept for one row only so that act_quant="int8"
 #: quantizes wherever it is not free to skip (from M = 16 the int8 GEMV is faster).
 WEIGHT_ONLY_MAX_ROWS = 1
-#: M <= this runs the GEMV (rows of x per workgroup), above the GEMM. Not measured yet: the
+#: M <= this runs the GEMV (rows of x per workgroup), above the GEMM (on tensor cores where
+#: coopmat_refusal allows). Not measured yet: the
 #: q4gsw op's measured crossing point (24).
 GEMV_MAX_ROWS = 24
 #: GEMV shape by M (the first whose limit holds): lanes, channels (R) and rows of x (MR)
@@ -59,6 +63,16 @@ GEMV_SHAPES: tuple[tuple[int, str], ...] = ((1, "l128r8m1"), (2, "l128r4m2"), (1
 GEMV_FALLBACK_SHAPE = "l128r8m1"
 #: GEMM tile (rows x channels) by M. Not measured yet.
 GEMM_TILES: tuple[tuple[int, str], ...] = ((64, "32x64"), (256, "64x64"), (1 << 62, "128x64"))
+#: The GEMM on int8 tensor cores (qta8a_qga4w_coopmat.comp.j2): devices that run the q8ta
+#: coopmat GEMM (the int8 16x16x32 shape, 32-wide subgroups), group sizes that are multiples
+#: of 32. Tile: COOPMAT_BIG_TILE where it makes at least COOPMAT_BIG_TILES workgroups, else
+#: COOPMAT_SMALL_TILE. Measured on the H200 (132 SMs); see docs/tuning.md §qta8a coopmat GEMM.
+COOPMAT_FAMILY = "qta8a_coopmat"
+#: The GEMM on tensor cores by `kernel`, as for int4 weight-only calls: "auto" where
+#: coopmat_refusal allows, "gemm" never (the integer-dot GEMM), "coopmat" always (or an error).
+COOPMAT_BY_KERNEL = {"auto": None, "gemv": None, "gemm": False, "coopmat": True}
+COOPMAT_BIG_TILE, COOPMAT_SMALL_TILE = "128x128sk4", "64x64"
+COOPMAT_BIG_TILES = 96
 
 #: The quantize pass's scratch (vkq/layouts/int8_token_octets.py arrays) by role.
 SCRATCH = {"data": "scratch.xq", "sums": "scratch.sums", "qparams": "scratch.qparams"}
@@ -80,7 +94,7 @@ def route(m: int, kernel: str) -> str:
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel != "auto":
-        return kernel
+        return GEMM if kernel == "coopmat" else kernel
     if m <= WEIGHT_ONLY_MAX_ROWS:
         return WEIGHT_ONLY
     return GEMV if m <= GEMV_MAX_ROWS else GEMM
@@ -104,9 +118,36 @@ def gemv_variant(w: Any, m: int, caps: Any, int_dot: bool | None = None,
                         P16=bool(w.half_params))
 
 
+def coopmat_tile(m: int, n: int) -> str:
+    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES)."""
+    big = variant_info(variant_name(COOPMAT_FAMILY, ASYM=False, TILE=COOPMAT_BIG_TILE,
+                                    P16=False)).params
+    many = ceil_div(m, big["BM"]) * ceil_div(n, big["BN"]) >= COOPMAT_BIG_TILES
+    return COOPMAT_BIG_TILE if many else COOPMAT_SMALL_TILE
+
+
+def coopmat_refusal(w: Any, caps: Any) -> str | None:
+    """None if the GEMM of weight `w` runs on int8 tensor cores on a device with `caps`, else
+    why not."""
+    if not q8ta_linear.coopmat_capable(caps):
+        return "the device has no int8 16x16x32 cooperative matrix with 32-wide subgroups"
+    if group_mode(w.group_size) != "word":
+        return f"group_size {w.group_size} is not a multiple of 32 (the int8 MMA's k)"
+    return None
+
+
 def gemm_variant(w: Any, m: int, caps: Any, int_dot: bool | None = None,
-                 tile: str | None = None) -> str:
-    """The GEMM variant for M rows (the GEMM_TILES tile unless `tile` forces one)."""
+                 tile: str | None = None, coopmat: bool | None = None, n: int | None = None) -> str:
+    """The GEMM variant for M rows of an N-channel weight: on tensor cores where
+    coopmat_refusal allows (`coopmat` True insists: ValueError where it cannot run; False
+    forbids it), else the integer-dot GEMM; `tile` forces a tile of the chosen family."""
+    why = coopmat_refusal(w, caps)
+    if coopmat and why is not None:
+        raise ValueError(f"kernel='coopmat': {why}")
+    if why is None and coopmat is not False:
+        tile = tile or coopmat_tile(m, w.shape[0] if n is None else n)
+        return variant_name(COOPMAT_FAMILY, ASYM=bool(w.has_zeros), TILE=tile,
+                            P16=bool(w.half_params))
     dot = bool(caps.integer_dot_product if int_dot is None else int_dot)
     tile = tile or next(t for max_m, t in GEMM_TILES if m <= max_m)
     return variant_name("qta8a_gemm", INT_DOT=dot, ASYM=bool(w.has_zeros),
@@ -129,8 +170,8 @@ def quantize_dispatch(device: Any, m: int, k: int, x: str = "x") -> PlannedDispa
 
 def int8_dispatches(device: Any, w: Any, m: int, has_bias: bool, path: str,
                     int_dot: bool | None = None, subgroup: bool | None = None,
-                    gemm_tile: str | None = None, out: str = "y",
-                    x: str = "x") -> tuple[list[PlannedDispatch], dict[str, int]]:
+                    gemm_tile: str | None = None, out: str = "y", x: str = "x",
+                    coopmat: bool | None = None) -> tuple[list[PlannedDispatch], dict[str, int]]:
     """The quantize pass and the GEMV or GEMM for `out[:m*N] = qta8a(x[:m*K], w) (+ bias)`,
     and their scratch (role -> bytes). Roles: `x`, `out`, "bias" (or "dummy"), "weight.*",
     SCRATCH."""
@@ -153,9 +194,10 @@ def int8_dispatches(device: Any, w: Any, m: int, has_bias: bool, path: str,
             raise ValueError(f"M = {m} needs {groups[2]} GEMV row blocks, over this device's "
                              f"{max_z}; use kernel='gemm' or 'auto'")
     else:
-        variant = gemm_variant(w, m, caps, int_dot, gemm_tile)
+        variant = gemm_variant(w, m, caps, int_dot, gemm_tile, coopmat, n)
         p = variant_info(variant).params
-        groups = (ceil_div(n, p["TX"] * p["TN"]), ceil_div(m, p["TY"] * p["TM"]), 1)
+        bm, bn = (p["BM"], p["BN"]) if "BM" in p else (p["TY"] * p["TM"], p["TX"] * p["TN"])
+        groups = (ceil_div(n, bn), ceil_div(m, bm), 1)
         if groups[0] > max_x or groups[1] > max_y:
             raise ValueError(f"an [{m} x {n}] GEMM needs {groups[:2]} workgroups, over this "
                              f"device's {(max_x, max_y)}; pass fewer rows per call")
@@ -181,11 +223,11 @@ class Qta8aQga4wLinear(Op):
 
     Input "x" dense float32 [..., K]; optional "residual" [..., N]. Constants: "bias" [N],
     "norm_weight" [K] with attribute "norm_eps" (x is rms_norm'ed first, then quantized).
-    Attributes: "kernel" ("auto" | "gemv" | "gemm"), "has_bias", "parts"/"epilogue" for
-    fused weights (vkq.ops.elementwise.fused_outputs: after the int8 kernels the residual,
+    Attributes: "kernel" ("auto" | "gemv" | "gemm" | "coopmat": COOPMAT_BY_KERNEL), "has_bias",
+    "parts"/"epilogue" for fused weights (vkq.ops.elementwise.fused_outputs: after the int8 kernels the residual,
     silu_mul and part copies are dispatches of their own; the weight-only path at M = 1 runs
     them as the q4gsw GEMV does, in the kernel); tests force "int_dot", "subgroup",
-    "gemm_tile".
+    "gemm_tile" (a tile of the family the kernel choice runs).
     """
 
     name = "qta8a_qga4w_linear"
@@ -228,7 +270,8 @@ class Qta8aQga4wLinear(Op):
         x_role = "x" if eps is None else "scratch.normed"  # rms_norm first, then quantize that
         dispatches, scratch = int8_dispatches(device, weight, m, bool(attrs.get("has_bias")), path,
                                               attrs.get("int_dot"), attrs.get("subgroup"),
-                                              attrs.get("gemm_tile"), out=stage.product, x=x_role)
+                                              attrs.get("gemm_tile"), out=stage.product, x=x_role,
+                                              coopmat=COOPMAT_BY_KERNEL[attrs.get("kernel", "auto")])
         if eps is not None:
             dispatches.insert(0, norm_dispatch(device, m, k, eps, out=x_role, x="x", weight="norm_weight"))
             scratch[x_role] = 4 * m * k
@@ -244,7 +287,7 @@ def describe_variants(caps: Any) -> dict[str, str]:
     for m in (WEIGHT_ONLY_MAX_ROWS + 1, 3):
         out[f"qta8a_qga4w GEMV (M={m})"] = gemv_variant(w, m, caps)
     for m in (GEMV_MAX_ROWS + 1, 512):
-        out[f"qta8a_qga4w GEMM (M={m})"] = gemm_variant(w, m, caps)
+        out[f"qta8a_qga4w GEMM (M={m}, N=4096)"] = gemm_variant(w, m, caps, n=4096)
     return out
 
 

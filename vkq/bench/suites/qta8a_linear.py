@@ -6,10 +6,13 @@ group size 32, M = 1, 2, 4, 8, 16, 24, 128 and 512, weights L2-cold. Each M give
 
 - "qta8a": the int8 path as one call runs it, the quantize pass *and* the fused GEMV or GEMM
   (two dependent dispatches; kernel names joined with " + "); at M = 1 the GEMV is forced,
-  since `kernel="auto"` sends M <= WEIGHT_ONLY_MAX_ROWS to the weight-only path;
-- "q4gsw": the weight-only op on the same weight and float x, its own routing: the peer that
+  since `kernel="auto"` sends M <= WEIGHT_ONLY_MAX_ROWS to the weight-only path; where the
+  GEMM runs on int8 tensor cores, also the CUDA-core GEMM forced (TOPS against the coopmat
+  int8 peak and the integer-dot peak respectively);
+- "q4gsw": the weight-only op on the same weight and float x, its own routing (on tensor
+  cores its fp16 coopmat GEMM), and for the GEMM rows its fp32 GEMM forced: the peers that
   WEIGHT_ONLY_MAX_ROWS and the targets are judged against (SPEC §5: M = 1 with the quantize
-  pass counted; GEMM at M = 512, 4096x4096: the int8 path >= 2x faster);
+  pass counted; GEMM at M = 512, 4096x4096: the int8 path >= 2x faster than the q4gsw GEMM);
 - the quantize pass alone at M = 1 and 512 (K = 4096): its share of those times.
 
 No torch peer: torchao (whose 8da4w is the PyTorch form of this op) is not on the GPU
@@ -22,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from vkq.bench import BenchContext, Row, register
+from vkq.bench.suites.coopmat_peak import coopmat_peaks
 from vkq.bench.suites.q4gsw_linear import random_weight
 from vkq.bench.suites.q8ta_linear import measure_int_dot_peak
 from vkq.bench.timing import copies_for_l2_cold, time_call
@@ -113,22 +117,30 @@ def _shape(m: int, n: int, k: int) -> str:
     return f"M={m} N={n} K={k} gs={GROUP_SIZE}"
 
 
-def _rows(ctx: BenchContext, m: int, n: int, k: int, peak: float | None) -> Iterator[Row]:
+def _rows(ctx: BenchContext, m: int, n: int, k: int, peak: float | None,
+          tc_peak: float | None) -> Iterator[Row]:
     case = _Case(ctx, m, n, k)
     ops = 2.0 * m * n * k if m > 1 else None
+    gemm = m > qta8a.GEMV_MAX_ROWS
+    tensor_cores = gemm and qta8a.coopmat_refusal(case.qw, ctx.device.caps) is None
     try:
         for op_name, attrs, note in (
                 (qta8a.Qta8aQga4wLinear.name, {"kernel": "gemv" if m == 1 else "auto"},
-                 "int8 path: quantize pass + fused kernel, L2-cold"),
+                 "int8 path: quantize pass + fused kernel, L2-cold"
+                 + (", int8 tensor cores: TOPS vs the coopmat int8 peak" if tensor_cores else "")),
+                *([(qta8a.Qta8aQga4wLinear.name, {"kernel": "gemm"},
+                    "int8 path, CUDA-core GEMM forced (integer dot products), L2-cold")]
+                  if tensor_cores else []),
                 (Q4gswLinear.name, {"kernel": "auto"}, "peer: weight-only, float x, L2-cold"),
                 *([(Q4gswLinear.name, {"kernel": "gemm"}, "peer: weight-only, fp32 GEMM forced, L2-cold")]
-                  if m > qta8a.GEMV_MAX_ROWS else [])):
+                  if gemm else [])):
             plan = case.plan(op_name, **attrs)
             case.check(op_name, plan)
-            int8 = op_name != Q4gswLinear.name
+            on_tc = any(v.startswith(qta8a.COOPMAT_FAMILY) for v in plan.variants)
+            int8 = op_name != Q4gswLinear.name and gemm
             yield Row.timed(SUITE, _shape(m, n, k), " + ".join(plan.variants),
                             case.time(ctx, op_name, plan), bytes=case.bytes, ops=ops,
-                            peak_tops=peak if int8 and m > qta8a.GEMV_MAX_ROWS else None, note=note)
+                            peak_tops=(tc_peak if on_tc else peak) if int8 else None, note=note)
         if k == 4096 and m in (1, 512):
             plan = case.plan(qta8a.Qta8aQga4wLinear.name, kernel="gemv" if m == 1 else "auto")
             alone = Plan(plan.dispatches[:1], {}, plan.scratch)
@@ -148,8 +160,9 @@ def bench_qta8a_linear(ctx: BenchContext) -> Iterator[Row]:
         ns, count = measure_int_dot_peak(dev, bool(dev.caps.integer_dot_product), ctx.quick,
                                          ctx.repeats)
         peak = ctx.cache["int_dot_peak_tops"] = count / ns / 1e3
+    tc_peak = coopmat_peaks(ctx).get("i8")
     shapes = ((1024, 512), (256, 1024)) if ctx.quick else SHAPES
     ms = [m for m in ((1, 2, 5, 33) if ctx.quick else MS) if ctx.wants_m(m)]
     for n, k in shapes:
         for m in ms:
-            yield from _rows(ctx, m, n, k, peak)
+            yield from _rows(ctx, m, n, k, peak, tc_peak)
