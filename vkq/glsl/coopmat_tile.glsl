@@ -5,14 +5,14 @@
     its 32 * KD bytes of k), each row padded by 16 bytes to PITCH (80 bytes for KD = 2: the
     16-byte-aligned stride coopMatLoad wants, and 8 rows of a fragment fall on distinct
     banks). A step is KD fragments deep in k: KD x 16 fp16 or KD x 32 int8; KD = 2 unless
-    the template sets it (q8ta only). The shared arrays hold vectors of
+    the tile sets it. The shared arrays hold vectors of
     the operand type itself (SH: f16vec4 or i8vec4, UNIT bytes each), never reinterpreted
     words: coopMatLoad reads its own component type. The epilogue stages accumulators in a
     separate array of their type. Import `with context`; the template sets AT (operand
     type), CT (accumulator type), FK (fragment k), SH, UNIT, BM, BN, WM, WN; optionally SO
     (the staging array's type, default CT) and CLOSE_HOOK (main_loop then also calls
     `caller("close", ks, buf)` after each fragment ks of a step: per-group epilogues). -#}
-{% set KD = KD | default(2) %}  {# fragments per K step (q8ta only: the others stage 2) #}
+{% set KD = KD | default(2) %}  {# fragments per K step #}
 {% set PITCH = (32 * KD + 16) // UNIT %}
 {% set NBUF = NBUF | default(2) %}
 {% set KS = 32 // UNIT %}

@@ -719,11 +719,11 @@ def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
 # ----------------------------------------------------------------------------- coopmat GEMM
 #: The fp16 tensor-core shape the coopmat GEMM multiplies with (M x N x K, A/B, C/result).
 COOPMAT_SHAPE = (16, 16, 16, "float16", "float32")
-#: Coopmat tiles: COOPMAT_BIG_TILE (128x128 as 16 subgroups of 32x32, loads one step ahead)
+#: Coopmat tiles: COOPMAT_BIG_TILE (128x128 as 16 subgroups of 32x32, K steps of 64, one buffer)
 #: where it makes at least COOPMAT_BIG_TILES workgroups, unsplit; else 64x64 (4 of 32x32)
 #: with split-K towards COOPMAT_SPLIT_TARGET workgroups. Measured on the H200 (132 SMs); see
 #: docs/tuning.md §q4gsw coopmat GEMM.
-COOPMAT_BIG_TILE = "128x128w16pf1"
+COOPMAT_BIG_TILE = "128x128s16k4"
 COOPMAT_BIG_TILES = 96
 COOPMAT_SPLIT_TARGET = 264
 
