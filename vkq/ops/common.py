@@ -10,6 +10,7 @@ import numpy as np
 from vkq import layouts
 from vkq.ops.contract import HostTensor, TensorSpec
 from vkq.runtime.buffer import BUFFER_ALIGN
+from vkq.shaderlib import variant_info
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -52,6 +53,16 @@ def rms_norm_params(weight: Any, eps: Any, width: int, prefix: str = "") -> tupl
     if w.shape != (width,):
         raise ValueError(f"{prefix}weight must have shape ({width},) to match x's last axis, got {w.shape}")
     return w, positive_finite(f"{prefix}eps", eps)
+
+
+#: max_shared arguments' default: no limit (plans made without a device, tests).
+NO_SHARED_LIMIT = 1 << 62
+
+
+def fits_shared(variant: str, max_shared: int) -> bool:
+    """Whether `variant`'s workgroup shared memory fits a device limit of `max_shared` bytes
+    (the runtime refuses a variant that does not: route around it)."""
+    return variant_info(variant).shared_bytes <= max_shared
 
 
 def grid_2d(n_groups: int, max_x: int) -> tuple[int, int, int]:

@@ -33,9 +33,9 @@ import numpy as np
 
 from vkq import layouts
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
-from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, dense_need, float_tensor,
-                            grid_2d, norm_option, require_float_activations, tensor_device,
-                            weight_needs)
+from vkq.ops.common import (INT8_QPARAMS, NO_SHARED_LIMIT, bias_vector, ceil_div, check_fits,
+                            dense_need, fits_shared, float_tensor, grid_2d, norm_option,
+                            require_float_activations, tensor_device, weight_needs)
 from vkq.ops.contract import (OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec,
                               register, register_linear)
 from vkq.ops.elementwise import fused_bias, fused_finish, fused_outputs, fused_parts
@@ -43,7 +43,7 @@ from vkq.ops.rms_norm import norm_dispatch
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
 from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
-from vkq.shaderlib import ShaderError, declared_variants, variant_name
+from vkq.shaderlib import ShaderError, declared_variants, variant_info, variant_name
 
 #: Format of the prepacked device weight (Q4gswWeight); bump VERSION when its arrays change.
 FORMAT = "q4gsw_weight"
@@ -385,6 +385,9 @@ GEMV_BATCH_CONFIGS: tuple[tuple[int, int, GemvConfig], ...] = (
 #: GEMM tile by M: the first rule whose limit holds. Measured on the H100 (tune_gemm); see
 #: docs/tuning.md §q4gsw GEMM tiles.
 GEMM_TILES: tuple[tuple[int, str], ...] = ((32, "32x64"), (64, "64x64"), (1 << 62, "128x64"))
+#: Where a device's shared memory is too small for the routed tile (128x64 needs 24 KiB), the
+#: first of these that fits (64x64 needs 16 KiB, the Vulkan minimum).
+GEMM_SMALLER_TILES = ("64x64", "32x64", "16x64")
 #: Tiles that read float32 parameters even for an fp16-parameter weight (from the float32
 #: copy Q4gswWeight.float32_params makes on first use): decoding fp16 in them measured
 #: slower on the H100; see docs/tuning.md §q4gsw GEMM float32 parameters.
@@ -535,8 +538,10 @@ def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, ke
         raise ValueError("the GEMM applies no epilogue or norm itself: run them as separate dispatches")
     if gemm_kind(dev, w, m, kernel) == "coopmat":
         return coopmat_dispatches(dev, w, m, bufs, out, plan_coopmat(
-            m, n, k, w.has_zeros, coopmat_tile, coopmat_splits, w.half_params))
-    plan = plan_gemm(m, n, k, w.has_zeros, gemm_tile, gemm_splits, w.half_params)
+            m, n, k, w.has_zeros, coopmat_tile, coopmat_splits, w.half_params,
+            dev.caps.max_shared_memory))
+    plan = plan_gemm(m, n, k, w.has_zeros, gemm_tile, gemm_splits, w.half_params,
+                     dev.caps.max_shared_memory)
     if plan.float32_params:
         w.float32_params()  # made once, on first use
         bufs["t_scales"] = "weight.scales32"
@@ -700,11 +705,18 @@ class GemmPlan:
 
 
 def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
-              splits: int | None = None, half_params: bool = False) -> GemmPlan:
-    """Tile and split-K for an M x N x K GEMM."""
-    tile = tile or next(t for max_m, t in GEMM_TILES if m <= max_m)
+              splits: int | None = None, half_params: bool = False,
+              max_shared: int = NO_SHARED_LIMIT) -> GemmPlan:
+    """Tile and split-K for an M x N x K GEMM on a device with `max_shared` bytes of shared
+    memory (the GEMM_TILES tile, else the first of GEMM_SMALLER_TILES that fits)."""
+    def variant_of(t: str) -> str:
+        return gemm_variant(asym, m, t, half_params and t not in GEMM_WIDEN_TILES)
+    if tile is None:
+        routed = next(t for max_m, t in GEMM_TILES if m <= max_m)
+        tile = next((t for t in (routed, *GEMM_SMALLER_TILES) if fits_shared(variant_of(t), max_shared)),
+                    GEMM_SMALLER_TILES[-1])
     widen = half_params and tile in GEMM_WIDEN_TILES
-    variant = gemm_variant(asym, m, tile, half_params and not widen)
+    variant = variant_of(tile)
     bm, bn = (int(v) for v in tile.split("x"))
     kb = ceil_div(k, 32)
     if splits is None:
@@ -728,9 +740,16 @@ COOPMAT_BIG_TILES = 96
 COOPMAT_SPLIT_TARGET = 264
 
 
-def coopmat_tile(m: int, n: int) -> str:
-    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES)."""
-    return COOPMAT_BIG_TILE if ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES else "64x64"
+COOPMAT_SMALL_TILE = "64x64"
+
+
+def coopmat_tile(m: int, n: int, max_shared: int = NO_SHARED_LIMIT) -> str:
+    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES) on a device with
+    `max_shared` bytes of shared memory. The tiles' shared arrays do not depend on the
+    weight's kind: the symmetric fp16-parameter variant speaks for all."""
+    big = variant_name("q4gsw_coopmat", ASYM=False, TILE=COOPMAT_BIG_TILE, P16=True)
+    many = ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES
+    return COOPMAT_BIG_TILE if many and fits_shared(big, max_shared) else COOPMAT_SMALL_TILE
 
 
 def coopmat_capable(caps: Any) -> str | None:
@@ -744,6 +763,10 @@ def coopmat_capable(caps: Any) -> str | None:
         return f"the coopmat GEMM needs 32-wide subgroups, the device has {caps.subgroup_size}"
     if not caps.shader_float16:
         return "the device has no shaderFloat16"
+    small = variant_name("q4gsw_coopmat", ASYM=True, TILE=COOPMAT_SMALL_TILE, P16=False)
+    if not fits_shared(small, caps.max_shared_memory):
+        return (f"the coopmat GEMM needs {variant_info(small).shared_bytes} bytes of shared "
+                f"memory, the device has {caps.max_shared_memory}")
     return None
 
 
@@ -777,12 +800,13 @@ class CoopmatPlan:
 
 
 def plan_coopmat(m: int, n: int, k: int, asym: bool, tile: str | None = None,
-                 splits: int | None = None, half_params: bool = False) -> CoopmatPlan:
+                 splits: int | None = None, half_params: bool = False,
+                 max_shared: int = NO_SHARED_LIMIT) -> CoopmatPlan:
     """Tile and split-K of the coopmat GEMM for M x N x K (split-K only for the small
     tile unless `splits` forces it: the big one measured slower split, docs/tuning.md)."""
-    if tile is None and splits is None and coopmat_tile(m, n) != "64x64":
+    if tile is None and splits is None and coopmat_tile(m, n, max_shared) != COOPMAT_SMALL_TILE:
         splits = 1
-    tile = tile or coopmat_tile(m, n)
+    tile = tile or coopmat_tile(m, n, max_shared)
     variant = variant_name("q4gsw_coopmat", ASYM=bool(asym), TILE=tile, P16=bool(half_params))
     params = declared_variants()[variant][1]
     bm, bn = params["BM"], params["BN"]
@@ -826,7 +850,7 @@ def coopmat_dispatches(dev: Any, w: Q4gswWeight, m: int, bufs: dict[str, str], o
 
 def describe_variants(caps: Any) -> dict[str, str]:
     sub = bool(getattr(caps, "subgroup_shuffle", True))
-    smem = int(getattr(caps, "max_shared_memory", 1 << 62))
+    smem = int(getattr(caps, "max_shared_memory", NO_SHARED_LIMIT))
     out = {}
     # fp16 parameters, as quantize_weight makes them; "_p16" dropped with float32 parameters
     for n, k in ((1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336)):
@@ -839,11 +863,12 @@ def describe_variants(caps: Any) -> dict[str, str]:
         if cfg is not None:
             out[f"q4gsw GEMV (M={m}, N=4096, K=4096)"] = gemv_variant(False, 32, cfg, sub, True)
     for m in (GEMV_MAX_ROWS + 1, 32, 33, 129):
-        out[f"q4gsw GEMM (M={m})"] = plan_gemm(m, 4096, 4096, False, half_params=True).variant
+        out[f"q4gsw GEMM (M={m})"] = plan_gemm(m, 4096, 4096, False, half_params=True,
+                                               max_shared=smem).variant
     if coopmat_capable(caps) is None:  # tensor cores: these M run the coopmat GEMM instead
         for m in (GEMV_MAX_ROWS + 1, 512, 2048):
             out[f"q4gsw GEMM on tensor cores (M={m})"] = plan_coopmat(
-                m, 4096, 4096, False, half_params=True).variant
+                m, 4096, 4096, False, half_params=True, max_shared=smem).variant
     return out
 
 

@@ -57,7 +57,8 @@ import numpy as np
 
 from vkq import layouts
 from vkq.layouts import INT8_4H4W, INT8_4W, LayoutError, PackedTensor
-from vkq.ops.common import (INT8_QPARAMS, bias_vector, ceil_div, check_fits, grid_2d, packed_need,
+from vkq.ops.common import (INT8_QPARAMS, NO_SHARED_LIMIT, bias_vector, ceil_div, check_fits,
+                            fits_shared, grid_2d, packed_need,
                             positive_finite, tensor_device, weight_needs, wrong_device_input)
 from vkq.ops.contract import (OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec, register,
                               register_linear)
@@ -83,13 +84,16 @@ COOPMAT_SHAPE = (16, 16, 32, "sint8", "sint32")
 #: Coopmat tiles: COOPMAT_BIG_TILE (128x128, 8 subgroups of 64x32, one shared buffer, K
 #: steps of 128) where it makes at least COOPMAT_BIG_TILES workgroups, else 64x64 (4 of
 #: 32x32). Measured on the H200 (132 SMs); see docs/tuning.md §q8ta coopmat GEMM.
-COOPMAT_BIG_TILE = "t128x128sk4"
+COOPMAT_BIG_TILE, COOPMAT_SMALL_TILE = "t128x128sk4", "t64x64"
 COOPMAT_BIG_TILES = 96
 
 
-def coopmat_tile(m: int, n: int) -> str:
-    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES)."""
-    return COOPMAT_BIG_TILE if ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES else "t64x64"
+def coopmat_tile(m: int, n: int, max_shared: int = NO_SHARED_LIMIT) -> str:
+    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES) on a device with
+    `max_shared` bytes of shared memory."""
+    many = ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES
+    big = variant_name(COOPMAT_FAMILY, TILE=COOPMAT_BIG_TILE)
+    return COOPMAT_BIG_TILE if many and fits_shared(big, max_shared) else COOPMAT_SMALL_TILE
 #: GEMM tiles (rows x channels) by batch size: 32x128 up to SMALL_M_TILE_MAX rows, 128x64
 #: above. Measured on the H100; see docs/tuning.md §q8ta GEMM tiles.
 SMALL_M_TILE_MAX = 256
@@ -111,9 +115,12 @@ def gemv_shape(n: int, k: int) -> str:
 
 def coopmat_capable(caps: Any) -> bool:
     """Whether the GEMM path runs on int8 tensor cores on a device with `caps`: the device
-    lists the int8 shape, has 32-wide subgroups (the kernel tiles by subgroup) and int8."""
+    lists the int8 shape, has 32-wide subgroups (the kernel tiles by subgroup), int8, and the
+    shared memory of the small tile."""
     return bool(getattr(caps, "cooperative_matrix", ()) and caps.has_coopmat(*COOPMAT_SHAPE)
-                and caps.subgroup_size == 32 and caps.shader_int8)
+                and caps.subgroup_size == 32 and caps.shader_int8
+                and fits_shared(variant_name(COOPMAT_FAMILY, TILE=COOPMAT_SMALL_TILE),
+                                caps.max_shared_memory))
 
 
 def pick_variant(path: str, caps: Any, m: int = 1, n: int = 0, k: int = 0, *,
@@ -125,7 +132,7 @@ def pick_variant(path: str, caps: Any, m: int = 1, n: int = 0, k: int = 0, *,
     dot = bool(caps.integer_dot_product if int_dot is None else int_dot)
     if path == GEMM:
         if coopmat_capable(caps) if coopmat is None else coopmat:
-            return variant_name(COOPMAT_FAMILY, TILE=coopmat_tile(m, n))
+            return variant_name(COOPMAT_FAMILY, TILE=coopmat_tile(m, n, caps.max_shared_memory))
         return variant_name(FAMILY[GEMM], INT_DOT=dot, TILE=gemm_tile(m))
     sg = bool(caps.subgroup_arithmetic if subgroup is None else subgroup)
     shape = gemv_shape(n, k) if dot and sg else "l128b1"

@@ -37,7 +37,8 @@ from typing import Any, Mapping
 from vkq import layouts
 from vkq.layouts import INT8_TOKEN_OCTETS
 from vkq.ops import contract, q4gsw_linear, q8ta_linear
-from vkq.ops.common import INT8_QPARAMS, ceil_div, grid_2d, packed_need, require_float_activations
+from vkq.ops.common import (INT8_QPARAMS, NO_SHARED_LIMIT, ceil_div, fits_shared, grid_2d,
+                            packed_need, require_float_activations)
 from vkq.ops.contract import Call, Op, Plan, PlannedDispatch, TensorSpec, register, register_linear
 from vkq.ops.elementwise import fused_outputs, fused_parts
 from vkq.ops.rms_norm import norm_dispatch
@@ -118,21 +119,31 @@ def gemv_variant(w: Any, m: int, caps: Any, int_dot: bool | None = None,
                         P16=bool(w.half_params))
 
 
-def coopmat_tile(m: int, n: int) -> str:
-    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES)."""
-    big = variant_info(variant_name(COOPMAT_FAMILY, ASYM=False, TILE=COOPMAT_BIG_TILE,
-                                    P16=False)).params
-    many = ceil_div(m, big["BM"]) * ceil_div(n, big["BN"]) >= COOPMAT_BIG_TILES
-    return COOPMAT_BIG_TILE if many else COOPMAT_SMALL_TILE
+def coopmat_variant(w: Any, tile: str) -> str:
+    return variant_name(COOPMAT_FAMILY, ASYM=bool(w.has_zeros), TILE=tile, P16=bool(w.half_params))
+
+
+def coopmat_tile(w: Any, m: int, n: int, max_shared: int = NO_SHARED_LIMIT) -> str:
+    """The routed coopmat tile for an M x N output of weight `w` (COOPMAT_BIG_TILES) on a
+    device with `max_shared` bytes of shared memory."""
+    big = coopmat_variant(w, COOPMAT_BIG_TILE)
+    p = variant_info(big).params
+    many = ceil_div(m, p["BM"]) * ceil_div(n, p["BN"]) >= COOPMAT_BIG_TILES
+    return COOPMAT_BIG_TILE if many and fits_shared(big, max_shared) else COOPMAT_SMALL_TILE
 
 
 def coopmat_refusal(w: Any, caps: Any) -> str | None:
     """None if the GEMM of weight `w` runs on int8 tensor cores on a device with `caps`, else
     why not."""
-    if not q8ta_linear.coopmat_capable(caps):
+    if not (getattr(caps, "cooperative_matrix", ()) and caps.has_coopmat(*q8ta_linear.COOPMAT_SHAPE)
+            and caps.subgroup_size == 32 and caps.shader_int8):
         return "the device has no int8 16x16x32 cooperative matrix with 32-wide subgroups"
     if group_mode(w.group_size) != "word":
         return f"group_size {w.group_size} is not a multiple of 32 (the int8 MMA's k)"
+    small = coopmat_variant(w, COOPMAT_SMALL_TILE)
+    if not fits_shared(small, caps.max_shared_memory):
+        return (f"the coopmat GEMM needs {variant_info(small).shared_bytes} bytes of shared "
+                f"memory, the device has {caps.max_shared_memory}")
     return None
 
 
@@ -145,9 +156,9 @@ def gemm_variant(w: Any, m: int, caps: Any, int_dot: bool | None = None,
     if coopmat and why is not None:
         raise ValueError(f"kernel='coopmat': {why}")
     if why is None and coopmat is not False:
-        tile = tile or coopmat_tile(m, w.shape[0] if n is None else n)
-        return variant_name(COOPMAT_FAMILY, ASYM=bool(w.has_zeros), TILE=tile,
-                            P16=bool(w.half_params))
+        tile = tile or coopmat_tile(w, m, w.shape[0] if n is None else n,
+                                    getattr(caps, "max_shared_memory", NO_SHARED_LIMIT))
+        return coopmat_variant(w, tile)
     dot = bool(caps.integer_dot_product if int_dot is None else int_dot)
     tile = tile or next(t for max_m, t in GEMM_TILES if m <= max_m)
     return variant_name("qta8a_gemm", INT_DOT=dot, ASYM=bool(w.has_zeros),

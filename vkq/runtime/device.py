@@ -194,6 +194,10 @@ class Device:
             if missing:
                 raise UnsupportedDevice(f"kernel {variant!r} needs {', '.join(missing)}, which "
                                         f"{self.caps.name} does not support")
+            if info.shared_bytes > self.caps.max_shared_memory:
+                raise UnsupportedDevice(f"kernel {variant!r} needs {info.shared_bytes} bytes of "
+                                        f"shared memory, {self.caps.name} has "
+                                        f"{self.caps.max_shared_memory}")
             info, spirv = shaderlib.load_spirv(variant)
             k = self._kernels[key] = Kernel(self, info, spirv, spec)
         return k

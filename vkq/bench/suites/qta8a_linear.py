@@ -122,7 +122,7 @@ def _rows(ctx: BenchContext, m: int, n: int, k: int, peak: float | None,
     case = _Case(ctx, m, n, k)
     ops = 2.0 * m * n * k if m > 1 else None
     gemm = m > qta8a.GEMV_MAX_ROWS
-    tensor_cores = gemm and qta8a.coopmat_refusal(case.qw, ctx.device.caps) is None
+    tensor_cores = gemm and qta8a.coopmat_refusal(case.weights[0], ctx.device.caps) is None
     try:
         for op_name, attrs, note in (
                 (qta8a.Qta8aQga4wLinear.name, {"kernel": "gemv" if m == 1 else "auto"},
