@@ -186,23 +186,61 @@ def test_not_when_the_activations_are_not_dynamically_quantized_per_token(device
     g.close()
 
 
-def test_not_when_the_linear_is_not_a_plain_int4_one(device):
-    parts = vkq.fuse_linear([int4(32, K, 32, 6), int4(16, K, 32, 7)])
+def test_not_when_a_kernel_is_forced_or_a_norm_folded(device):
     with vkq.graph(device) as g:
         x = g.input("x", (1, K))
-        xd = vkq.dequantize_per_token(*vkq.quantize_per_token(x))
-        a, b = vkq.linear(xd, parts)                         # fused q/k/v-style parts
-        g.output("a", a)
-        g.output("b", b)
-        xd2 = vkq.dequantize_per_token(*vkq.quantize_per_token(x))
-        g.output("r", vkq.linear(xd2, int4(K, K, 32, 8), residual=x))   # a residual
         xd3 = vkq.dequantize_per_token(*vkq.quantize_per_token(x))
         g.output("k", vkq.linear(xd3, int4(N, K, 32, 9), kernel="gemm"))  # a forced kernel
         xd4 = vkq.dequantize_per_token(*vkq.quantize_per_token(x))
         nw = np.linspace(0.5, 1.5, K).astype(np.float32)  # a norm of the dequantized values:
         g.output("n", vkq.linear(xd4, int4(N, K, 32, 10), rms_norm=(nw, 1e-5)))  # not of x's
-    assert g.pass_log == [] and ops(g).count("q4gsw_linear") == 4
+    assert g.pass_log == [] and ops(g).count("q4gsw_linear") == 2
     g.close()
+
+
+@pytest.mark.parametrize("m", [1, 30])
+def test_fused_weights_and_a_residual_fuse_too(device, m):
+    """q/k/v-style parts, gate/up with silu_mul and a residual: the fused op runs the same
+    output stage, so the fused graph gives the bits of the eager act_quant='int8' calls (the
+    pass's kernel choice: the int8 GEMV at M = 1), and both graphs stay near the reference."""
+    wa, wb, wu, wr = int4(32, K, 32, 6), int4(16, K, 32, 7), int4(24, K, 32, 8), int4(K, K, 32, 11)
+    parts = vkq.fuse_linear([wa, wb])
+    gate_up = vkq.fuse_linear([wu, int4(24, K, 32, 12)], epilogue="silu_mul")
+    x = np.random.default_rng(m).standard_normal((m, K)).astype(np.float32)
+
+    def build(passes):
+        with vkq.graph(device, passes=passes) as g:
+            xv = g.input("x", (m, K))
+
+            def dq():
+                return vkq.dequantize_per_token(*vkq.quantize_per_token(xv))
+            a, b = vkq.linear(dq(), parts)
+            g.output("a", a)
+            g.output("b", b)
+            g.output("s", vkq.linear(dq(), gate_up))
+            g.output("r", vkq.linear(dq(), wr, residual=xv))
+        return g
+
+    fused, plain = build(None), build(())
+    assert ops(fused) == ["qta8a_qga4w_linear"] * 3 and len(fused.pass_log) == 3
+    assert ops(plain) == UNFUSED * 3
+    got, base = fused(x=x), plain(x=x)
+    kernel = "gemv" if m == 1 else "auto"
+    a, b = vkq.linear(x, parts, act_quant="int8", kernel=kernel, device=device)
+    np.testing.assert_array_equal(got["a"], a)
+    np.testing.assert_array_equal(got["b"], b)
+    np.testing.assert_array_equal(got["s"], vkq.linear(x, gate_up, act_quant="int8", kernel=kernel,
+                                                       device=device))
+    np.testing.assert_array_equal(got["r"], vkq.linear(x, wr, residual=x, act_quant="int8",
+                                                       kernel=kernel, device=device))
+    for out in (got, base):
+        for role, w in (("a", wa), ("b", wb)):
+            want, bound = reference(x, w, None)
+            assert np.all(np.abs(out[role] - want) <= bound), role
+        want, bound = reference(x, wr, None)
+        assert np.all(np.abs(out["r"] - (want + x)) <= bound + 2 * U * np.abs(want + x))
+    fused.close()
+    plain.close()
 
 
 def test_the_quantize_node_stays_when_its_outputs_are_used(device):

@@ -22,10 +22,13 @@ so only the float epilogue's rounding differs. It does not fire when
 - the dequantized values are not the per-token asymmetric int8 quantization of one float
   tensor: int8 values or parameters that come from elsewhere (graph inputs, other ops,
   another tensor's quantize);
-- the linear is not a plain int4 group-wise one: fused q/k/v parts or a gate/up epilogue
-  (`vkq.fuse_linear`), a residual, or a kernel forced by name (not rewritten yet: the pass
-  keeps to the plain chain), or an rms_norm folded into the linear (`rms_norm=`): that norm
-  is of the dequantized values, while the fused op's rms_norm= normalizes before quantizing.
+- the linear is not an int4 group-wise one, runs a kernel forced by name (the call asked for
+  that q4gsw kernel), or folds an rms_norm into itself (`rms_norm=`): that norm is of the
+  dequantized values, while the fused op's rms_norm= normalizes before quantizing.
+
+Fused weights (`vkq.fuse_linear`: q/k/v parts, gate/up with silu_mul) and a residual fuse
+too: the fused op runs the same output stage after its int8 kernels (the same attributes and
+outputs, vkq.ops.elementwise.fused_outputs).
 
 The quantize node stays when its outputs have other users. Where the fused op's own routing
 would skip quantizing (`kernel="auto"` at M = 1 sends float activations straight into the
@@ -61,11 +64,12 @@ def fuse_quantized_linear(graph: Any) -> int:
             old.insert(0, quantize)
         before = " ".join(n.label for n in old)
         x = quantize.inputs["x"]
-        op = contract.get(FUSED_LINEAR)
-        call = op.linear_call(x, linear.weight, linear.constants.get("bias"),
-                              {"act_quant": "int8", "kernel": _quantizing_kernel(x.spec.rows),
-                               "device": graph.device})
-        node = graph.replace(old, op, call, keep={"y": linear.outputs["y"]})
+        # Both int4 linears build their calls alike (q4gsw_linear.int4_linear_call): the same
+        # attributes, constants and outputs serve the fused op, its kernel choice aside.
+        inputs = {"x": x, **{r: v for r, v in linear.inputs.items() if r == "residual"}}
+        call = contract.Call(inputs, dict(linear.attrs, kernel=_quantizing_kernel(x.spec.rows)),
+                             linear.weight, dict(linear.constants))
+        node = graph.replace(old, contract.get(FUSED_LINEAR), call, keep=dict(linear.outputs))
         graph.pass_log.append(f"fuse_quantized_linear: {before} -> {node.label}")
         fused += 1
     return fused
@@ -73,7 +77,7 @@ def fuse_quantized_linear(graph: Any) -> int:
 
 def _match(graph: Any, linear: Any) -> tuple[Any, Any] | None:
     """(quantize node, dequantize node) feeding `linear` as the pass needs, or None."""
-    if linear.op.name != WEIGHT_ONLY_LINEAR or not _plain_int4(linear):
+    if linear.op.name != WEIGHT_ONLY_LINEAR or not _fusable_int4(linear):
         return None
     xd = linear.inputs["x"]
     dequantize = graph.producer(xd)
@@ -98,13 +102,16 @@ def _quantizing_kernel(rows: int) -> str:
         else "auto"
 
 
-def _plain_int4(linear: Any) -> bool:
-    """An int4 group-wise linear and nothing else: no fused parts or epilogue, no residual,
-    no kernel forced by name, no rms_norm of its input (module docstring)."""
+#: the attributes of an int4 linear call the fused op takes as they are (int4_linear_call)
+FUSABLE_ATTRS = frozenset({"kernel", "has_bias", "parts", "epilogue", "norm_eps"})
+
+
+def _fusable_int4(linear: Any) -> bool:
+    """An int4 group-wise linear the fused op can stand in for: no kernel (or other choice)
+    forced by name, no rms_norm of its input (module docstring)."""
     attrs = linear.attrs
-    return (attrs.get("parts") is None and attrs.get("epilogue") is None
-            and attrs.get("norm_eps") is None
-            and "residual" not in linear.inputs and attrs.get("kernel", "auto") == "auto"
+    return (attrs.get("norm_eps") is None and attrs.get("kernel", "auto") == "auto"
+            and set(attrs) <= FUSABLE_ATTRS
             and getattr(linear.weight, "group_size", None) is not None)
 
 
