@@ -80,6 +80,9 @@ def test_a_device_without_tensor_cores_refuses_coopmat_kernels(device):
     assert t.kernels[0].startswith("q4gsw_gemm_")
     with pytest.raises(ValueError, match="kernel='coopmat': the device has no int8 16x16x32"):
         vkq.linear(x, w, act_quant="int8", kernel="coopmat", device=device)
+    xq, w8, b8 = make_case(np.random.default_rng(1), 30, 9, 16)
+    with pytest.raises(ValueError, match="kernel='coopmat': the device has no int8 16x16x32"):
+        q8ta(xq, w8, b8, **qparams(), kernel="coopmat", device=device)
     with vkq.trace() as t:  # and act_quant='int8' to the integer-dot GEMM
         vkq.linear(x, w, act_quant="int8", device=device)
     assert t.kernels[1].startswith("qta8a_gemm_")
@@ -289,6 +292,11 @@ def test_q8ta_routes_to_tensor_cores(tc_device):
     assert t.kernels == ["q8ta_linear_coopmat_t64x64"]  # 3 x 1 tiles of 128: the small tile
     assert_matches(y, x, w, b, p)
     assert q8.pick_variant(q8.GEMM, tc_device.caps, 2048, 4096) == f"q8ta_linear_coopmat_{q8.COOPMAT_BIG_TILE}"
+    for kernel, family in (("coopmat", "q8ta_linear_coopmat_"), ("gemm", "q8ta_linear_idot_")):
+        with vkq.trace() as t:  # "gemm" keeps the integer-dot GEMM, as for int4 weights
+            y = vkq.linear(x, w, b, **p, kernel=kernel, device=tc_device)
+        assert t.kernels[0].startswith(family)
+        assert_matches(y, x, w, b, p)
 
 
 # -- on tensor cores: qta8a_qga4w (act_quant="int8") ---------------------------------------------

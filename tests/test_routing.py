@@ -178,14 +178,22 @@ def test_q8ta_routes_to_declared_supported_variants(profile):
     op = contract.get("q8ta_linear")
     attrs = {"kernel": "auto", "variant": None, "zp_x": 3, "zp_out": -2, "relu": False}
     routed = set()
-    for (n, k), m, kernel in itertools.product(Q8_SHAPES, Q8_MS, ("auto", "gemv", "gemm")):
+    for (n, k), m, kernel in itertools.product(Q8_SHAPES, Q8_MS, ("auto", "gemv", "gemm", "coopmat")):
         path = q8.route(kernel, m)
         x = contract.TensorSpec((m, k), np.dtype(np.int8), q8.LAYOUT[path])
         weight = types.SimpleNamespace(n=n, k=k)
+        if kernel == "coopmat" and not q8.coopmat_capable(dev.caps):
+            with pytest.raises(ValueError, match="kernel='coopmat'"):
+                op.plan({"x": x}, dict(attrs, kernel=kernel), weight, dev)
+            continue
         plan = op.plan({"x": x}, dict(attrs, kernel=kernel), weight, dev)
         assert len(plan.variants) == 1 and plan.variants[0] in q8.path_variants(path)
         dev.kernel(plan.variants[0])
-        assert plan.variants[0] == q8.pick_variant(path, dev.caps, m, n, k)
+        # "gemm" is the integer-dot GEMM, "coopmat" the tensor-core one, "auto" either
+        forced = q8.COOPMAT_BY_KERNEL[kernel]
+        assert plan.variants[0] == q8.pick_variant(path, dev.caps, m, n, k, coopmat=forced)
+        if path == q8.GEMM and forced is not None:
+            assert plan.variants[0].startswith(q8.COOPMAT_FAMILY) == forced
         routed.add(plan.variants[0])
     assert {q8.pick_variant(p, dev.caps) for p in (q8.GEMV, q8.GEMM)} <= routed
     coop = any(v.startswith(q8.COOPMAT_FAMILY) for v in routed)

@@ -62,9 +62,9 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
     `x` may be a numpy array (the result is numpy), a `DeviceTensor` (the result is a
     DeviceTensor, returned without waiting for the GPU) or a graph value inside
     `with vkq.graph()` (the result is a graph value).
-    `kernel`: "auto", "gemv" or "gemm" (forces a path; see the op modules; "gemm" runs on
-    tensor cores where the device has them); for int4 weights, with or without act_quant, also
-    "coopmat" (the GEMM on tensor cores; ValueError where the device or weight cannot).
+    `kernel`: "auto" (the op's routing), "gemv", "gemm" (the GEMM on CUDA cores: fp32 or
+    integer dot products) or "coopmat" (the GEMM on tensor cores; ValueError where the device
+    or the weight cannot); see the op modules.
     """
     base = w.weight if isinstance(w, FusedWeight) else w
     kind = _weight_kind(base)

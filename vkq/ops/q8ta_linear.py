@@ -10,10 +10,13 @@ Kernels (routing is observable with `vkq.trace()` and forced with `kernel=`):
 - ``kernel="gemv"`` -> ``q8ta_linear_gemv_*``: cooperative GEMV, activations/outputs in the
   4W layout ("int8_4w"). Picked by ``"auto"`` for M == 1; accepts any M (a row per
   workgroup row).
-- ``kernel="gemm"`` -> ``q8ta_linear_*``: register-tiled GEMM, activations/outputs in 4H4W
-  ("int8_4h4w"). Picked by ``"auto"`` for M > 1; accepts any M. Where the device lists the
-  int8 16x16x32 cooperative-matrix shape (tensor cores) and has 32-wide subgroups, the GEMM
-  path runs ``q8ta_linear_coopmat_*`` instead: same layouts, identical integer results.
+- ``kernel="gemm"`` -> ``q8ta_linear_*``: register-tiled GEMM on integer dot products,
+  activations/outputs in 4H4W ("int8_4h4w"); accepts any M.
+- ``kernel="coopmat"`` -> ``q8ta_linear_coopmat_*``: the GEMM on int8 tensor cores (the device
+  lists the int8 16x16x32 cooperative-matrix shape and has 32-wide subgroups; ValueError
+  elsewhere): same layouts, identical integer results.
+- ``"auto"``: the GEMV for M == 1, else the GEMM on tensor cores where the device has them,
+  else the register-tiled one.
 
 Each has an integer-dot variant (``*_idot*``, OpSDot) used where the device has
 ``shaderIntegerDotProduct`` and a bit-identical int32 fallback (``*_fallback*``). The GEMV
@@ -145,10 +148,18 @@ def path_variants(path: str) -> set[str]:
     return {v.name for f in fams for v in families()[f].variants}
 
 
+#: The GEMM path on tensor cores by `kernel`, as for the int4 linears: "auto" where the device
+#: has them, "gemm" never (the integer-dot GEMM), "coopmat" always (ValueError where it cannot).
+COOPMAT_BY_KERNEL = {"auto": None, GEMV: None, GEMM: False, "coopmat": True}
+
+
 def route(kernel: str, m: int, x_layout: str | None = None) -> str:
-    """"gemv" or "gemm" for a request (`x_layout`: the layout of a device-resident input)."""
-    if kernel not in ("auto", GEMV, GEMM):
-        raise ValueError(f"kernel must be 'auto', 'gemv' or 'gemm', got {kernel!r}")
+    """"gemv" or "gemm" for a request (`x_layout`: the layout of a device-resident input);
+    kernel="coopmat" is the GEMM path."""
+    if kernel not in COOPMAT_BY_KERNEL:
+        raise ValueError(f"kernel must be 'auto', 'gemv', 'gemm' or 'coopmat', got {kernel!r}")
+    if kernel == "coopmat":
+        kernel = GEMM
     if x_layout is not None:
         path = GEMV if x_layout == INT8_4W else GEMM
         if kernel not in ("auto", path):
@@ -437,7 +448,11 @@ class Q8taLinear(Op):
         path = route(attrs.get("kernel", "auto"), m, x.layout)
         variant = attrs.get("variant")
         _check_variant(variant, path)
-        variant = variant or pick_variant(path, device.caps, m, weight.n, weight.k)
+        coopmat = COOPMAT_BY_KERNEL[attrs.get("kernel", "auto")]
+        if coopmat and not coopmat_capable(device.caps):
+            raise ValueError("kernel='coopmat': the device has no int8 16x16x32 cooperative "
+                             "matrix with 32-wide subgroups and the shared memory its tiles need")
+        variant = variant or pick_variant(path, device.caps, m, weight.n, weight.k, coopmat=coopmat)
         d = q8ta_dispatch(device, variant, m, weight.n, weight.k, attrs["zp_x"], attrs["zp_out"],
                           attrs["relu"])
         y = TensorSpec((m, weight.n), np.dtype(np.int8), LAYOUT[path], output_spec(path, m, weight.n),
