@@ -317,7 +317,7 @@ def test_qta8a_coopmat_integer_sums_are_exact(tc_device, tile, symmetric):
         x, w, bias = exact_case(70, 19, k, gs, symmetric, seed=gs + k)
         ref = qta8a_qga4w_linear_reference(x, w.q, w.scales, w.zeros, gs, bias).astype(np.float32)
         pw = device_weight(w, tc_device, "float32" if gs == 96 else "float16")
-        for m in (1, 7, 70):
+        for m in (1, 2, 3, 5, 7, 70):
             with vkq.trace() as t:
                 y = run_qta(x[:m], pw, bias, tc_device, **qta_coopmat(tile))
             assert t.kernels[1].startswith(f"qta8a_coopmat_{'sym' if symmetric else 'asym'}_{tile}")

@@ -349,6 +349,9 @@ def test_device_tensors_chain_layers_without_host_round_trip(device, layout, m, 
     other = "gemm" if layout == "int8_4w" else "gemv"
     with pytest.raises(LayoutError, match="repack|pack it"):
         vkq.linear(xd, w1, b1, **p1, kernel=other)
+    if layout == "int8_4w":  # the tensor-core GEMM reads 4H4W too, and the error says who asked
+        with pytest.raises(LayoutError, match="kernel='coopmat' needs its input in layout 'int8_4h4w'"):
+            vkq.linear(xd, w1, b1, **p1, kernel="coopmat")
     for d in (xd, hd, yd):
         d.close()
 

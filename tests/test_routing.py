@@ -18,6 +18,7 @@ import pytest
 from vkq import shaderlib
 from vkq.ops import q4gsw_linear as q4
 from vkq.ops import q8ta_linear as q8
+from vkq.ops.common import COOPMAT_BY_KERNEL
 from vkq.ops import qta8a_qga4w_linear as qta
 from vkq.ops import contract, rms_norm, variant_choices
 from vkq.runtime.capabilities import Capabilities, CoopMatShape
@@ -190,7 +191,7 @@ def test_q8ta_routes_to_declared_supported_variants(profile):
         assert len(plan.variants) == 1 and plan.variants[0] in q8.path_variants(path)
         dev.kernel(plan.variants[0])
         # "gemm" is the integer-dot GEMM, "coopmat" the tensor-core one, "auto" either
-        forced = q8.COOPMAT_BY_KERNEL[kernel]
+        forced = COOPMAT_BY_KERNEL[kernel]
         assert plan.variants[0] == q8.pick_variant(path, dev.caps, m, n, k, coopmat=forced)
         if path == q8.GEMM and forced is not None:
             assert plan.variants[0].startswith(q8.COOPMAT_FAMILY) == forced

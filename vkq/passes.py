@@ -66,8 +66,8 @@ def fuse_quantized_linear(graph: Any) -> int:
         x = quantize.inputs["x"]
         # Both int4 linears build their calls alike (q4gsw_linear.int4_linear_call): the same
         # attributes, constants and outputs serve the fused op, its kernel choice aside.
-        inputs = {"x": x, **{r: v for r, v in linear.inputs.items() if r == "residual"}}
-        call = contract.Call(inputs, dict(linear.attrs, kernel=_quantizing_kernel(x.spec.rows)),
+        call = contract.Call(dict(linear.inputs, x=x),  # x: the float activations; a residual as is
+                             dict(linear.attrs, kernel=_quantizing_kernel(x.spec.rows)),
                              linear.weight, dict(linear.constants))
         node = graph.replace(old, contract.get(FUSED_LINEAR), call, keep=dict(linear.outputs))
         graph.pass_log.append(f"fuse_quantized_linear: {before} -> {node.label}")

@@ -57,12 +57,32 @@ def rms_norm_params(weight: Any, eps: Any, width: int, prefix: str = "") -> tupl
 
 #: max_shared arguments' default: no limit (plans made without a device, tests).
 NO_SHARED_LIMIT = 1 << 62
+#: A linear's GEMM on tensor cores by `kernel`, alike for every linear op: "auto" where the
+#: device runs it, "gemm" never (the CUDA-core GEMM), "coopmat" always (or a ValueError).
+COOPMAT_BY_KERNEL = {"auto": None, "gemv": None, "gemm": False, "coopmat": True}
 
 
 def fits_shared(variant: str, max_shared: int) -> bool:
     """Whether `variant`'s workgroup shared memory fits a device limit of `max_shared` bytes
     (the runtime refuses a variant that does not: route around it)."""
     return variant_info(variant).shared_bytes <= max_shared
+
+
+def shared_refusal(variant: str, max_shared: int) -> str | None:
+    """None if `variant` fits `max_shared` bytes of shared memory, else why a coopmat GEMM
+    whose smallest tile it is cannot run."""
+    if fits_shared(variant, max_shared):
+        return None
+    return (f"the coopmat GEMM needs {variant_info(variant).shared_bytes} bytes of shared "
+            f"memory, the device has {max_shared}")
+
+
+def big_tile_pays(variant: str, m: int, n: int, min_workgroups: int, max_shared: int) -> bool:
+    """Whether a coopmat GEMM takes its big tile `variant` for an M x N output: its BM x BN
+    tiles make at least `min_workgroups` workgroups, and it fits `max_shared` bytes."""
+    p = variant_info(variant).params
+    return (ceil_div(m, p["BM"]) * ceil_div(n, p["BN"]) >= min_workgroups
+            and fits_shared(variant, max_shared))
 
 
 def grid_2d(n_groups: int, max_x: int) -> tuple[int, int, int]:

@@ -33,9 +33,9 @@ import numpy as np
 
 from vkq import layouts
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
-from vkq.ops.common import (INT8_QPARAMS, NO_SHARED_LIMIT, bias_vector, ceil_div, check_fits,
-                            dense_need, fits_shared, float_tensor, grid_2d, norm_option,
-                            require_float_activations, tensor_device, weight_needs)
+from vkq.ops.common import (INT8_QPARAMS, NO_SHARED_LIMIT, big_tile_pays, bias_vector, ceil_div,
+                            check_fits, dense_need, fits_shared, float_tensor, grid_2d, norm_option,
+                            require_float_activations, shared_refusal, tensor_device, weight_needs)
 from vkq.ops.contract import (OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec,
                               register, register_linear)
 from vkq.ops.elementwise import fused_bias, fused_finish, fused_outputs, fused_parts
@@ -43,7 +43,7 @@ from vkq.ops.rms_norm import norm_dispatch
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
 from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
-from vkq.shaderlib import ShaderError, declared_variants, variant_info, variant_name
+from vkq.shaderlib import ShaderError, declared_variants, variant_name
 
 #: Format of the prepacked device weight (Q4gswWeight); bump VERSION when its arrays change.
 FORMAT = "q4gsw_weight"
@@ -735,12 +735,9 @@ COOPMAT_SHAPE = (16, 16, 16, "float16", "float32")
 #: where it makes at least COOPMAT_BIG_TILES workgroups, unsplit; else 64x64 (4 of 32x32)
 #: with split-K towards COOPMAT_SPLIT_TARGET workgroups. Measured on the H200 (132 SMs); see
 #: docs/tuning.md §q4gsw coopmat GEMM.
-COOPMAT_BIG_TILE = "128x128s16k4"
+COOPMAT_BIG_TILE, COOPMAT_SMALL_TILE = "128x128s16k4", "64x64"
 COOPMAT_BIG_TILES = 96
 COOPMAT_SPLIT_TARGET = 264
-
-
-COOPMAT_SMALL_TILE = "64x64"
 
 
 def coopmat_tile(m: int, n: int, max_shared: int = NO_SHARED_LIMIT) -> str:
@@ -748,8 +745,8 @@ def coopmat_tile(m: int, n: int, max_shared: int = NO_SHARED_LIMIT) -> str:
     `max_shared` bytes of shared memory. The tiles' shared arrays do not depend on the
     weight's kind: the symmetric fp16-parameter variant speaks for all."""
     big = variant_name("q4gsw_coopmat", ASYM=False, TILE=COOPMAT_BIG_TILE, P16=True)
-    many = ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES
-    return COOPMAT_BIG_TILE if many and fits_shared(big, max_shared) else COOPMAT_SMALL_TILE
+    return COOPMAT_BIG_TILE if big_tile_pays(big, m, n, COOPMAT_BIG_TILES, max_shared) \
+        else COOPMAT_SMALL_TILE
 
 
 def coopmat_capable(caps: Any) -> str | None:
@@ -763,11 +760,8 @@ def coopmat_capable(caps: Any) -> str | None:
         return f"the coopmat GEMM needs 32-wide subgroups, the device has {caps.subgroup_size}"
     if not caps.shader_float16:
         return "the device has no shaderFloat16"
-    small = variant_name("q4gsw_coopmat", ASYM=True, TILE=COOPMAT_SMALL_TILE, P16=False)
-    if not fits_shared(small, caps.max_shared_memory):
-        return (f"the coopmat GEMM needs {variant_info(small).shared_bytes} bytes of shared "
-                f"memory, the device has {caps.max_shared_memory}")
-    return None
+    return shared_refusal(variant_name("q4gsw_coopmat", ASYM=True, TILE=COOPMAT_SMALL_TILE,
+                                       P16=False), caps.max_shared_memory)
 
 
 def gemm_kind(dev: Any, w: Q4gswWeight, m: int, kernel: str) -> str:

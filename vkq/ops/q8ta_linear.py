@@ -60,8 +60,8 @@ import numpy as np
 
 from vkq import layouts
 from vkq.layouts import INT8_4H4W, INT8_4W, LayoutError, PackedTensor
-from vkq.ops.common import (INT8_QPARAMS, NO_SHARED_LIMIT, bias_vector, ceil_div, check_fits,
-                            fits_shared, grid_2d, packed_need,
+from vkq.ops.common import (COOPMAT_BY_KERNEL, INT8_QPARAMS, NO_SHARED_LIMIT, big_tile_pays,
+                            bias_vector, ceil_div, check_fits, fits_shared, grid_2d, packed_need,
                             positive_finite, tensor_device, weight_needs, wrong_device_input)
 from vkq.ops.contract import (OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec, register,
                               register_linear)
@@ -94,9 +94,11 @@ COOPMAT_BIG_TILES = 96
 def coopmat_tile(m: int, n: int, max_shared: int = NO_SHARED_LIMIT) -> str:
     """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES) on a device with
     `max_shared` bytes of shared memory."""
-    many = ceil_div(m, 128) * ceil_div(n, 128) >= COOPMAT_BIG_TILES
     big = variant_name(COOPMAT_FAMILY, TILE=COOPMAT_BIG_TILE)
-    return COOPMAT_BIG_TILE if many and fits_shared(big, max_shared) else COOPMAT_SMALL_TILE
+    return COOPMAT_BIG_TILE if big_tile_pays(big, m, n, COOPMAT_BIG_TILES, max_shared) \
+        else COOPMAT_SMALL_TILE
+
+
 #: GEMM tiles (rows x channels) by batch size: 32x128 up to SMALL_M_TILE_MAX rows, 128x64
 #: above. Measured on the H100; see docs/tuning.md §q8ta GEMM tiles.
 SMALL_M_TILE_MAX = 256
@@ -116,14 +118,19 @@ def gemv_shape(n: int, k: int) -> str:
     return "l128b2" if n >= MANY_N else "l128b1"
 
 
-def coopmat_capable(caps: Any) -> bool:
-    """Whether the GEMM path runs on int8 tensor cores on a device with `caps`: the device
-    lists the int8 shape, has 32-wide subgroups (the kernel tiles by subgroup), int8, and the
-    shared memory of the small tile."""
+def int8_tensor_cores(caps: Any) -> bool:
+    """Whether a device with `caps` multiplies int8 on tensor cores as the int8 coopmat GEMMs
+    (this op's, qta8a's) need: it lists the int8 shape, has 32-wide subgroups (the kernels
+    tile by subgroup) and int8."""
     return bool(getattr(caps, "cooperative_matrix", ()) and caps.has_coopmat(*COOPMAT_SHAPE)
-                and caps.subgroup_size == 32 and caps.shader_int8
-                and fits_shared(variant_name(COOPMAT_FAMILY, TILE=COOPMAT_SMALL_TILE),
-                                caps.max_shared_memory))
+                and caps.subgroup_size == 32 and caps.shader_int8)
+
+
+def coopmat_capable(caps: Any) -> bool:
+    """Whether the GEMM path runs on int8 tensor cores on a device with `caps`: it has them
+    (int8_tensor_cores) and the shared memory of the small tile."""
+    return int8_tensor_cores(caps) and fits_shared(
+        variant_name(COOPMAT_FAMILY, TILE=COOPMAT_SMALL_TILE), caps.max_shared_memory)
 
 
 def pick_variant(path: str, caps: Any, m: int = 1, n: int = 0, k: int = 0, *,
@@ -148,30 +155,24 @@ def path_variants(path: str) -> set[str]:
     return {v.name for f in fams for v in families()[f].variants}
 
 
-#: The GEMM path on tensor cores by `kernel`, as for the int4 linears: "auto" where the device
-#: has them, "gemm" never (the integer-dot GEMM), "coopmat" always (ValueError where it cannot).
-COOPMAT_BY_KERNEL = {"auto": None, GEMV: None, GEMM: False, "coopmat": True}
-
-
 def route(kernel: str, m: int, x_layout: str | None = None) -> str:
     """"gemv" or "gemm" for a request (`x_layout`: the layout of a device-resident input);
     kernel="coopmat" is the GEMM path."""
     if kernel not in COOPMAT_BY_KERNEL:
         raise ValueError(f"kernel must be 'auto', 'gemv', 'gemm' or 'coopmat', got {kernel!r}")
-    if kernel == "coopmat":
-        kernel = GEMM
+    asked = GEMM if kernel == "coopmat" else kernel  # the path kernel= asks for, or "auto"
     if x_layout is not None:
         path = GEMV if x_layout == INT8_4W else GEMM
-        if kernel not in ("auto", path):
-            need = LAYOUT[kernel]
+        if asked not in ("auto", path):
+            need = LAYOUT[asked]
             raise LayoutError(f"kernel={kernel!r} needs its input in layout {need!r}, the device "
                               f"tensor is in {x_layout!r}; "
                               f"{layouts.REPACK_HINTS.get(need, '')} and vkq.to_device(..., "
                               f"layout={need!r})")
         return path
-    if kernel == "auto":
+    if asked == "auto":
         return GEMV if m == 1 else GEMM
-    return kernel
+    return asked
 
 
 def describe_variants(caps: Any) -> dict[str, str]:

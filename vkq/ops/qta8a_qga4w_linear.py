@@ -37,8 +37,9 @@ from typing import Any, Mapping
 from vkq import layouts
 from vkq.layouts import INT8_TOKEN_OCTETS
 from vkq.ops import contract, q4gsw_linear, q8ta_linear
-from vkq.ops.common import (INT8_QPARAMS, NO_SHARED_LIMIT, ceil_div, fits_shared, grid_2d,
-                            packed_need, require_float_activations)
+from vkq.ops.common import (COOPMAT_BY_KERNEL, INT8_QPARAMS, NO_SHARED_LIMIT, big_tile_pays,
+                            ceil_div, grid_2d, packed_need, require_float_activations,
+                            shared_refusal)
 from vkq.ops.contract import Call, Op, Plan, PlannedDispatch, TensorSpec, register, register_linear
 from vkq.ops.elementwise import fused_outputs, fused_parts
 from vkq.ops.rms_norm import norm_dispatch
@@ -69,9 +70,6 @@ GEMM_TILES: tuple[tuple[int, str], ...] = ((64, "32x64"), (256, "64x64"), (1 << 
 #: of 32. Tile: COOPMAT_BIG_TILE where it makes at least COOPMAT_BIG_TILES workgroups, else
 #: COOPMAT_SMALL_TILE. Measured on the H200 (132 SMs); see docs/tuning.md §qta8a coopmat GEMM.
 COOPMAT_FAMILY = "qta8a_coopmat"
-#: The GEMM on tensor cores by `kernel`, as for int4 weight-only calls: "auto" where
-#: coopmat_refusal allows, "gemm" never (the integer-dot GEMM), "coopmat" always (or an error).
-COOPMAT_BY_KERNEL = {"auto": None, "gemv": None, "gemm": False, "coopmat": True}
 COOPMAT_BIG_TILE, COOPMAT_SMALL_TILE = "128x128sk4", "64x64"
 COOPMAT_BIG_TILES = 96
 
@@ -127,24 +125,18 @@ def coopmat_tile(w: Any, m: int, n: int, max_shared: int = NO_SHARED_LIMIT) -> s
     """The routed coopmat tile for an M x N output of weight `w` (COOPMAT_BIG_TILES) on a
     device with `max_shared` bytes of shared memory."""
     big = coopmat_variant(w, COOPMAT_BIG_TILE)
-    p = variant_info(big).params
-    many = ceil_div(m, p["BM"]) * ceil_div(n, p["BN"]) >= COOPMAT_BIG_TILES
-    return COOPMAT_BIG_TILE if many and fits_shared(big, max_shared) else COOPMAT_SMALL_TILE
+    return COOPMAT_BIG_TILE if big_tile_pays(big, m, n, COOPMAT_BIG_TILES, max_shared) \
+        else COOPMAT_SMALL_TILE
 
 
 def coopmat_refusal(w: Any, caps: Any) -> str | None:
     """None if the GEMM of weight `w` runs on int8 tensor cores on a device with `caps`, else
     why not."""
-    if not (getattr(caps, "cooperative_matrix", ()) and caps.has_coopmat(*q8ta_linear.COOPMAT_SHAPE)
-            and caps.subgroup_size == 32 and caps.shader_int8):
+    if not q8ta_linear.int8_tensor_cores(caps):
         return "the device has no int8 16x16x32 cooperative matrix with 32-wide subgroups"
     if group_mode(w.group_size) != "word":
         return f"group_size {w.group_size} is not a multiple of 32 (the int8 MMA's k)"
-    small = coopmat_variant(w, COOPMAT_SMALL_TILE)
-    if not fits_shared(small, caps.max_shared_memory):
-        return (f"the coopmat GEMM needs {variant_info(small).shared_bytes} bytes of shared "
-                f"memory, the device has {caps.max_shared_memory}")
-    return None
+    return shared_refusal(coopmat_variant(w, COOPMAT_SMALL_TILE), caps.max_shared_memory)
 
 
 def gemm_variant(w: Any, m: int, caps: Any, int_dot: bool | None = None,
@@ -234,11 +226,11 @@ class Qta8aQga4wLinear(Op):
 
     Input "x" dense float32 [..., K]; optional "residual" [..., N]. Constants: "bias" [N],
     "norm_weight" [K] with attribute "norm_eps" (x is rms_norm'ed first, then quantized).
-    Attributes: "kernel" ("auto" | "gemv" | "gemm" | "coopmat": COOPMAT_BY_KERNEL), "has_bias",
-    "parts"/"epilogue" for fused weights (vkq.ops.elementwise.fused_outputs: after the int8 kernels the residual,
-    silu_mul and part copies are dispatches of their own; the weight-only path at M = 1 runs
-    them as the q4gsw GEMV does, in the kernel); tests force "int_dot", "subgroup",
-    "gemm_tile" (a tile of the family the kernel choice runs).
+    Attributes: "kernel" ("auto" | "gemv" | "gemm" | "coopmat", vkq.ops.common.COOPMAT_BY_KERNEL),
+    "has_bias", "parts"/"epilogue" for fused weights (vkq.ops.elementwise.fused_outputs: after
+    the int8 kernels the residual, silu_mul and part copies are dispatches of their own; the
+    weight-only path at M = 1 runs them as the q4gsw GEMV does, in the kernel); tests force
+    "int_dot", "subgroup", "gemm_tile" (a tile of the family the kernel choice runs).
     """
 
     name = "qta8a_qga4w_linear"
