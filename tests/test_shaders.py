@@ -67,6 +67,18 @@ def test_manifest_records_interface_and_only_changed_variants_rebuild(template_d
     assert (missing, stale) == ([], ["fill_two"])
 
 
+def test_a_removed_variant_leaves_the_output(template_dir, tmp_path):
+    out = tmp_path / "spirv"
+    assert compile_shaders.main(["--out", str(out)]) == 0
+    vlist = json.loads((template_dir / "fill.variants.json").read_text())
+    del vlist["variants"][1]
+    (template_dir / "fill.variants.json").write_text(json.dumps(vlist))
+    shaderlib.declared_variants.cache_clear()
+    assert compile_shaders.main(["--out", str(out)]) == 0
+    assert set(json.loads((out / "manifest.json").read_text())) == {"fill_one"}
+    assert not (out / "fill_two.spv").exists() and (out / "fill_one.spv").exists()
+
+
 def test_compile_error_names_template_variant_and_line(template_dir):
     (template_dir / "fill.comp.j2").write_text(GOOD.replace("{{ VALUE }}u;", "undefined_thing;"))
     with pytest.raises(shaderlib.ShaderError) as e:

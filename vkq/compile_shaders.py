@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if (missing or stale) else 0
     todo = sorted(shaderlib.declared_variants()) if args.force else missing + stale
     errors = build(todo, args.out, args.jobs)
+    for name in shaderlib.prune_output(args.out, shaderlib.declared_variants()):
+        print(f"removed {name} (no longer declared)")
     for e in errors:
         print(e, file=sys.stderr)
     print(f"compiled {len(todo) - len(errors)} of {len(todo)} changed variants "

@@ -519,6 +519,21 @@ def write_output(directory: Path, infos_and_spirv: list[tuple[VariantInfo, bytes
     tmp.replace(directory / MANIFEST)
 
 
+def prune_output(directory: Path, keep: Iterable[str]) -> list[str]:
+    """Drop the manifest entries and .spv files of variants not in `keep` (variants since
+    removed from their families); return their names."""
+    manifest = read_manifest(directory)
+    keep = set(keep)
+    gone = sorted(n for n in manifest if n not in keep)
+    if gone:
+        for name in gone:
+            (directory / manifest.pop(name)["file"]).unlink(missing_ok=True)
+        tmp = directory / f".{MANIFEST}.{os.getpid()}"
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        tmp.replace(directory / MANIFEST)
+    return gone
+
+
 def _load_if_fresh(directory: Path, info: VariantInfo) -> bytes | None:
     entry = read_manifest(directory).get(info.name)
     if entry is None or entry.get("hash") != info.hash:
