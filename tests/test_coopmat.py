@@ -122,8 +122,9 @@ def test_coopmat_plans_split_small_batches_and_cover_k():
     small = q4.plan_coopmat(128, 4096, 4096, False, half_params=True)
     big = q4.plan_coopmat(2048, 14336, 4096, True)
     mid = q4.plan_coopmat(512, 4096, 4096, False, half_params=True)
-    assert (small.bm, small.bn, mid.bm, mid.bn, big.bm, big.bn) == (64, 64, 128, 128, 128, 128)
+    assert (small.bm, small.bn, mid.bm, mid.bn, big.bm, big.bn) == (64, 64, 128, 128, 256, 128)
     assert mid.splits == 1 and mid.variant == f"q4gsw_coopmat_sym_{q4.COOPMAT_BIG_TILE}_p16"
+    assert big.variant == f"q4gsw_coopmat_asym_{q4.COOPMAT_HUGE_TILE}"
     assert small.splits > 1 and big.splits == 1
     assert small.kernels == ["q4gsw_coopmat_prep", small.variant, "q4gsw_gemm_reduce"]
     for k, splits in ((4096, 3), (1320, 7), (64, 5)):

@@ -73,7 +73,35 @@ shared {{ SO | default(CT) }} so[{{ NS * 256 }}];  // the epilogue's staging: NS
    that register sets and buffers are chosen statically. NBUF = 1 (tiles too large for two
    buffers in 48 KiB): one shared buffer, stored after a second barrier. #}
 {% macro main_loop(PF) %}
-{% if NBUF == 1 %}
+{% if NBUF == 1 and PF == 2 %}
+{{ caller("fetch", 0, "0u") }}
+{{ caller("store", 0, "0u") }}
+    if (steps > 1u) {
+{{ caller("fetch", 1, "1u") }}
+    }
+    barrier();
+    for (uint j = 0u; j < steps; j += 2u) {
+{% for p in range(2) %}
+{% if p == 1 %}
+        if (j + 1u >= steps) {
+            break;
+        }
+{% endif %}
+        {
+            const uint jj = j + {{ p }}u;
+            if (jj + 2u < steps) {
+{{ caller("fetch", p, "jj + 2u") }}
+            }
+{{ mma_step("0u", caller if CLOSE_HOOK | default(false) else none) }}
+            barrier();  // every subgroup is done with the buffer
+            if (jj + 1u < steps) {
+{{ caller("store", 1 - p, "0u") }}
+            }
+            barrier();
+        }
+{% endfor %}
+    }
+{% elif NBUF == 1 %}
 {{ caller("fetch", 0, "0u") }}
 {{ caller("store", 0, "0u") }}
     barrier();

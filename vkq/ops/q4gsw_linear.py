@@ -731,22 +731,28 @@ def plan_gemm(m: int, n: int, k: int, asym: bool, tile: str | None = None,
 # ----------------------------------------------------------------------------- coopmat GEMM
 #: The fp16 tensor-core shape the coopmat GEMM multiplies with (M x N x K, A/B, C/result).
 COOPMAT_SHAPE = (16, 16, 16, "float16", "float32")
-#: Coopmat tiles: COOPMAT_BIG_TILE (128x128 as 16 subgroups of 32x32, K steps of 64, one buffer)
-#: where it makes at least COOPMAT_BIG_TILES workgroups, unsplit; else 64x64 (4 of 32x32)
-#: with split-K towards COOPMAT_SPLIT_TARGET workgroups. Measured on the H200 (132 SMs); see
-#: docs/tuning.md §q4gsw coopmat GEMM.
-COOPMAT_BIG_TILE, COOPMAT_SMALL_TILE = "128x128s16k4", "64x64"
-COOPMAT_BIG_TILES = 96
+#: Coopmat tiles, largest first where its tiles make enough workgroups: COOPMAT_HUGE_TILE
+#: (256x128 as 16 subgroups of 64x32, K steps of 32, one buffer, loads two steps ahead) from
+#: COOPMAT_HUGE_TILES workgroups (1.5 waves on 132 SMs: at 64-128 it leaves SMs idle),
+#: COOPMAT_BIG_TILE (128x128 as 16 subgroups of 32x32, K steps of 64, one buffer, loads two
+#: steps ahead) from COOPMAT_BIG_TILES, unsplit; else 64x64 (4 of 32x32) with split-K towards
+#: COOPMAT_SPLIT_TARGET workgroups. Measured on the H200 (132 SMs); see docs/tuning.md
+#: §q4gsw coopmat GEMM and §Main-loop ceilings.
+COOPMAT_HUGE_TILE, COOPMAT_BIG_TILE, COOPMAT_SMALL_TILE = "256x128s16pf2", "128x128s16k4pf2", "64x64"
+COOPMAT_HUGE_TILES, COOPMAT_BIG_TILES = 192, 96
 COOPMAT_SPLIT_TARGET = 264
 
 
 def coopmat_tile(m: int, n: int, max_shared: int = NO_SHARED_LIMIT) -> str:
-    """The routed coopmat tile for an M x N output (COOPMAT_BIG_TILES) on a device with
-    `max_shared` bytes of shared memory. The tiles' shared arrays do not depend on the
-    weight's kind: the symmetric fp16-parameter variant speaks for all."""
-    big = variant_name("q4gsw_coopmat", ASYM=False, TILE=COOPMAT_BIG_TILE, P16=True)
-    return COOPMAT_BIG_TILE if big_tile_pays(big, m, n, COOPMAT_BIG_TILES, max_shared) \
-        else COOPMAT_SMALL_TILE
+    """The routed coopmat tile for an M x N output (COOPMAT_HUGE_TILES, COOPMAT_BIG_TILES) on
+    a device with `max_shared` bytes of shared memory. The tiles' shared arrays do not depend
+    on the weight's kind: the symmetric fp16-parameter variant speaks for all."""
+    for tile, min_workgroups in ((COOPMAT_HUGE_TILE, COOPMAT_HUGE_TILES),
+                                 (COOPMAT_BIG_TILE, COOPMAT_BIG_TILES)):
+        big = variant_name("q4gsw_coopmat", ASYM=False, TILE=tile, P16=True)
+        if big_tile_pays(big, m, n, min_workgroups, max_shared):
+            return tile
+    return COOPMAT_SMALL_TILE
 
 
 def coopmat_capable(caps: Any) -> str | None:
