@@ -2,7 +2,11 @@
 int32 at 16x16x32: the shapes the coopmat GEMMs use), no memory traffic. The q4gsw_linear
 and q8ta_linear suites report their coopmat rows as a fraction of these (`peak_tops`),
 measured in the same run (`ctx.cache["coopmat_peak_tops"]`); devices without cooperative
-matrices get no rows."""
+matrices get no rows.
+
+Then the `coopmat_loop_peak` rows: each GEMM tile's main loop with global memory taken out
+(shared-memory fill from registers, fragment loads, MMAs, barriers), with and without the
+fill's stores: the ceiling a GEMM with that tile can reach, as a fraction of the peak."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -12,7 +16,7 @@ import numpy as np
 from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import time_dispatches
 from vkq.runtime import CommandBatch, Device
-from vkq.shaderlib import variant_name
+from vkq.shaderlib import families, variant_info, variant_name
 
 #: name -> (the coopmat_peak TYPE, the device shape it needs (M, N, K, A, C)).
 KINDS = {"f16": (16, 16, 16, "float16", "float32"), "i8": (16, 16, 32, "sint8", "sint32")}
@@ -57,3 +61,33 @@ def bench_coopmat_peak(ctx: BenchContext) -> Iterator[Row]:
         yield Row("coopmat_peak", "x".join(map(str, KINDS[kind][:3])),
                   variant_name("coopmat_peak", TYPE=kind), ns / 1e3, ops=ops, peak_tops=tops,
                   note=f"{KINDS[kind][3]} -> {KINDS[kind][4]}, 8 independent accumulators per subgroup")
+    yield from loop_peak_rows(ctx)
+
+
+def measure_loop_peak(device: Device, variant: str, quick: bool, repeats: int) -> tuple[float, float]:
+    """(ns, ops) of one `coopmat_loop_peak` dispatch: enough workgroups for several per SM."""
+    kernel = device.kernel(variant)
+    p = kernel.info.params
+    fk = 16 if p["TYPE"] == "f16" else 32
+    groups, steps = (2, 3) if quick else (1056, 512)
+    subgroups = p["WM"] * p["WN"]
+    frags = (p["BM"] // p["WM"] // 16) * (p["BN"] // p["WN"] // 16) * p.get("KD", 2)
+    ops = groups * subgroups * steps * frags * 2 * 16 * 16 * fk
+    with device.buffer(256 * 4) as sink:
+        def rec(b: CommandBatch, i: int) -> None:
+            b.dispatch(kernel, (groups, 1, 1), buffers={"t_sink": sink},
+                       push={"steps": steps, "magic": 0x7F7FFFFF})
+        ns = time_dispatches(device, rec, 1, max(3, repeats // 4))
+    return ns, float(ops)
+
+
+def loop_peak_rows(ctx: BenchContext) -> Iterator[Row]:
+    peaks = coopmat_peaks(ctx)
+    for v in families()["coopmat_loop_peak"].variants:
+        kind = v.params["TYPE"]
+        if kind not in peaks or variant_info(v.name).shared_bytes > ctx.device.caps.max_shared_memory:
+            continue
+        ns, ops = measure_loop_peak(ctx.device, v.name, ctx.quick, ctx.repeats)
+        yield Row("coopmat_peak", f"loop {v.values['TILE']}", v.name, ns / 1e3, ops=ops,
+                  peak_tops=peaks[kind],
+                  note="GEMM main loop, no global memory" + ("" if v.params["STORE"] else ", no fill stores"))
