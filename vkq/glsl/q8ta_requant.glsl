@@ -21,25 +21,29 @@ float exact_difference(int a, int b) {
     return a >= 0 ? float(uint(d)) : -float(uint(-d));
 }
 
-// One int8 output from an int32 accumulator; zw = zp_x * wsum[n].
-int requantize(int acc, int zw, float mult, float offs) {
+// Q8TA_NARROW_K4 and below (K <= 65792), |acc - zw| <= 255*128*K < 2^31: the int32
+// difference is exact and exact_difference's overflow repair can be left out.
+const uint Q8TA_NARROW_K4 = 16448u;
+
+// One int8 output from an int32 accumulator; zw = zp_x * wsum[n]; narrow: K <= 65792.
+int requantize(int acc, int zw, float mult, float offs, bool narrow) {
     // precise: two float32 roundings (multiply, then add), never a fused multiply-add.
-    precise float v = exact_difference(acc, zw) * mult + offs;
-    if (pc.relu != 0u) {
-        v = max(v, 0.0);
-    }
+    precise float v = (narrow ? float(acc - zw) : exact_difference(acc, zw)) * mult + offs;
     // |v| may be huge: clamp in float before converting (float -> int overflow is undefined).
-    return int(clamp(roundEven(v) + float(pc.zp_out), -128.0, 127.0));
+    // relu (max(v, 0) before rounding) is the lower bound zp_out instead of -128: rounding
+    // and adding zp_out are monotonic, and a v <= 0 gives at most zp_out either way.
+    const float lo = pc.relu != 0u ? float(pc.zp_out) : -128.0;
+    return int(clamp(roundEven(v) + float(pc.zp_out), lo, 127.0));
 }
 
 // Four consecutive channels (4*n4 .. 4*n4+3) of one row, packed little endian into one int32
 // word; channels at or past n_channels are padding and become 0 (layout rule).
-int requantize_pack(ivec4 acc, uint n4, uint n_channels, ivec4 wsum, vec4 mult, vec4 offs) {
-    const ivec4 zw = pc.zp_x * wsum;
+// zw = zp_x * wsum of the four channels.
+int requantize_pack(ivec4 acc, uint n4, uint n_channels, ivec4 zw, vec4 mult, vec4 offs, bool narrow) {
     int word = 0;
     for (uint c = 0u; c < 4u; ++c) {
         if (4u * n4 + c < n_channels) {
-            word |= (requantize(acc[c], zw[c], mult[c], offs[c]) & 0xFF) << (8u * c);
+            word |= (requantize(acc[c], zw[c], mult[c], offs[c], narrow) & 0xFF) << (8u * c);
         }
     }
     return word;
