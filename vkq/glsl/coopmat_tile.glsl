@@ -71,37 +71,10 @@ shared {{ SO | default(CT) }} so[{{ NS * 256 }}];  // the epilogue's staging: NS
    whole step of MMAs to arrive before it is stored (L2 latency is otherwise exposed at
    every step: one workgroup per SM, one barrier per step). The loop is unrolled by two so
    that register sets and buffers are chosen statically. NBUF = 1 (tiles too large for two
-   buffers in 48 KiB): one shared buffer, stored after a second barrier. #}
+   buffers in 48 KiB): one shared buffer, stored after a second barrier; with PF = 1 the
+   loop is not unrolled. #}
 {% macro main_loop(PF) %}
-{% if NBUF == 1 and PF == 2 %}
-{{ caller("fetch", 0, "0u") }}
-{{ caller("store", 0, "0u") }}
-    if (steps > 1u) {
-{{ caller("fetch", 1, "1u") }}
-    }
-    barrier();
-    for (uint j = 0u; j < steps; j += 2u) {
-{% for p in range(2) %}
-{% if p == 1 %}
-        if (j + 1u >= steps) {
-            break;
-        }
-{% endif %}
-        {
-            const uint jj = j + {{ p }}u;
-            if (jj + 2u < steps) {
-{{ caller("fetch", p, "jj + 2u") }}
-            }
-{{ mma_step("0u", caller if CLOSE_HOOK | default(false) else none) }}
-            barrier();  // every subgroup is done with the buffer
-            if (jj + 1u < steps) {
-{{ caller("store", 1 - p, "0u") }}
-            }
-            barrier();
-        }
-{% endfor %}
-    }
-{% elif NBUF == 1 %}
+{% if NBUF == 1 and PF == 1 %}
 {{ caller("fetch", 0, "0u") }}
 {{ caller("store", 0, "0u") }}
     barrier();
@@ -143,9 +116,12 @@ shared {{ SO | default(CT) }} so[{{ NS * 256 }}];  // the epilogue's staging: NS
 {{ caller("fetch", 0, "jj + 1u") }}
             }
 {% endif %}
-{{ mma_step(p ~ "u", caller if CLOSE_HOOK | default(false) else none) }}
+{{ mma_step((p if NBUF == 2 else 0) ~ "u", caller if CLOSE_HOOK | default(false) else none) }}
+{% if NBUF == 1 %}
+            barrier();  // every subgroup is done with the buffer
+{% endif %}
             if (jj + 1u < steps) {
-{{ caller("store", (1 - p) if PF == 2 else 0, (1 - p) ~ "u") }}
+{{ caller("store", (1 - p) if PF == 2 else 0, ((1 - p) if NBUF == 2 else 0) ~ "u") }}
             }
             barrier();
         }
