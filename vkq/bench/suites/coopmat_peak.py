@@ -82,6 +82,7 @@ def measure_loop_peak(device: Device, variant: str, quick: bool, repeats: int) -
 
 
 def loop_peak_rows(ctx: BenchContext) -> Iterator[Row]:
+    """A row per `coopmat_loop_peak` variant the device runs, as a fraction of its peak."""
     peaks = coopmat_peaks(ctx)
     for v in families()["coopmat_loop_peak"].variants:
         kind = v.params["TYPE"]
