@@ -737,7 +737,7 @@ COOPMAT_SHAPE = (16, 16, 16, "float16", "float32")
 #: COOPMAT_BIG_TILE (128x128 as 16 subgroups of 32x32, K steps of 64, one buffer, loads two
 #: steps ahead) from COOPMAT_BIG_TILES, unsplit; else 64x64 (4 of 32x32) with split-K towards
 #: COOPMAT_SPLIT_TARGET workgroups. Measured on the H200 (132 SMs); see docs/tuning.md
-#: §q4gsw coopmat GEMM and §Main-loop ceilings.
+#: §q4gsw coopmat GEMM and §Main-loop ceilings and the epilogue.
 COOPMAT_HUGE_TILE, COOPMAT_BIG_TILE, COOPMAT_SMALL_TILE = "256x128s16pf2", "128x128s16k4pf2", "64x64"
 COOPMAT_HUGE_TILES, COOPMAT_BIG_TILES = 192, 96
 COOPMAT_SPLIT_TARGET = 264
