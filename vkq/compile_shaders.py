@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     total = len(shaderlib.declared_variants())
-    coopmat = sorted(n for n in shaderlib.declared_variants()
-                     if "cooperative_matrix" in shaderlib.variant_info(n).requires)
     if args.check:
+        coopmat = sum("cooperative_matrix" in shaderlib.variant_info(n).requires
+                      for n in shaderlib.declared_variants())
         print(_describe_compiler())
-        print(f"{len(coopmat)} variants need cooperative matrices (the manifest's `requires`)")
+        print(f"{coopmat} variants need cooperative matrices (the manifest's `requires`)")
         for n in missing:
             print(f"missing: {n}")
         for n in stale:

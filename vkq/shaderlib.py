@@ -514,6 +514,11 @@ def write_output(directory: Path, infos_and_spirv: list[tuple[VariantInfo, bytes
         tmp.write_bytes(spirv)
         tmp.replace(directory / f"{info.name}.spv")
         manifest[info.name] = info.manifest_entry()
+    _write_manifest(directory, manifest)
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Replace the directory's manifest atomically (a reader never sees half of it)."""
     tmp = directory / f".{MANIFEST}.{os.getpid()}"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     tmp.replace(directory / MANIFEST)
@@ -528,9 +533,7 @@ def prune_output(directory: Path, keep: Iterable[str]) -> list[str]:
     if gone:
         for name in gone:
             (directory / manifest.pop(name)["file"]).unlink(missing_ok=True)
-        tmp = directory / f".{MANIFEST}.{os.getpid()}"
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        tmp.replace(directory / MANIFEST)
+        _write_manifest(directory, manifest)
     return gone
 
 
