@@ -218,7 +218,7 @@ def test_qta8a_routes_to_declared_supported_variants(profile):
         if k % gs:
             continue
         w = q4_weight(dev, n, k, gs, asym, half)
-        for m, kernel in itertools.product(QTA_MS, qta.KERNELS):
+        for m, kernel in itertools.product(QTA_MS, KERNELS):
             x = contract.TensorSpec.dense((m, k))
             if kernel == "coopmat" and qta.coopmat_refusal(w, dev.caps) is not None:
                 with pytest.raises(ValueError, match="kernel='coopmat'"):

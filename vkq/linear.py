@@ -14,6 +14,7 @@ import numpy as np
 from vkq.execute import run_op
 from vkq.fused import FusedWeight
 from vkq.ops import contract, op_modules
+from vkq.ops.common import check_linear_kernel
 from vkq.ops.q4gsw_linear import Q4gswWeight
 from vkq.quantized_weight import QuantizedWeight
 from vkq.runtime import Device
@@ -68,8 +69,7 @@ def linear(x: Any, w: Any, bias: np.ndarray | None = None, *, residual: Any = No
     """
     base = w.weight if isinstance(w, FusedWeight) else w
     kind = _weight_kind(base)
-    if kernel not in ("auto", "gemv", "gemm", "coopmat"):
-        raise ValueError(f"kernel must be 'auto', 'gemv', 'gemm' or 'coopmat', got {kernel!r}")
+    check_linear_kernel(kernel)
     op = contract.get(_linear_op(kind, _activation_kind(kind, act_quant)))
     call = op.linear_call(x, w, bias, dict(
         residual=residual, rms_norm=rms_norm, input_scale=input_scale, input_zero_point=input_zero_point,

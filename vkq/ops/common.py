@@ -59,7 +59,15 @@ def rms_norm_params(weight: Any, eps: Any, width: int, prefix: str = "") -> tupl
 NO_SHARED_LIMIT = 1 << 62
 #: A linear's GEMM on tensor cores by `kernel`, alike for every linear op: "auto" where the
 #: device runs it, "gemm" never (the CUDA-core GEMM), "coopmat" always (or a ValueError).
+#: Its keys are the kernel= values every linear op takes.
 COOPMAT_BY_KERNEL = {"auto": None, "gemv": None, "gemm": False, "coopmat": True}
+
+
+def check_linear_kernel(kernel: Any) -> str:
+    """`kernel`, if it is one a linear op takes (COOPMAT_BY_KERNEL), else a ValueError."""
+    if kernel not in COOPMAT_BY_KERNEL:
+        raise ValueError(f"kernel must be one of {tuple(COOPMAT_BY_KERNEL)}, got {kernel!r}")
+    return kernel
 
 
 def fits_shared(variant: str, max_shared: int) -> bool:

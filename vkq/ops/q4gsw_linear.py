@@ -34,12 +34,12 @@ import numpy as np
 from vkq import layouts
 from vkq.layouts import GROUP_PARAMS_NG, INT4_UVEC4, LayoutError, PackedTensor
 from vkq.ops.common import (INT8_QPARAMS, NO_SHARED_LIMIT, big_tile_pays, bias_vector, ceil_div,
-                            check_fits, dense_need, fits_shared, float_tensor, grid_2d, norm_option,
+                            check_fits, check_linear_kernel, dense_need, fits_shared, float_tensor, grid_2d, norm_option,
                             require_float_activations, shared_refusal, tensor_device, weight_needs)
 from vkq.ops.contract import (OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec,
                               register, register_linear)
 from vkq.ops.elementwise import fused_bias, fused_finish, fused_outputs, fused_parts
-from vkq.ops.rms_norm import norm_dispatch
+from vkq.ops.rms_norm import NORMED_X, norm_first
 from vkq.quantized_weight import PARAM_DTYPES, QuantizedWeight
 from vkq.reference.q4gsw import q4gsw_linear_reference
 from vkq.runtime import Buffer, CommandBatch, Device, default_device
@@ -51,9 +51,6 @@ VERSION = 2  # v2: group parameters may be stored as fp16 (param_dtype)
 #: Source layouts a Q4gswWeight is built from (name, version).
 WEIGHT_LAYOUT = (INT4_UVEC4, 1)
 PARAMS_LAYOUT = (GROUP_PARAMS_NG, 1)
-
-KERNELS = ("auto", "gemv", "gemm", "coopmat")
-
 
 # ----------------------------------------------------------------------------- packed weight
 class Q4gswWeight:
@@ -449,12 +446,10 @@ def gemm_variant(asym: bool, m: int, tile: str | None = None, half_params: bool 
 
 def route(m: int, kernel: str) -> str:
     """"gemv", "gemm" or "coopmat" for M rows under the user's `kernel` choice (before the
-    device has its say: record_linear runs the GEMM where no GEMV shape serves M > 1 on the
-    device, and "gemm" means the coopmat GEMM where the device and weight allow, see
-    gemm_kind)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel == "auto":
+    device has its say: record_linear runs a GEMM where no GEMV shape serves M > 1 on the
+    device, and gemm_kind picks the GEMM: under "auto" the coopmat one where the device and
+    weight allow)."""
+    if check_linear_kernel(kernel) == "auto":
         return "gemv" if m <= GEMV_MAX_ROWS else "gemm"
     return kernel
 
@@ -547,16 +542,28 @@ def linear_dispatches(dev: Device, w: Q4gswWeight, m: int, has_bias: bool, *, ke
         bufs["t_scales"] = "weight.scales32"
         if w.has_zeros:
             bufs["t_zeros"] = "weight.zeros32"
+    return _gemm_passes(dev, w, m, plan, bufs, out, {})
+
+
+def _gemm_passes(dev: Any, w: Q4gswWeight, m: int, plan: GemmPlan | CoopmatPlan,
+                 bufs: dict[str, str], out: str, push: dict[str, Any]
+                 ) -> tuple[list[PlannedDispatch], dict[str, int]]:
+    """Either GEMM (`plan`: its variant, tile, split-K) over N / BN x splits workgroups in
+    row blocks, and with split-K the pass summing the slices into `out` (adding the bias
+    there); the partials' scratch. `push`: the GEMM's own push constants beyond the shared
+    ones."""
+    n, k = w.shape
     max_x = dev.caps.max_workgroup_count[0]
     gx = ceil_div(n, plan.bn)
     if gx > max_x or plan.splits > dev.caps.max_workgroup_count[2]:
         raise ValueError(f"N = {n} needs {gx} workgroups along x, over this device's {max_x}")
     scratch: dict[str, int] = {}
+    bias = bufs["t_bias"]
     if plan.splits > 1:
         scratch["scratch.partials"] = 4 * plan.splits * m * n
         bufs = dict(bufs, t_out="scratch.partials")
-    push = {"m": m, "n": n, "k": k, "n_groups": w.n_groups, "split_chunks": plan.split_chunks,
-            "has_bias": int(has_bias and plan.splits == 1)}
+    push = dict(push, m=m, n=n, k=k, n_groups=w.n_groups, split_chunks=plan.split_chunks,
+                has_bias=int(bias == "bias" and plan.splits == 1))
     out_list = _row_blocks(dev, plan.variant, plan.bm, (gx, plan.splits), m, bufs, push,
                            {"GROUP_COMPS": w.group_size // 8})
     if plan.splits > 1:
@@ -623,7 +630,7 @@ class Q4gswLinear(Op):
     product: a decoder layer's skip connection). Constants: optional "bias" [N], optional
     "norm_weight" [K] with attribute "norm_eps": the product is taken of rms_norm(x,
     norm_weight, norm_eps) (folded into the one-row GEMV, else an rms_norm dispatch first).
-    Attributes: "kernel" ("auto" | "gemv" | "gemm"), "parts"/"epilogue" for fused weights
+    Attributes: "kernel" ("auto" | "gemv" | "gemm" | "coopmat"), "parts"/"epilogue" for fused weights
     (see vkq.ops.elementwise.fused_outputs), and the forcing choices of linear_dispatches.
     """
 
@@ -664,15 +671,14 @@ class Q4gswLinear(Op):
         folded = eps is not None and gemv_folds_norm(
             device, weight, cfg, use_subgroup(device, choice.get("gemv_subgroup")), eps)
         separate_norm = eps is not None and not folded and m > 0  # rms_norm first, into scratch
-        x_role = "scratch.normed" if separate_norm else "x"
+        x_role = NORMED_X if separate_norm else "x"
         dispatches, scratch = linear_dispatches(device, weight, m, bool(attrs.get("has_bias")),
                                                 out=stage.product, epilogue=stage.in_kernel, x=x_role,
                                                 norm_eps=eps if folded else None,
                                                 **choice) if m else ([], {})
         scratch.update(stage.scratch)
         if separate_norm:
-            dispatches.insert(0, norm_dispatch(device, m, k, eps, out=x_role, x="x", weight="norm_weight"))
-            scratch[x_role] = 4 * m * k
+            norm_first(device, m, k, eps, dispatches, scratch)
         return Plan(dispatches + (stage.dispatches if m else []), stage.outputs, scratch, stage.views)
 
 
@@ -822,30 +828,16 @@ def coopmat_dispatches(dev: Any, w: Q4gswWeight, m: int, bufs: dict[str, str], o
                        plan: CoopmatPlan) -> tuple[list[PlannedDispatch], dict[str, int]]:
     """The prep pass (x -> fp16 rows + exponents), the coopmat GEMM (in row blocks the grid
     allows) and, with split-K, the reduce pass; the scratch they need."""
-    n, k = w.shape
+    k = w.shape[1]
     kp8 = ceil_div(k, 32) * 4
-    max_x = dev.caps.max_workgroup_count[0]
-    gx = ceil_div(n, plan.bn)
-    if gx > max_x or plan.splits > dev.caps.max_workgroup_count[2]:
-        raise ValueError(f"N = {n} needs {gx} workgroups along x, over this device's {max_x}")
-    has_bias = bufs["t_bias"] == "bias"
-    scratch = {"scratch.xh": 16 * m * kp8, "scratch.rowexp": 4 * m}
     gemm_bufs = dict(bufs, t_xh="scratch.xh", t_rowexp="scratch.rowexp")
     del gemm_bufs["t_x"]
-    if plan.splits > 1:
-        scratch["scratch.partials"] = 4 * plan.splits * m * n
-        gemm_bufs["t_out"] = "scratch.partials"
-    out_list = [PlannedDispatch(variant_name("q4gsw_coopmat_prep"), grid_2d(m, max_x),
-                                {"t_xh": "scratch.xh", "t_rowexp": "scratch.rowexp", "t_x": bufs["t_x"]},
-                                {"m": m, "k": k, "kp8": kp8})]
-    push = {"m": m, "n": n, "k": k, "n_groups": w.n_groups, "split_chunks": plan.split_chunks,
-            "has_bias": int(has_bias and plan.splits == 1), "w_exp": w.fp16_exponent,
-            "w_scale": math.ldexp(1.0, -w.fp16_exponent)}
-    out_list += _row_blocks(dev, plan.variant, plan.bm, (gx, plan.splits), m, gemm_bufs, push,
-                            {"GROUP_COMPS": w.group_size // 8})
-    if plan.splits > 1:
-        out_list.append(_split_reduce(dev, m, n, plan.splits, out, bufs["t_bias"]))
-    return out_list, scratch
+    passes, scratch = _gemm_passes(dev, w, m, plan, gemm_bufs, out, {
+        "w_exp": w.fp16_exponent, "w_scale": math.ldexp(1.0, -w.fp16_exponent)})
+    prep = PlannedDispatch(variant_name("q4gsw_coopmat_prep"), grid_2d(m, dev.caps.max_workgroup_count[0]),
+                           {"t_xh": "scratch.xh", "t_rowexp": "scratch.rowexp", "t_x": bufs["t_x"]},
+                           {"m": m, "k": k, "kp8": kp8})
+    return [prep] + passes, dict(scratch, **{"scratch.xh": 16 * m * kp8, "scratch.rowexp": 4 * m})
 
 
 def describe_variants(caps: Any) -> dict[str, str]:

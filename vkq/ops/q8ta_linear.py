@@ -61,7 +61,7 @@ import numpy as np
 from vkq import layouts
 from vkq.layouts import INT8_4H4W, INT8_4W, LayoutError, PackedTensor
 from vkq.ops.common import (COOPMAT_BY_KERNEL, INT8_QPARAMS, NO_SHARED_LIMIT, big_tile_pays,
-                            bias_vector, ceil_div, check_fits, fits_shared, grid_2d, packed_need,
+                            bias_vector, ceil_div, check_fits, check_linear_kernel, fits_shared, grid_2d, packed_need,
                             positive_finite, tensor_device, weight_needs, wrong_device_input)
 from vkq.ops.contract import (OPS, Call, HostTensor, Op, Plan, PlannedDispatch, TensorSpec, register,
                               register_linear)
@@ -158,9 +158,7 @@ def path_variants(path: str) -> set[str]:
 def route(kernel: str, m: int, x_layout: str | None = None) -> str:
     """"gemv" or "gemm" for a request (`x_layout`: the layout of a device-resident input);
     kernel="coopmat" is the GEMM path."""
-    if kernel not in COOPMAT_BY_KERNEL:
-        raise ValueError(f"kernel must be 'auto', 'gemv', 'gemm' or 'coopmat', got {kernel!r}")
-    asked = GEMM if kernel == "coopmat" else kernel  # the path kernel= asks for, or "auto"
+    asked = GEMM if check_linear_kernel(kernel) == "coopmat" else kernel  # the path kernel= asks for, or "auto"
     if x_layout is not None:
         path = GEMV if x_layout == INT8_4W else GEMM
         if asked not in ("auto", path):

@@ -38,15 +38,14 @@ from vkq import layouts
 from vkq.layouts import INT8_TOKEN_OCTETS
 from vkq.ops import contract, q4gsw_linear, q8ta_linear
 from vkq.ops.common import (COOPMAT_BY_KERNEL, INT8_QPARAMS, NO_SHARED_LIMIT, big_tile_pays,
-                            ceil_div, grid_2d, packed_need, require_float_activations,
+                            ceil_div, check_linear_kernel, grid_2d, packed_need, require_float_activations,
                             shared_refusal)
 from vkq.ops.contract import Call, Op, Plan, PlannedDispatch, TensorSpec, register, register_linear
 from vkq.ops.elementwise import fused_outputs, fused_parts
-from vkq.ops.rms_norm import norm_dispatch
+from vkq.ops.rms_norm import NORMED_X, norm_first
 from vkq.reference.qta8a_qga4w import qta8a_qga4w_linear_reference
 from vkq.shaderlib import variant_info, variant_name
 
-KERNELS = ("auto", "gemv", "gemm", "coopmat")
 WEIGHT_ONLY, GEMV, GEMM = "weight_only", "gemv", "gemm"
 
 #: M <= this runs the weight-only q4gsw path under kernel="auto". Measured on the H200 at
@@ -90,9 +89,7 @@ def group_units(group_size: int) -> int:
 
 def route(m: int, kernel: str) -> str:
     """WEIGHT_ONLY, GEMV or GEMM for M rows under the user's `kernel` choice."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel != "auto":
+    if check_linear_kernel(kernel) != "auto":
         return GEMM if kernel == "coopmat" else kernel
     if m <= WEIGHT_ONLY_MAX_ROWS:
         return WEIGHT_ONLY
@@ -270,14 +267,13 @@ class Qta8aQga4wLinear(Op):
         if m == 0:
             return Plan([], stage.outputs, {}, stage.views)
         eps = attrs.get("norm_eps")
-        x_role = "x" if eps is None else "scratch.normed"  # rms_norm first, then quantize that
+        x_role = "x" if eps is None else NORMED_X  # rms_norm first, then quantize that
         dispatches, scratch = int8_dispatches(device, weight, m, bool(attrs.get("has_bias")), path,
                                               attrs.get("int_dot"), attrs.get("subgroup"),
                                               attrs.get("gemm_tile"), out=stage.product, x=x_role,
                                               coopmat=COOPMAT_BY_KERNEL[attrs.get("kernel", "auto")])
         if eps is not None:
-            dispatches.insert(0, norm_dispatch(device, m, k, eps, out=x_role, x="x", weight="norm_weight"))
-            scratch[x_role] = 4 * m * k
+            norm_first(device, m, k, eps, dispatches, scratch)
         scratch.update(stage.scratch)
         return Plan(dispatches + stage.dispatches, stage.outputs, scratch, stage.views)
 

@@ -47,6 +47,18 @@ def norm_dispatch(device: Any, rows: int, width: int, eps: float, *, out: str = 
                            {"n_rows": rows, "width": width, "eps": eps})
 
 
+#: The scratch role a linear's x is normalized into when its kernels cannot fold the norm in.
+NORMED_X = "scratch.normed"
+
+
+def norm_first(device: Any, m: int, k: int, eps: float, dispatches: list[PlannedDispatch],
+               scratch: dict[str, int]) -> None:
+    """Put the rms_norm of a linear's "x" ([m, k], weight "norm_weight") into NORMED_X before
+    its `dispatches` (which read NORMED_X), and add that scratch."""
+    dispatches.insert(0, norm_dispatch(device, m, k, eps, out=NORMED_X, x="x", weight="norm_weight"))
+    scratch[NORMED_X] = 4 * m * k
+
+
 def describe_variants(caps: object) -> dict[str, str]:
     return {"rms_norm (width % 4 == 0)": pick_variant(4, caps),
             "rms_norm (other widths)": pick_variant(3, caps)}
