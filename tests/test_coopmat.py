@@ -159,7 +159,9 @@ def test_q4gsw_coopmat_is_bit_exact_on_exact_arithmetic(tc_device, k, gs, symmet
     try:
         for m, tile, splits in ((25, None, None), (133, "128x128", 1), (70, "64x64", 3), (130, "64x128", 2),
                                 (7, "128x64", 1), (260, "128x128w4", 1), (200, "128x256s", 2),
-                                (25, "128x128w16pf1", 1), (133, "128x128sk4", 3), (70, "128x128s16k4", 2)):
+                                (25, "128x128w16pf1", 1), (133, "128x128sk4", 3), (70, "128x128s16k4", 2),
+                                (133, "128x128s16k4pf2", 1), (70, "128x128s16k4pf2", 3),
+                                (260, "256x128s16pf2", 1), (133, "256x128s16pf2", 2)):
             x = rng.integers(-4, 5, size=(m, k)).astype(np.float32)
             bias = rng.integers(-8, 9, size=67).astype(np.float32)
             y, names = run_recorded(tc_device, pw, x, bias, kernel="coopmat", coopmat_tile=tile,
