@@ -15,8 +15,9 @@ import numpy as np
 
 from vkq.bench import BenchContext, Row, register
 from vkq.bench.timing import time_dispatches
+from vkq.ops.common import fits_shared
 from vkq.runtime import CommandBatch, Device
-from vkq.shaderlib import families, variant_info, variant_name
+from vkq.shaderlib import families, variant_name
 
 #: name -> (the coopmat_peak TYPE, the device shape it needs (M, N, K, A, C)).
 KINDS = {"f16": (16, 16, 16, "float16", "float32"), "i8": (16, 16, 32, "sint8", "sint32")}
@@ -86,7 +87,7 @@ def loop_peak_rows(ctx: BenchContext) -> Iterator[Row]:
     peaks = coopmat_peaks(ctx)
     for v in families()["coopmat_loop_peak"].variants:
         kind = v.params["TYPE"]
-        if kind not in peaks or variant_info(v.name).shared_bytes > ctx.device.caps.max_shared_memory:
+        if kind not in peaks or not fits_shared(v.name, ctx.device.caps.max_shared_memory):
             continue
         ns, ops = measure_loop_peak(ctx.device, v.name, ctx.quick, ctx.repeats)
         yield Row("coopmat_peak", f"loop {v.values['TILE']}", v.name, ns / 1e3, ops=ops,
